@@ -1,0 +1,21 @@
+#pragma once
+// Internal declarations of the attention operator shared by its kernels.
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace slideformer::ops {
+
+inline constexpr const char* kAttentionOp = "slideformer::attention";
+
+// The one input check of `attention`, run by the CPU, CUDA and Meta kernels (DESIGN 2.3).
+void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
+                            const at::Tensor& value, const std::optional<at::Tensor>& attn_bias);
+
+// 1/sqrt(D) unless the caller gave a scale.
+double attention_scale(const at::Tensor& query, std::optional<double> scale);
+
+// dtype of the saved log-sum-exp: float64 for float64 inputs, float32 otherwise.
+at::ScalarType attention_accumulate_type(at::ScalarType input);
+
+}  // namespace slideformer::ops

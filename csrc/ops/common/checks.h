@@ -1,0 +1,42 @@
+#pragma once
+// Argument checks shared by every operator. Messages read
+// "<op>: <argument> must <expectation>, got <actual>".
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace slideformer::ops {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline void check_rank(const char* op, const char* name, const at::Tensor& t, int64_t rank,
+                       const char* layout) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
+  TORCH_CHECK(t.dim() == rank, op, ": ", name, " must have ", rank, " dimensions ", layout,
+              ", got ", t.dim(), " (shape ", t.sym_sizes(), ")");
+}
+
+// `t` has the dtype and device of `ref` (the query); ref's dtype is a supported float.
+inline void check_like_query(const char* op, const char* name, const at::Tensor& t,
+                             const at::Tensor& query) {
+  TORCH_CHECK(t.scalar_type() == query.scalar_type(), op, ": ", name,
+              " must have the dtype of query (", query.scalar_type(), "), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == query.device(), op, ": ", name,
+              " must be on the device of query (", query.device(), "), got ", t.device());
+}
+
+inline void check_query_dtype(const char* op, const at::Tensor& query) {
+  TORCH_CHECK(is_supported_float(query.scalar_type()), op,
+              ": query must be float32, float64, float16 or bfloat16, got ",
+              query.scalar_type());
+}
+
+inline void check_dim_size(const char* op, const char* name, const at::Tensor& t, int64_t dim,
+                           const c10::SymInt& expected, const char* what) {
+  TORCH_CHECK(t.sym_size(dim) == expected, op, ": ", name, " must have ", what, " = ", expected,
+              " in dimension ", dim, ", got ", t.sym_size(dim), " (shape ", t.sym_sizes(), ")");
+}
+
+}  // namespace slideformer::ops

@@ -1,0 +1,74 @@
+#pragma once
+// Helpers shared by the C++ tests: tensor comparison and a finite-difference gradient check.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/autograd.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace slideformer::testing {
+
+// Asserts that `fn` throws a c10::Error whose message contains `fragment`.
+#define EXPECT_THROW_MSG(statement, fragment)                                          \
+  do {                                                                                 \
+    try {                                                                              \
+      (void)(statement);                                                               \
+      ADD_FAILURE() << "no exception; expected one containing: " << (fragment);        \
+    } catch (const c10::Error& e) {                                                    \
+      EXPECT_NE(std::string(e.what_without_backtrace()).find(fragment), std::string::npos) \
+          << "message: " << e.what_without_backtrace() << "\nexpected: " << (fragment); \
+    }                                                                                  \
+  } while (0)
+
+inline void expect_close(const at::Tensor& actual, const at::Tensor& expected, double rtol,
+                         double atol, const std::string& what = "") {
+  ASSERT_TRUE(actual.defined()) << what << ": actual is undefined";
+  ASSERT_TRUE(expected.defined()) << what << ": expected is undefined";
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
+  const at::Tensor a = actual.to(at::kDouble), e = expected.to(at::kDouble);
+  ASSERT_FALSE(a.isnan().any().item<bool>()) << what << ": NaN in result";
+  if (a.numel() == 0) return;
+  const double err = (a - e).abs().sub(e.abs().mul(rtol)).max().item<double>();
+  EXPECT_LE(err, atol) << what << ": max |actual - expected| - rtol*|expected| = " << err;
+}
+
+// Central finite differences of L = sum(f(inputs) * weight) against autograd, in float64, for
+// every input that requires grad.
+inline void expect_gradients_match_finite_differences(
+    const std::function<at::Tensor(const std::vector<at::Tensor>&)>& fn,
+    std::vector<at::Tensor> inputs, double eps = 1e-6, double tol = 1e-5) {
+  for (auto& t : inputs) ASSERT_EQ(t.scalar_type(), at::kDouble);
+  const at::Tensor weight = at::randn_like(fn(inputs).detach());
+  auto loss = [&](const std::vector<at::Tensor>& xs) { return (fn(xs) * weight).sum(); };
+  std::vector<at::Tensor> leaves;
+  for (auto& t : inputs) leaves.push_back(t.detach().requires_grad_(t.requires_grad()));
+  std::vector<at::Tensor> wrt;
+  for (auto& t : leaves)
+    if (t.requires_grad()) wrt.push_back(t);
+  const auto analytic = torch::autograd::grad({loss(leaves)}, wrt, {}, false, false, true);
+  size_t next = 0;
+  for (size_t idx = 0; idx < leaves.size(); ++idx) {
+    if (!leaves[idx].requires_grad()) continue;
+    const at::Tensor& grad = analytic[next++];
+    at::Tensor numeric = at::zeros_like(leaves[idx]);
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> xs;
+    for (auto& t : leaves) xs.push_back(t.detach().clone());
+    at::Tensor flat = xs[idx].view(-1), num_flat = numeric.view(-1);
+    for (int64_t e = 0; e < flat.numel(); ++e) {
+      const double saved = flat[e].item<double>();
+      flat[e] = saved + eps;
+      const double plus = loss(xs).item<double>();
+      flat[e] = saved - eps;
+      const double minus = loss(xs).item<double>();
+      flat[e] = saved;
+      num_flat[e] = (plus - minus) / (2 * eps);
+    }
+    ASSERT_TRUE(grad.defined()) << "input " << idx << " got no gradient";
+    expect_close(grad, numeric, tol, tol, "gradient of input " + std::to_string(idx));
+  }
+}
+
+}  // namespace slideformer::testing
