@@ -39,8 +39,9 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
             std::optional<double>, bool)>("slideformer::_attention_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_output = grad_outputs[0];
-    TORCH_CHECK(!(torch::autograd::GradMode::is_enabled() && grad_output.requires_grad()),
-                kAttentionOp, ": double backward is not supported");
+    // Grad mode is on inside backward only under create_graph=True.
+    TORCH_CHECK(!torch::autograd::GradMode::is_enabled(), kAttentionOp,
+                ": double backward is not supported (backward was called with create_graph=True)");
     std::optional<at::Tensor> attn_bias;
     if (saved[3].defined()) attn_bias = saved[3];
     auto [grad_query, grad_key, grad_value, grad_bias] = backward_op.call(
