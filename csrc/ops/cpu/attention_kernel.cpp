@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ops/attention.h"
+#include "ops/common/online_softmax.h"
 #include "ops/cpu/vec_utils.h"
 
 namespace slideformer::ops {
@@ -124,14 +125,14 @@ void forward_kernel(const Geometry& g, const at::Tensor& q, const at::Tensor& k,
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores.data() + r * cols;
           const int64_t n = visible[r];
-          const T new_max = std::max(row_max[r], cpu::max_of(s, n));
+          const T new_max = math::merged_max(row_max[r], cpu::max_of(s, n));
           if (new_max == -kInf) {  // every key so far masked: contributes nothing
             std::fill_n(s, cols, T(0));
             continue;
           }
           const T block_sum = cpu::exp_shifted_sum_inplace(s, n, new_max);
           std::fill(s + n, s + cols, T(0));
-          const T correction = std::exp(row_max[r] - new_max);
+          const T correction = math::rescale_factor(row_max[r], new_max);
           if (correction != T(1)) cpu::scale_inplace(acc.data() + r * Dv, correction, Dv);
           row_sum[r] = row_sum[r] * correction + block_sum;
           row_max[r] = new_max;
@@ -141,15 +142,9 @@ void forward_kernel(const Geometry& g, const at::Tensor& q, const at::Tensor& k,
       }
       for (int64_t r = 0; r < rows; ++r) {
         T* o = out_data + (bh * Nq + i0 + r) * Dv;
-        const T l = row_sum[r];
-        if (l > T(0)) {
-          const T inv = T(1) / l;
-          for (int64_t c = 0; c < Dv; ++c) o[c] = acc[r * Dv + c] * inv;
-          lse_data[bh * Nq + i0 + r] = row_max[r] + std::log(l);
-        } else {  // no visible key: output 0, and +inf makes recomputed probabilities 0
-          std::fill_n(o, Dv, T(0));
-          lse_data[bh * Nq + i0 + r] = kInf;
-        }
+        const T inv = math::output_normalizer(row_sum[r]);
+        for (int64_t c = 0; c < Dv; ++c) o[c] = acc[r * Dv + c] * inv;
+        lse_data[bh * Nq + i0 + r] = math::finish_logsumexp(row_max[r], row_sum[r]);
       }
     }
   });
@@ -253,7 +248,7 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
               const T* p = probs.data() + r * cols;
               const T d = delta[r];
               at::vec::map2<T>([d](const Vectorized<T>& dp, const Vectorized<T>& pv) {
-                return pv * (dp - Vectorized<T>(d));
+                return math::logit_grad(pv, dp, Vectorized<T>(d));
               }, ds, ds, p, cols);
             }
             if (want_bias_grad) {
