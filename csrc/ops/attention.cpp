@@ -55,12 +55,10 @@ at::ScalarType attention_accumulate_type(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-namespace {
-
-// Backend-independent forward of the public op; autograd has its own kernel.
-at::Tensor attention_composite(const at::Tensor& query, const at::Tensor& key,
-                               const at::Tensor& value, const std::optional<at::Tensor>& attn_bias,
-                               bool is_causal, std::optional<double> scale) {
+at::Tensor attention_via_forward(const at::Tensor& query, const at::Tensor& key,
+                                 const at::Tensor& value,
+                                 const std::optional<at::Tensor>& attn_bias, bool is_causal,
+                                 std::optional<double> scale) {
   static auto forward = c10::Dispatcher::singleton()
                             .findSchemaOrThrow("slideformer::_attention_forward", "")
                             .typed<std::tuple<at::Tensor, at::Tensor>(
@@ -69,10 +67,8 @@ at::Tensor attention_composite(const at::Tensor& query, const at::Tensor& key,
   return std::get<0>(forward.call(query, key, value, attn_bias, is_causal, scale));
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(slideformer, CompositeExplicitAutograd, m) {
-  m.impl("attention", &attention_composite);
+  m.impl("attention", &attention_via_forward);
 }
 
 }  // namespace ops

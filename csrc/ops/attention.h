@@ -15,6 +15,13 @@ void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
 // 1/sqrt(D) unless the caller gave a scale.
 double attention_scale(const at::Tensor& query, std::optional<double> scale);
 
+// The public op's forward through _attention_forward (autograd has its own kernel);
+// registered for CompositeExplicitAutograd and, in CUDA builds, for CUDA.
+at::Tensor attention_via_forward(const at::Tensor& query, const at::Tensor& key,
+                                 const at::Tensor& value,
+                                 const std::optional<at::Tensor>& attn_bias, bool is_causal,
+                                 std::optional<double> scale);
+
 // dtype of the saved log-sum-exp: float64 for float64 inputs, float32 otherwise.
 at::ScalarType attention_accumulate_type(at::ScalarType input);
 

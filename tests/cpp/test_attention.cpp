@@ -1,178 +1,45 @@
-// attention on CPU against a composite of plain aten ops written here (DESIGN 2.1).
+// attention on the CPU against a composite of plain aten ops (DESIGN 2.1). The cases live in
+// attention_cases.h and also run on a GPU in test_attention_cuda.cpp.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
-#include <cmath>
-#include <limits>
 #include <tuple>
 
+#include "attention_cases.h"
+#include "ops/common/attention_math.h"
 #include "slideformer/ops.h"
 #include "test_helpers.h"
 
 namespace {
 
-using slideformer::testing::expect_close;
+namespace st = slideformer::testing;
+const at::Device kCpu(at::kCPU);
 
-// softmax(scale * q k^T + bias, causal mask) v, fully masked rows giving 0.
-at::Tensor reference_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const std::optional<at::Tensor>& bias, bool causal,
-                               std::optional<double> scale) {
-  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-  at::Tensor logits = at::matmul(q, k.transpose(-2, -1)) * s;
-  if (bias) logits = logits + *bias;
-  if (causal) {
-    const int64_t nq = q.size(2), nk = k.size(2);
-    at::Tensor mask = at::ones({nq, nk}, at::kBool).triu(nk - nq + 1);
-    logits = logits.masked_fill(mask, -std::numeric_limits<double>::infinity());
-  }
-  at::Tensor row_max = std::get<0>(logits.max(-1, true));
-  at::Tensor safe_max = at::where(at::isinf(row_max), at::zeros_like(row_max), row_max).detach();
-  at::Tensor e = at::exp(logits - safe_max);
-  at::Tensor denom = e.sum(-1, true);
-  at::Tensor p = e / at::where(denom == 0, at::ones_like(denom), denom);
-  return at::matmul(p, v);
-}
-
-struct Shape {
-  int64_t b, h, nq, nk, d, dv;
-};
-
-class AttentionParity : public ::testing::TestWithParam<std::tuple<Shape, bool>> {};
+class AttentionParity : public ::testing::TestWithParam<std::tuple<st::AttentionShape, bool>> {};
 
 TEST_P(AttentionParity, ForwardAndGradientsMatchReferenceFloat64) {
   const auto [shape, causal] = GetParam();
-  at::manual_seed(7);
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor q = at::randn({shape.b, shape.h, shape.nq, shape.d}, opts).requires_grad_();
-  at::Tensor k = at::randn({shape.b, shape.h, shape.nk, shape.d}, opts).requires_grad_();
-  at::Tensor v = at::randn({shape.b, shape.h, shape.nk, shape.dv}, opts).requires_grad_();
-  at::Tensor bias = at::randn({1, shape.h, shape.nq, shape.nk}, opts).requires_grad_();
-
-  at::Tensor out = slideformer::attention(q, k, v, bias, causal);
-  at::Tensor ref = reference_attention(q, k, v, bias, causal, std::nullopt);
-  expect_close(out, ref, 1e-10, 1e-10, "output");
-
-  at::Tensor grad = at::randn_like(out);
-  auto ours = torch::autograd::grad({out}, {q, k, v, bias}, {grad});
-  auto theirs = torch::autograd::grad({ref}, {q, k, v, bias}, {grad});
-  const char* names[] = {"grad query", "grad key", "grad value", "grad bias"};
-  for (int i = 0; i < 4; ++i) expect_close(ours[i], theirs[i], 1e-9, 1e-9, names[i]);
+  st::check_parity_float64(shape, causal, kCpu);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, AttentionParity,
-    ::testing::Combine(::testing::Values(Shape{2, 3, 5, 7, 4, 6},      // Nq != Nk, D != Dv
-                                         Shape{1, 2, 9, 3, 8, 8},      // Nq > Nk
-                                         Shape{1, 1, 1, 1, 1, 1},      // smallest
-                                         Shape{1, 2, 131, 600, 16, 5},  // several blocks, ragged
-                                         Shape{0, 2, 4, 4, 8, 8},      // B = 0
-                                         Shape{1, 2, 0, 5, 8, 8}),     // Nq = 0
-                       ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionParity,
+                         ::testing::Combine(::testing::ValuesIn(st::attention_parity_shapes()),
+                                            ::testing::Bool()));
 
-TEST(Attention, BiasBroadcastGradientHasBiasShape) {
-  at::manual_seed(1);
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const int64_t B = 2, H = 3, Nq = 6, Nk = 5, D = 4;
-  at::Tensor q = at::randn({B, H, Nq, D}, opts), k = at::randn({B, H, Nk, D}, opts),
-             v = at::randn({B, H, Nk, D}, opts);
-  const std::vector<std::vector<int64_t>> shapes = {
-      {Nk}, {Nq, 1}, {H, 1, Nk}, {1, H, Nq, Nk}, {B, 1, 1, Nk}, {B, H, Nq, Nk}, {B, 1, Nq, Nk}};
-  for (const auto& shape : shapes) {
-    at::Tensor bias = at::randn(shape, opts).requires_grad_();
-    at::Tensor out = slideformer::attention(q, k, v, bias);
-    at::Tensor ref = reference_attention(q, k, v, bias, false, std::nullopt);
-    expect_close(out, ref, 1e-10, 1e-10, "output");
-    at::Tensor grad = at::randn_like(out);
-    at::Tensor ours = torch::autograd::grad({out}, {bias}, {grad})[0];
-    at::Tensor theirs = torch::autograd::grad({ref}, {bias}, {grad})[0];
-    EXPECT_EQ(ours.sizes(), bias.sizes());
-    expect_close(ours, theirs, 1e-9, 1e-9, "grad bias");
-  }
-}
+TEST(Attention, BiasBroadcastGradientHasBiasShape) { st::check_bias_broadcast_gradients(kCpu); }
 
-TEST(Attention, FullyMaskedRowsGiveZeroOutputAndGradients) {
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor q = at::randn({1, 2, 4, 3}, opts).requires_grad_();
-  at::Tensor k = at::randn({1, 2, 5, 3}, opts).requires_grad_();
-  at::Tensor v = at::randn({1, 2, 5, 3}, opts).requires_grad_();
-  at::Tensor bias = at::zeros({4, 5}, opts);
-  bias[1].fill_(-std::numeric_limits<double>::infinity());
-  bias = bias.requires_grad_();
-  at::Tensor out = slideformer::attention(q, k, v, bias);
-  EXPECT_TRUE(out.select(2, 1).eq(0).all().item<bool>());
-  out.sum().backward();
-  EXPECT_TRUE(q.grad().select(2, 1).eq(0).all().item<bool>());
-  for (const auto& g : {q.grad(), k.grad(), v.grad(), bias.grad()})
-    EXPECT_TRUE(g.isfinite().all().item<bool>());
-  // Causal with Nq > Nk: the first Nq - Nk queries see no key.
-  at::Tensor out2 = slideformer::attention(at::randn({1, 1, 6, 3}, opts), at::randn({1, 1, 2, 3}, opts),
-                                           at::randn({1, 1, 2, 3}, opts), std::nullopt, true);
-  EXPECT_TRUE(out2.narrow(2, 0, 4).eq(0).all().item<bool>());
-  EXPECT_FALSE(out2.narrow(2, 4, 2).eq(0).all().item<bool>());
-}
+TEST(Attention, FullyMaskedRowsGiveZeroOutputAndGradients) { st::check_fully_masked_rows(kCpu); }
 
 TEST(Attention, ExplicitScaleAndNonContiguousInputs) {
-  at::manual_seed(3);
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  // (B, N, H, D) tensors transposed to (B, H, N, D), as a module passes them.
-  at::Tensor q = at::randn({2, 7, 3, 4}, opts).transpose(1, 2);
-  at::Tensor k = at::randn({2, 9, 3, 4}, opts).transpose(1, 2);
-  at::Tensor v = at::randn({2, 9, 3, 5}, opts).transpose(1, 2);
-  ASSERT_FALSE(q.is_contiguous());
-  at::Tensor out = slideformer::attention(q, k, v, std::nullopt, false, 0.3);
-  expect_close(out, reference_attention(q, k, v, std::nullopt, false, 0.3), 1e-10, 1e-10);
+  st::check_explicit_scale_non_contiguous(kCpu);
 }
 
-TEST(Attention, HalfPrecisionWithinTolerance) {
-  at::manual_seed(5);
-  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
-    const double tol = dtype == at::kFloat ? 1e-5 : (dtype == at::kHalf ? 5e-3 : 3e-2);
-    at::Tensor q = at::randn({2, 2, 37, 16}), k = at::randn({2, 2, 45, 16}),
-               v = at::randn({2, 2, 45, 16}), bias = at::randn({2, 37, 45});
-    std::vector<at::Tensor> xs = {q, k, v, bias};
-    for (auto& x : xs) x = x.to(dtype).requires_grad_();
-    at::Tensor out = slideformer::attention(xs[0], xs[1], xs[2], xs[3], true);
-    EXPECT_EQ(out.scalar_type(), dtype);
-    std::vector<at::Tensor> refs;
-    for (auto& x : xs) refs.push_back(x.detach().to(at::kDouble).requires_grad_());
-    at::Tensor ref = reference_attention(refs[0], refs[1], refs[2], refs[3], true, std::nullopt);
-    expect_close(out, ref, tol, tol, "output");
-    at::Tensor grad = at::randn_like(ref);
-    auto ours = torch::autograd::grad({out}, xs, {grad.to(dtype)});
-    auto theirs = torch::autograd::grad({ref}, refs, {grad});
-    for (int i = 0; i < 4; ++i) {
-      EXPECT_EQ(ours[i].scalar_type(), dtype);
-      expect_close(ours[i], theirs[i], 4 * tol, 4 * tol, "gradient " + std::to_string(i));
-    }
-  }
-}
+TEST(Attention, HalfPrecisionWithinTolerance) { st::check_reduced_precision(kCpu); }
 
-TEST(Attention, FiniteDifferenceGradcheckAllInputs) {
-  at::manual_seed(11);
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  for (bool causal : {false, true}) {
-    slideformer::testing::expect_gradients_match_finite_differences(
-        [causal](const std::vector<at::Tensor>& x) {
-          return slideformer::attention(x[0], x[1], x[2], x[3], causal);
-        },
-        {at::randn({1, 2, 4, 3}, opts).requires_grad_(), at::randn({1, 2, 5, 3}, opts).requires_grad_(),
-         at::randn({1, 2, 5, 2}, opts).requires_grad_(), at::randn({2, 1, 5}, opts).requires_grad_()});
-  }
-}
+TEST(Attention, FiniteDifferenceGradcheckAllInputs) { st::check_finite_difference_gradients(kCpu); }
 
-TEST(Attention, BackwardIsDeterministic) {
-  at::manual_seed(2);
-  at::Tensor q = at::randn({2, 4, 300, 32}).requires_grad_(), k = at::randn({2, 4, 700, 32}),
-             v = at::randn({2, 4, 700, 32}), bias = at::randn({700}).requires_grad_();
-  auto run = [&] {
-    at::Tensor out = slideformer::attention(q, k, v, bias);
-    return torch::autograd::grad({out.square().sum()}, {q, bias});
-  };
-  auto first = run(), second = run();
-  EXPECT_TRUE(at::equal(first[0], second[0]));
-  EXPECT_TRUE(at::equal(first[1], second[1]));
-}
+TEST(Attention, BackwardIsDeterministic) { st::check_backward_deterministic(kCpu); }
 
 TEST(Attention, DoubleBackwardSaysUnsupported) {
   at::Tensor q = at::randn({1, 1, 3, 2}, at::kDouble).requires_grad_();
@@ -182,36 +49,7 @@ TEST(Attention, DoubleBackwardSaysUnsupported) {
 }
 
 TEST(AttentionErrors, BadInputsNameOpArgumentAndValues) {
-  at::Tensor q = at::randn({2, 3, 5, 4}), k = at::randn({2, 3, 6, 4}), v = at::randn({2, 3, 6, 7});
-  using slideformer::attention;
-  EXPECT_THROW_MSG(attention(q[0], k, v),
-                   "slideformer::attention: query must have 4 dimensions (B, H, Nq, D), got 3");
-  EXPECT_THROW_MSG(attention(q, k[0], v), "slideformer::attention: key must have 4 dimensions");
-  EXPECT_THROW_MSG(attention(q, k, v[0]), "slideformer::attention: value must have 4 dimensions");
-  EXPECT_THROW_MSG(attention(q.to(at::kInt), k, v),
-                   "slideformer::attention: query must be float32, float64, float16 or bfloat16, got Int");
-  EXPECT_THROW_MSG(attention(q, k.to(at::kDouble), v),
-                   "slideformer::attention: key must have the dtype of query (Float), got Double");
-  EXPECT_THROW_MSG(attention(q, k, v.to(at::kHalf)),
-                   "slideformer::attention: value must have the dtype of query (Float), got Half");
-  EXPECT_THROW_MSG(attention(q, at::randn({1, 3, 6, 4}), v),
-                   "slideformer::attention: key must have the batch size B of query = 2 in dimension 0, got 1");
-  EXPECT_THROW_MSG(attention(q, at::randn({2, 2, 6, 4}), v),
-                   "slideformer::attention: key must have the head count H of query = 3 in dimension 1, got 2");
-  EXPECT_THROW_MSG(attention(q, at::randn({2, 3, 6, 5}), v),
-                   "slideformer::attention: key must have the head dim D of query = 4 in dimension 3, got 5");
-  EXPECT_THROW_MSG(attention(q, k, at::randn({2, 3, 5, 7})),
-                   "slideformer::attention: value must have the key count Nk of key = 6 in dimension 2, got 5");
-  EXPECT_THROW_MSG(attention(q, k, v, at::randn({5, 5})),
-                   "slideformer::attention: attn_bias must be broadcastable to (B, H, Nq, Nk) = [2, 3, 5, 6], got shape [5, 5]");
-  EXPECT_THROW_MSG(attention(q, k, v, at::randn({1, 2, 3, 5, 6})),
-                   "slideformer::attention: attn_bias must have at most 4 dimensions");
-  EXPECT_THROW_MSG(attention(q, k, v, at::randn({5, 6}, at::kDouble)),
-                   "slideformer::attention: attn_bias must have the dtype of query (Float), got Double");
-  EXPECT_THROW_MSG(attention(q, k, v, at::zeros({5, 6}, at::kBool)),
-                   "slideformer::attention: attn_bias must have the dtype of query (Float), got Bool");
-  EXPECT_THROW_MSG(attention(q, k.to(at::kMeta), v),
-                   "slideformer::attention: key must be on the device of query (cpu), got meta");
+  st::check_bad_inputs(kCpu, at::Device(at::kMeta));
 }
 
 TEST(AttentionMeta, ShapesWithoutData) {
@@ -220,6 +58,31 @@ TEST(AttentionMeta, ShapesWithoutData) {
   at::Tensor out = slideformer::attention(q, k, v);
   EXPECT_TRUE(out.is_meta());
   EXPECT_EQ(out.sizes(), at::IntArrayRef({2, 3, 5, 7}));
+}
+
+// The causal rules shared by the CPU and CUDA kernels (ops/common/attention_math.h) agree with
+// each other: key j is visible to query i exactly when i is at or past the first query seeing j.
+TEST(AttentionMath, VisibleKeysAndFirstQuerySeeingAgree) {
+  namespace m = slideformer::ops::math;
+  for (int64_t nq : {0, 1, 3, 7}) {
+    for (int64_t nk : {0, 1, 4, 7}) {
+      for (bool causal : {false, true}) {
+        for (int64_t i = 0; i < nq; ++i) {
+          const int64_t visible = m::visible_keys(i, nq, nk, causal);
+          EXPECT_GE(visible, 0);
+          EXPECT_LE(visible, nk);
+          for (int64_t j = 0; j < nk; ++j) {
+            EXPECT_EQ(j < visible, i >= m::first_query_seeing(j, nq, nk, causal))
+                << "nq " << nq << " nk " << nk << " causal " << causal << " i " << i << " j " << j;
+          }
+        }
+      }
+    }
+  }
+  // Bottom-right alignment: the last query sees every key, the first query of a square problem
+  // sees only the first key.
+  EXPECT_EQ(m::visible_keys(4, 5, 9, true), 9);
+  EXPECT_EQ(m::visible_keys(0, 5, 5, true), 1);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ops/attention.h"
+#include "ops/common/attention_math.h"
 #include "ops/common/online_softmax.h"
 #include "ops/cpu/vec_utils.h"
 
@@ -40,11 +41,9 @@ struct Geometry {
   int64_t batch, heads, num_queries, num_keys, head_dim, value_dim;
   bool causal;
   double scale;
-  // Key j is visible to query i iff j <= i + causal_offset (when causal).
-  int64_t causal_offset() const { return num_keys - num_queries; }
   // Number of keys query i may see (keys [0, n)).
   int64_t visible_keys(int64_t i) const {
-    return causal ? std::clamp<int64_t>(i + causal_offset() + 1, 0, num_keys) : num_keys;
+    return math::visible_keys(i, num_queries, num_keys, causal);
   }
   int64_t query_blocks() const { return (num_queries + kQueryBlock - 1) / kQueryBlock; }
 };

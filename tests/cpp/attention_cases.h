@@ -1,0 +1,230 @@
+#pragma once
+// The attention test cases, written once and run per device: test_attention.cpp runs them on
+// the CPU, test_attention_cuda.cpp on a GPU (DESIGN 2.1).
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "slideformer/ops.h"
+#include "test_helpers.h"
+
+namespace slideformer::testing {
+
+// softmax(scale * q k^T + bias, causal mask) v in plain aten ops, fully masked rows giving 0.
+inline at::Tensor reference_attention(const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const std::optional<at::Tensor>& bias,
+                                      bool causal, std::optional<double> scale) {
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  at::Tensor logits = at::matmul(q, k.transpose(-2, -1)) * s;
+  if (bias) logits = logits + *bias;
+  if (causal) {
+    const int64_t nq = q.size(2), nk = k.size(2);
+    at::Tensor mask = at::ones({nq, nk}, q.options().dtype(at::kBool)).triu(nk - nq + 1);
+    logits = logits.masked_fill(mask, -std::numeric_limits<double>::infinity());
+  }
+  at::Tensor row_max = std::get<0>(logits.max(-1, true));
+  at::Tensor safe_max = at::where(at::isinf(row_max), at::zeros_like(row_max), row_max).detach();
+  at::Tensor e = at::exp(logits - safe_max);
+  at::Tensor denom = e.sum(-1, true);
+  at::Tensor p = e / at::where(denom == 0, at::ones_like(denom), denom);
+  return at::matmul(p, v);
+}
+
+struct AttentionShape {
+  int64_t b, h, nq, nk, d, dv;
+};
+
+// Shapes of the parity tests: ragged blocks, Nq != Nk, D != Dv, empty dimensions.
+inline std::vector<AttentionShape> attention_parity_shapes() {
+  return {{2, 3, 5, 7, 4, 6},       // Nq != Nk, D != Dv
+          {1, 2, 9, 3, 8, 8},       // Nq > Nk
+          {1, 1, 1, 1, 1, 1},       // smallest
+          {1, 2, 131, 600, 16, 5},  // several blocks, ragged
+          {1, 1, 70, 40, 40, 72},   // feature dims past one 32-wide chunk, ragged
+          {0, 2, 4, 4, 8, 8},       // B = 0
+          {1, 2, 0, 5, 8, 8}};      // Nq = 0
+}
+
+inline void check_parity_float64(const AttentionShape& shape, bool causal, at::Device device) {
+  at::manual_seed(7);
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);
+  at::Tensor q = at::randn({shape.b, shape.h, shape.nq, shape.d}, opts).requires_grad_();
+  at::Tensor k = at::randn({shape.b, shape.h, shape.nk, shape.d}, opts).requires_grad_();
+  at::Tensor v = at::randn({shape.b, shape.h, shape.nk, shape.dv}, opts).requires_grad_();
+  at::Tensor bias = at::randn({1, shape.h, shape.nq, shape.nk}, opts).requires_grad_();
+
+  at::Tensor out = slideformer::attention(q, k, v, bias, causal);
+  EXPECT_EQ(out.device(), device);
+  at::Tensor ref = reference_attention(q, k, v, bias, causal, std::nullopt);
+  expect_close(out, ref, 1e-10, 1e-10, "output");
+
+  at::Tensor grad = at::randn_like(out);
+  auto ours = torch::autograd::grad({out}, {q, k, v, bias}, {grad});
+  auto theirs = torch::autograd::grad({ref}, {q, k, v, bias}, {grad});
+  const char* names[] = {"grad query", "grad key", "grad value", "grad bias"};
+  for (int i = 0; i < 4; ++i) expect_close(ours[i], theirs[i], 1e-9, 1e-9, names[i]);
+}
+
+inline void check_bias_broadcast_gradients(at::Device device) {
+  at::manual_seed(1);
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);
+  const int64_t B = 2, H = 3, Nq = 6, Nk = 5, D = 4;
+  at::Tensor q = at::randn({B, H, Nq, D}, opts), k = at::randn({B, H, Nk, D}, opts),
+             v = at::randn({B, H, Nk, D}, opts);
+  const std::vector<std::vector<int64_t>> shapes = {
+      {Nk},           {Nq, 1},        {H, 1, Nk},     {1, H, Nq, Nk}, {B, 1, 1, Nk},
+      {B, H, Nq, Nk}, {B, 1, Nq, Nk}, {1, 1, 1, 1},   {B, H, 1, 1}};
+  for (const auto& shape : shapes) {
+    at::Tensor bias = at::randn(shape, opts).requires_grad_();
+    at::Tensor out = slideformer::attention(q, k, v, bias);
+    at::Tensor ref = reference_attention(q, k, v, bias, false, std::nullopt);
+    expect_close(out, ref, 1e-10, 1e-10, "output");
+    at::Tensor grad = at::randn_like(out);
+    at::Tensor ours = torch::autograd::grad({out}, {bias}, {grad})[0];
+    at::Tensor theirs = torch::autograd::grad({ref}, {bias}, {grad})[0];
+    EXPECT_EQ(ours.sizes(), bias.sizes());
+    expect_close(ours, theirs, 1e-9, 1e-9, "grad bias of shape " + c10::str(bias.sizes()));
+  }
+}
+
+inline void check_fully_masked_rows(at::Device device) {
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);
+  at::Tensor q = at::randn({1, 2, 4, 3}, opts).requires_grad_();
+  at::Tensor k = at::randn({1, 2, 5, 3}, opts).requires_grad_();
+  at::Tensor v = at::randn({1, 2, 5, 3}, opts).requires_grad_();
+  at::Tensor bias = at::zeros({4, 5}, opts);
+  bias[1].fill_(-std::numeric_limits<double>::infinity());
+  bias = bias.requires_grad_();
+  at::Tensor out = slideformer::attention(q, k, v, bias);
+  EXPECT_TRUE(out.select(2, 1).eq(0).all().item<bool>());
+  out.sum().backward();
+  EXPECT_TRUE(q.grad().select(2, 1).eq(0).all().item<bool>());
+  for (const auto& g : {q.grad(), k.grad(), v.grad(), bias.grad()})
+    EXPECT_TRUE(g.isfinite().all().item<bool>());
+  // Causal with Nq > Nk: the first Nq - Nk queries see no key.
+  at::Tensor out2 = slideformer::attention(at::randn({1, 1, 6, 3}, opts),
+                                           at::randn({1, 1, 2, 3}, opts),
+                                           at::randn({1, 1, 2, 3}, opts), std::nullopt, true);
+  EXPECT_TRUE(out2.narrow(2, 0, 4).eq(0).all().item<bool>());
+  EXPECT_FALSE(out2.narrow(2, 4, 2).eq(0).all().item<bool>());
+}
+
+inline void check_explicit_scale_non_contiguous(at::Device device) {
+  at::manual_seed(3);
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);
+  // (B, N, H, D) tensors transposed to (B, H, N, D), as a module passes them.
+  at::Tensor q = at::randn({2, 7, 3, 4}, opts).transpose(1, 2);
+  at::Tensor k = at::randn({2, 9, 3, 4}, opts).transpose(1, 2);
+  at::Tensor v = at::randn({2, 9, 3, 5}, opts).transpose(1, 2);
+  ASSERT_FALSE(q.is_contiguous());
+  at::Tensor out = slideformer::attention(q, k, v, std::nullopt, false, 0.3);
+  expect_close(out, reference_attention(q, k, v, std::nullopt, false, 0.3), 1e-10, 1e-10);
+}
+
+inline void check_reduced_precision(at::Device device) {
+  at::manual_seed(5);
+  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    const double tol = dtype == at::kFloat ? 1e-5 : (dtype == at::kHalf ? 5e-3 : 3e-2);
+    const auto opts = at::TensorOptions().device(device);
+    at::Tensor q = at::randn({2, 2, 37, 16}, opts), k = at::randn({2, 2, 45, 16}, opts),
+               v = at::randn({2, 2, 45, 16}, opts), bias = at::randn({2, 37, 45}, opts);
+    std::vector<at::Tensor> xs = {q, k, v, bias};
+    for (auto& x : xs) x = x.to(dtype).requires_grad_();
+    at::Tensor out = slideformer::attention(xs[0], xs[1], xs[2], xs[3], true);
+    EXPECT_EQ(out.scalar_type(), dtype);
+    std::vector<at::Tensor> refs;
+    for (auto& x : xs) refs.push_back(x.detach().to(at::kDouble).requires_grad_());
+    at::Tensor ref = reference_attention(refs[0], refs[1], refs[2], refs[3], true, std::nullopt);
+    expect_close(out, ref, tol, tol, "output " + std::string(c10::toString(dtype)));
+    at::Tensor grad = at::randn_like(ref);
+    auto ours = torch::autograd::grad({out}, xs, {grad.to(dtype)});
+    auto theirs = torch::autograd::grad({ref}, refs, {grad});
+    for (int i = 0; i < 4; ++i) {
+      EXPECT_EQ(ours[i].scalar_type(), dtype);
+      expect_close(ours[i], theirs[i], 4 * tol, 4 * tol,
+                   "gradient " + std::to_string(i) + " " + c10::toString(dtype));
+    }
+  }
+}
+
+inline void check_finite_difference_gradients(at::Device device) {
+  at::manual_seed(11);
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);
+  for (bool causal : {false, true}) {
+    expect_gradients_match_finite_differences(
+        [causal](const std::vector<at::Tensor>& x) {
+          return slideformer::attention(x[0], x[1], x[2], x[3], causal);
+        },
+        {at::randn({1, 2, 4, 3}, opts).requires_grad_(),
+         at::randn({1, 2, 5, 3}, opts).requires_grad_(),
+         at::randn({1, 2, 5, 2}, opts).requires_grad_(),
+         at::randn({2, 1, 5}, opts).requires_grad_()});
+  }
+}
+
+inline void check_backward_deterministic(at::Device device) {
+  at::manual_seed(2);
+  const auto opts = at::TensorOptions().device(device);
+  at::Tensor q = at::randn({2, 4, 300, 32}, opts).requires_grad_();
+  at::Tensor k = at::randn({2, 4, 700, 32}, opts).requires_grad_();
+  at::Tensor v = at::randn({2, 4, 700, 32}, opts);
+  at::Tensor bias = at::randn({700}, opts).requires_grad_();
+  auto run = [&] {
+    at::Tensor out = slideformer::attention(q, k, v, bias);
+    return torch::autograd::grad({out.square().sum()}, {q, k, bias});
+  };
+  auto first = run(), second = run();
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_TRUE(at::equal(first[i], second[i])) << "gradient " << i << " differs between runs";
+  }
+}
+
+// Every bad input names the op, the argument, the expected and the actual value. `other` is a
+// device different from `device`.
+inline void check_bad_inputs(at::Device device, at::Device other) {
+  const auto opts = at::TensorOptions().device(device);
+  at::Tensor q = at::randn({2, 3, 5, 4}, opts), k = at::randn({2, 3, 6, 4}, opts),
+             v = at::randn({2, 3, 6, 7}, opts);
+  using slideformer::attention;
+  EXPECT_THROW_MSG(attention(q[0], k, v),
+                   "slideformer::attention: query must have 4 dimensions (B, H, Nq, D), got 3");
+  EXPECT_THROW_MSG(attention(q, k[0], v), "slideformer::attention: key must have 4 dimensions");
+  EXPECT_THROW_MSG(attention(q, k, v[0]), "slideformer::attention: value must have 4 dimensions");
+  EXPECT_THROW_MSG(attention(q.to(at::kInt), k, v),
+                   "slideformer::attention: query must be float32, float64, float16 or bfloat16, got Int");
+  EXPECT_THROW_MSG(attention(q, k.to(at::kDouble), v),
+                   "slideformer::attention: key must have the dtype of query (Float), got Double");
+  EXPECT_THROW_MSG(attention(q, k, v.to(at::kHalf)),
+                   "slideformer::attention: value must have the dtype of query (Float), got Half");
+  EXPECT_THROW_MSG(attention(q, at::randn({1, 3, 6, 4}, opts), v),
+                   "slideformer::attention: key must have the batch size B of query = 2 in dimension 0, got 1");
+  EXPECT_THROW_MSG(attention(q, at::randn({2, 2, 6, 4}, opts), v),
+                   "slideformer::attention: key must have the head count H of query = 3 in dimension 1, got 2");
+  EXPECT_THROW_MSG(attention(q, at::randn({2, 3, 6, 5}, opts), v),
+                   "slideformer::attention: key must have the head dim D of query = 4 in dimension 3, got 5");
+  EXPECT_THROW_MSG(attention(q, k, at::randn({2, 3, 5, 7}, opts)),
+                   "slideformer::attention: value must have the key count Nk of key = 6 in dimension 2, got 5");
+  EXPECT_THROW_MSG(attention(q, k, v, at::randn({5, 5}, opts)),
+                   "slideformer::attention: attn_bias must be broadcastable to (B, H, Nq, Nk) = [2, 3, 5, 6], got shape [5, 5]");
+  EXPECT_THROW_MSG(attention(q, k, v, at::randn({1, 2, 3, 5, 6}, opts)),
+                   "slideformer::attention: attn_bias must have at most 4 dimensions");
+  EXPECT_THROW_MSG(attention(q, k, v, at::randn({5, 6}, opts.dtype(at::kDouble))),
+                   "slideformer::attention: attn_bias must have the dtype of query (Float), got Double");
+  EXPECT_THROW_MSG(attention(q, k, v, at::zeros({5, 6}, opts.dtype(at::kBool))),
+                   "slideformer::attention: attn_bias must have the dtype of query (Float), got Bool");
+  EXPECT_THROW_MSG(attention(q, k.to(other), v),
+                   "slideformer::attention: key must be on the device of query (" + device.str() +
+                       "), got " + other.str());
+  EXPECT_THROW_MSG(attention(q, k, v, at::randn({5, 6}, opts.device(other))),
+                   "slideformer::attention: attn_bias must be on the device of query (" +
+                       device.str() + "), got " + other.str());
+}
+
+}  // namespace slideformer::testing
