@@ -68,7 +68,13 @@ INSTANTIATE_TEST_SUITE_P(
                                          Shape{1, 2, 131, 600, 16, 5},  // several blocks, ragged
                                          Shape{0, 2, 4, 4, 8, 8},      // B = 0
                                          Shape{1, 2, 0, 5, 8, 8}),     // Nq = 0
-                       ::testing::Bool()));
+                       ::testing::Bool()),
+    [](const ::testing::TestParamInfo<AttentionParity::ParamType>& info) {
+      const Shape& s = std::get<0>(info.param);
+      return "B" + std::to_string(s.b) + "H" + std::to_string(s.h) + "Nq" + std::to_string(s.nq) +
+             "Nk" + std::to_string(s.nk) + "D" + std::to_string(s.d) + "Dv" + std::to_string(s.dv) +
+             (std::get<1>(info.param) ? "Causal" : "Full");
+    });
 
 TEST(Attention, BiasBroadcastGradientHasBiasShape) {
   at::manual_seed(1);
