@@ -38,7 +38,7 @@ sanitizer=/usr/local/cuda/bin/compute-sanitizer
 if [ -z "$sanitizer" ]; then
   failures+=("compute-sanitizer not found (/usr/local/cuda/bin or PATH)")
 else
-  short_test='Shapes/AttentionCudaParity.*/0:Shapes/AttentionCudaParity.*/7:AttentionCuda.BiasBroadcastGradientHasBiasShape'
+  short_test='Shapes/AttentionCudaParity.*/B2H3Nq5Nk7D4Dv6Causal:Shapes/AttentionCudaParity.*/B1H1Nq70Nk40D40Dv72Full:AttentionCuda.BiasBroadcastGradientHasBiasShape'
   for tool in memcheck racecheck synccheck; do
     log "compute-sanitizer --tool $tool on $short_test"
     "$sanitizer" --tool "$tool" --error-exitcode 1 \

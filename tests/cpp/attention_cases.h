@@ -52,6 +52,17 @@ inline std::vector<AttentionShape> attention_parity_shapes() {
           {1, 2, 0, 5, 8, 8}};      // Nq = 0
 }
 
+using AttentionParityParam = std::tuple<AttentionShape, bool>;
+
+// "B2H3Nq5Nk7D4Dv6Causal": readable names for the parameterised parity tests.
+inline std::string attention_param_name(
+    const ::testing::TestParamInfo<AttentionParityParam>& info) {
+  const AttentionShape& s = std::get<0>(info.param);
+  return "B" + std::to_string(s.b) + "H" + std::to_string(s.h) + "Nq" + std::to_string(s.nq) +
+         "Nk" + std::to_string(s.nk) + "D" + std::to_string(s.d) + "Dv" + std::to_string(s.dv) +
+         (std::get<1>(info.param) ? "Causal" : "Full");
+}
+
 inline void check_parity_float64(const AttentionShape& shape, bool causal, at::Device device) {
   at::manual_seed(7);
   const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);

@@ -16,7 +16,7 @@ namespace {
 namespace st = slideformer::testing;
 const at::Device kCpu(at::kCPU);
 
-class AttentionParity : public ::testing::TestWithParam<std::tuple<st::AttentionShape, bool>> {};
+class AttentionParity : public ::testing::TestWithParam<st::AttentionParityParam> {};
 
 TEST_P(AttentionParity, ForwardAndGradientsMatchReferenceFloat64) {
   const auto [shape, causal] = GetParam();
@@ -25,7 +25,8 @@ TEST_P(AttentionParity, ForwardAndGradientsMatchReferenceFloat64) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionParity,
                          ::testing::Combine(::testing::ValuesIn(st::attention_parity_shapes()),
-                                            ::testing::Bool()));
+                                            ::testing::Bool()),
+                         st::attention_param_name);
 
 TEST(Attention, BiasBroadcastGradientHasBiasShape) { st::check_bias_broadcast_gradients(kCpu); }
 

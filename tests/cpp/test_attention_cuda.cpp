@@ -33,7 +33,7 @@ class AttentionCuda : public ::testing::Test {
 };
 
 class AttentionCudaParity
-    : public ::testing::TestWithParam<std::tuple<st::AttentionShape, bool>> {
+    : public ::testing::TestWithParam<st::AttentionParityParam> {
  protected:
   void SetUp() override { SKIP_WITHOUT_CUDA(); }
 };
@@ -45,7 +45,8 @@ TEST_P(AttentionCudaParity, ForwardAndGradientsMatchReferenceFloat64) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionCudaParity,
                          ::testing::Combine(::testing::ValuesIn(st::attention_parity_shapes()),
-                                            ::testing::Bool()));
+                                            ::testing::Bool()),
+                         st::attention_param_name);
 
 TEST_F(AttentionCuda, BiasBroadcastGradientHasBiasShape) {
   st::check_bias_broadcast_gradients(kCuda);

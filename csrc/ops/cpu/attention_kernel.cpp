@@ -12,29 +12,17 @@
 #include "ops/attention.h"
 #include "ops/common/attention_math.h"
 #include "ops/common/online_softmax.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/vec_utils.h"
 
 namespace slideformer::ops {
 namespace {
 
+using cpu::gemm;
 using cpu::Vectorized;
 
-constexpr int64_t kQueryBlock = 128;
+constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kKeyBlock = 512;
-
-// Row-major C = alpha * op(A) op(B) + beta * C on raw buffers (op(A): m x k, op(B): k x n),
-// through at::addmm_out on views so the BLAS torch was built with does the work.
-template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const T* a,
-          int64_t lda, const T* b, int64_t ldb, double beta, T* c, int64_t ldc) {
-  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto view = [&](const T* data, int64_t rows, int64_t cols, int64_t ld, bool trans) {
-    return trans ? at::from_blob(const_cast<T*>(data), {rows, cols}, {1, ld}, options)
-                 : at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1}, options);
-  };
-  at::Tensor out = at::from_blob(c, {m, n}, {ldc, 1}, options);
-  at::addmm_out(out, out, view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b), beta, alpha);
-}
 
 // Problem geometry plus the additive bias seen as a (B, H, Nq, Nk) strided view.
 struct Geometry {
@@ -46,6 +34,22 @@ struct Geometry {
     return math::visible_keys(i, num_queries, num_keys, causal);
   }
   int64_t query_blocks() const { return (num_queries + kQueryBlock - 1) / kQueryBlock; }
+};
+
+// Uninitialised per-thread scratch, allocated once per call outside the parallel region and
+// indexed by at::get_thread_num().
+template <typename T>
+class ThreadScratch {
+ public:
+  explicit ThreadScratch(int64_t per_thread)
+      : per_thread_(per_thread),
+        buffer_(at::empty({at::get_num_threads(), per_thread},
+                          at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value))) {}
+  T* local() const { return buffer_.data_ptr<T>() + at::get_thread_num() * per_thread_; }
+
+ private:
+  int64_t per_thread_;
+  at::Tensor buffer_;
 };
 
 template <typename T>
@@ -73,8 +77,8 @@ template <typename T>
 void block_logits(const Geometry& g, const BiasView<T>& bias, int64_t b, int64_t h,
                   const T* q_block, const T* k_block, int64_t i0, int64_t rows, int64_t j0,
                   int64_t cols, T* scores, int64_t* visible) {
-  gemm<T>(false, true, rows, cols, g.head_dim, g.scale, q_block, g.head_dim, k_block, g.head_dim,
-          0.0, scores, cols);
+  gemm<T>(false, true, rows, cols, g.head_dim, T(g.scale), q_block, g.head_dim, k_block, g.head_dim,
+          T(0), scores, cols);
   for (int64_t r = 0; r < rows; ++r) {
     T* s = scores + r * cols;
     if (bias.data) {
@@ -104,25 +108,28 @@ void forward_kernel(const Geometry& g, const at::Tensor& q, const at::Tensor& k,
   const int64_t num_qb = g.query_blocks();
   constexpr T kInf = std::numeric_limits<T>::infinity();
 
+  const ThreadScratch<T> scratch(kQueryBlock * (key_block + Dv + 2));
   at::parallel_for(0, g.batch * g.heads * num_qb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scores(kQueryBlock * key_block), acc(kQueryBlock * Dv);
-    std::vector<T> row_max(kQueryBlock), row_sum(kQueryBlock);
-    std::vector<int64_t> visible(kQueryBlock);
+    T* const scores = scratch.local();
+    T* const acc = scores + kQueryBlock * key_block;
+    T* const row_max = acc + kQueryBlock * Dv;
+    T* const row_sum = row_max + kQueryBlock;
+    int64_t visible[kQueryBlock];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / num_qb, b = bh / g.heads, h = bh % g.heads;
       const int64_t i0 = (task % num_qb) * kQueryBlock;
       const int64_t rows = std::min(kQueryBlock, Nq - i0);
       const T* q_block = q_data + (bh * Nq + i0) * D;
-      std::fill_n(acc.begin(), rows * Dv, T(0));
-      std::fill_n(row_max.begin(), rows, -kInf);
-      std::fill_n(row_sum.begin(), rows, T(0));
+      std::fill_n(acc, rows * Dv, T(0));
+      std::fill_n(row_max, rows, -kInf);
+      std::fill_n(row_sum, rows, T(0));
       const int64_t keys_end = g.visible_keys(i0 + rows - 1);
       for (int64_t j0 = 0; j0 < keys_end; j0 += key_block) {
         const int64_t cols = std::min(key_block, keys_end - j0);
         block_logits<T>(g, bias, b, h, q_block, k_data + (bh * Nk + j0) * D, i0, rows, j0, cols,
-                        scores.data(), visible.data());
+                        scores, visible);
         for (int64_t r = 0; r < rows; ++r) {
-          T* s = scores.data() + r * cols;
+          T* s = scores + r * cols;
           const int64_t n = visible[r];
           const T new_max = math::merged_max(row_max[r], cpu::max_of(s, n));
           if (new_max == -kInf) {  // every key so far masked: contributes nothing
@@ -132,12 +139,12 @@ void forward_kernel(const Geometry& g, const at::Tensor& q, const at::Tensor& k,
           const T block_sum = cpu::exp_shifted_sum_inplace(s, n, new_max);
           std::fill(s + n, s + cols, T(0));
           const T correction = math::rescale_factor(row_max[r], new_max);
-          if (correction != T(1)) cpu::scale_inplace(acc.data() + r * Dv, correction, Dv);
+          if (correction != T(1)) cpu::scale_inplace(acc + r * Dv, correction, Dv);
           row_sum[r] = row_sum[r] * correction + block_sum;
           row_max[r] = new_max;
         }
-        gemm<T>(false, false, rows, Dv, cols, 1.0, scores.data(), cols,
-                v_data + (bh * Nk + j0) * Dv, Dv, 1.0, acc.data(), Dv);
+        gemm<T>(false, false, rows, Dv, cols, 1.0, scores, cols,
+                v_data + (bh * Nk + j0) * Dv, Dv, 1.0, acc, Dv);
       }
       for (int64_t r = 0; r < rows; ++r) {
         T* o = out_data + (bh * Nq + i0 + r) * Dv;
@@ -207,10 +214,12 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
     return target;
   };
 
+  const ThreadScratch<T> scratch(kQueryBlock * (2 * key_block + 1));
   at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<T> probs(kQueryBlock * key_block), dscores(kQueryBlock * key_block);
-    std::vector<T> delta(kQueryBlock);
-    std::vector<int64_t> visible(kQueryBlock);
+    T* const probs = scratch.local();
+    T* const dscores = probs + kQueryBlock * key_block;
+    T* const delta = dscores + kQueryBlock * key_block;
+    int64_t visible[kQueryBlock];
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       const BiasGradTarget<T> bias_target = target_for_chunk(chunk);
       const int64_t bh_begin = chunk * num_bh / num_chunks;
@@ -230,33 +239,33 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
             const int64_t cols = std::min(key_block, keys_end - j0);
             const T* k_block = k_data + (bh * Nk + j0) * D;
             const T* v_block = v_data + (bh * Nk + j0) * Dv;
-            block_logits<T>(g, bias, b, h, q_block, k_block, i0, rows, j0, cols, probs.data(),
-                            visible.data());
+            block_logits<T>(g, bias, b, h, q_block, k_block, i0, rows, j0, cols, probs,
+                            visible);
             for (int64_t r = 0; r < rows; ++r) {  // P = exp(S - lse), 0 where masked
-              T* p = probs.data() + r * cols;
+              T* p = probs + r * cols;
               cpu::exp_shifted_sum_inplace(p, visible[r], lse_data[bh * Nq + i0 + r]);
               std::fill(p + visible[r], p + cols, T(0));
             }
             // dV += P^T dO ; dP = dO V^T ; dS = P * (dP - delta)
-            gemm<T>(true, false, cols, Dv, rows, 1.0, probs.data(), cols, do_block, Dv, 1.0,
+            gemm<T>(true, false, cols, Dv, rows, 1.0, probs, cols, do_block, Dv, 1.0,
                     gv + (bh * Nk + j0) * Dv, Dv);
             gemm<T>(false, true, rows, cols, Dv, 1.0, do_block, Dv, v_block, Dv, 0.0,
-                    dscores.data(), cols);
+                    dscores, cols);
             for (int64_t r = 0; r < rows; ++r) {
-              T* ds = dscores.data() + r * cols;
-              const T* p = probs.data() + r * cols;
+              T* ds = dscores + r * cols;
+              const T* p = probs + r * cols;
               const T d = delta[r];
               at::vec::map2<T>([d](const Vectorized<T>& dp, const Vectorized<T>& pv) {
                 return math::logit_grad(pv, dp, Vectorized<T>(d));
               }, ds, ds, p, cols);
             }
             if (want_bias_grad) {
-              accumulate_bias_grad(bias_target, b, h, i0, rows, j0, cols, dscores.data());
+              accumulate_bias_grad(bias_target, b, h, i0, rows, j0, cols, dscores);
             }
             // dQ += scale dS K ; dK += scale dS^T Q
-            gemm<T>(false, false, rows, D, cols, g.scale, dscores.data(), cols, k_block, D, 1.0,
+            gemm<T>(false, false, rows, D, cols, g.scale, dscores, cols, k_block, D, 1.0,
                     gq_block, D);
-            gemm<T>(true, false, cols, D, rows, g.scale, dscores.data(), cols, q_block, D, 1.0,
+            gemm<T>(true, false, cols, D, rows, g.scale, dscores, cols, q_block, D, 1.0,
                     gk + (bh * Nk + j0) * D, D);
           }
         }
