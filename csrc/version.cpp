@@ -13,13 +13,8 @@ bool built_with_cuda() {
 }
 
 std::string build_info() {
-#ifdef SLIDEFORMER_CPU_AVX2
-  const char* cpu_isa = "avx2";
-#else
-  const char* cpu_isa = "default";
-#endif
   return std::string("slideformer ") + SLIDEFORMER_VERSION + " (torch " + SLIDEFORMER_TORCH_VERSION +
-         ", " + SLIDEFORMER_BUILD_TYPE + ", " + SLIDEFORMER_CXX_COMPILER + ", cpu " + cpu_isa +
+         ", " + SLIDEFORMER_BUILD_TYPE + ", " + SLIDEFORMER_CXX_COMPILER + ", cpu " + SLIDEFORMER_CPU_ISA +
          ", cuda " + (built_with_cuda() ? "sm_80;sm_90" : "off") + ")";
 }
 

@@ -127,6 +127,30 @@ inline void check_fully_masked_rows(at::Device device) {
   EXPECT_FALSE(out2.narrow(2, 4, 2).eq(0).all().item<bool>());
 }
 
+// Logits that rise from one key block to the next exercise the forward's lazy rescaling: a jump
+// of 30 moves the running max, a jump of 150 overflows exp in float32 and recomputes the row,
+// and a first block masked with -inf starts the row late. Checked in float64 and float32.
+inline void check_logits_rising_across_key_blocks(at::Device device) {
+  at::manual_seed(13);
+  const int64_t nk = 1300;  // three key blocks of the CPU kernel
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    const auto opts = at::TensorOptions().dtype(dtype).device(device);
+    at::Tensor q = at::randn({1, 2, 5, 8}, opts), k = at::randn({1, 2, nk, 8}, opts),
+               v = at::randn({1, 2, nk, 8}, opts);
+    at::Tensor key_bias = at::zeros({nk}, opts);
+    key_bias.narrow(0, 512, 512).fill_(30.0);
+    key_bias.narrow(0, 1024, nk - 1024).fill_(150.0);
+    at::Tensor bias = key_bias.expand({5, nk}).clone();
+    bias[0].narrow(0, 0, 512).fill_(-std::numeric_limits<double>::infinity());
+    at::Tensor out = slideformer::attention(q, k, v, bias);
+    at::Tensor ref = reference_attention(q.to(at::kDouble), k.to(at::kDouble),
+                                         v.to(at::kDouble), bias.to(at::kDouble), false,
+                                         std::nullopt);
+    const double tol = dtype == at::kDouble ? 1e-10 : 1e-4;
+    expect_close(out, ref, tol, tol, std::string("rising logits, ") + c10::toString(dtype));
+  }
+}
+
 inline void check_explicit_scale_non_contiguous(at::Device device) {
   at::manual_seed(3);
   const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);

@@ -36,6 +36,8 @@ TEST(Attention, ExplicitScaleAndNonContiguousInputs) {
   st::check_explicit_scale_non_contiguous(kCpu);
 }
 
+TEST(Attention, LogitsRisingAcrossKeyBlocks) { st::check_logits_rising_across_key_blocks(kCpu); }
+
 TEST(Attention, HalfPrecisionWithinTolerance) { st::check_reduced_precision(kCpu); }
 
 TEST(Attention, FiniteDifferenceGradcheckAllInputs) { st::check_finite_difference_gradients(kCpu); }

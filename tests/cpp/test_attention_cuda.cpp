@@ -60,6 +60,10 @@ TEST_F(AttentionCuda, ExplicitScaleAndNonContiguousInputs) {
   st::check_explicit_scale_non_contiguous(kCuda);
 }
 
+TEST_F(AttentionCuda, LogitsRisingAcrossKeyBlocks) {
+  st::check_logits_rising_across_key_blocks(kCuda);
+}
+
 TEST_F(AttentionCuda, HalfPrecisionWithinTolerance) { st::check_reduced_precision(kCuda); }
 
 TEST_F(AttentionCuda, FiniteDifferenceGradcheckAllInputs) {

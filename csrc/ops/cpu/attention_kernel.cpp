@@ -23,6 +23,11 @@ using cpu::Vectorized;
 
 constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kKeyBlock = 512;
+// Lazy rescaling of the online softmax (forward): the running max moves only when a block's
+// logits exceed it by more than this, so exp(logit - max) <= e^16 and the accumulators stay far
+// from overflow. Beyond kExpOverflowGuard an exp may have overflowed and the row is recomputed.
+constexpr double kLazyRescaleMargin = 16.0;
+constexpr double kExpOverflowGuard = 80.0;
 
 // Problem geometry plus the additive bias seen as a (B, H, Nq, Nk) strided view.
 struct Geometry {
@@ -126,22 +131,40 @@ void forward_kernel(const Geometry& g, const at::Tensor& q, const at::Tensor& k,
       const int64_t keys_end = g.visible_keys(i0 + rows - 1);
       for (int64_t j0 = 0; j0 < keys_end; j0 += key_block) {
         const int64_t cols = std::min(key_block, keys_end - j0);
-        block_logits<T>(g, bias, b, h, q_block, k_data + (bh * Nk + j0) * D, i0, rows, j0, cols,
-                        scores, visible);
+        const T* k_block = k_data + (bh * Nk + j0) * D;
+        block_logits<T>(g, bias, b, h, q_block, k_block, i0, rows, j0, cols, scores, visible);
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores + r * cols;
           const int64_t n = visible[r];
-          const T new_max = math::merged_max(row_max[r], cpu::max_of(s, n));
-          if (new_max == -kInf) {  // every key so far masked: contributes nothing
-            std::fill_n(s, cols, T(0));
-            continue;
+          T block_sum = 0;
+          if (row_max[r] == -kInf) {  // nothing seen yet: exact max, then exp against it
+            row_max[r] = cpu::max_of(s, n);
+            if (row_max[r] != -kInf) block_sum = cpu::exp_shifted_sum_inplace(s, n, row_max[r]);
+            else std::fill_n(s, n, T(0));  // every visible logit is -inf
+          } else {
+            // Lazy rescaling: exponentiate against the running max in the pass that finds this
+            // block's max; move the max only when the block exceeds it by more than
+            // kLazyRescaleMargin (so every exp stays below e^margin and saves a pass).
+            T block_max;
+            std::tie(block_sum, block_max) =
+                cpu::exp_shifted_sum_and_max_inplace(s, n, row_max[r]);
+            if (block_max > row_max[r] + kLazyRescaleMargin) {
+              const T correction = math::rescale_factor(row_max[r], block_max);
+              if (block_max - row_max[r] > kExpOverflowGuard) {  // an exp overflowed: redo row
+                block_logits<T>(g, bias, b, h, q_block + r * D, k_block, i0 + r, 1, j0, cols, s,
+                                &visible[r]);
+                block_sum = cpu::exp_shifted_sum_inplace(s, n, block_max);
+              } else {  // e^(s - old) * e^(old - new) = e^(s - new)
+                cpu::scale_inplace(s, correction, n);
+                block_sum *= correction;
+              }
+              cpu::scale_inplace(acc + r * Dv, correction, Dv);
+              row_sum[r] *= correction;
+              row_max[r] = block_max;
+            }
           }
-          const T block_sum = cpu::exp_shifted_sum_inplace(s, n, new_max);
           std::fill(s + n, s + cols, T(0));
-          const T correction = math::rescale_factor(row_max[r], new_max);
-          if (correction != T(1)) cpu::scale_inplace(acc + r * Dv, correction, Dv);
-          row_sum[r] = row_sum[r] * correction + block_sum;
-          row_max[r] = new_max;
+          row_sum[r] += block_sum;
         }
         gemm<T>(false, false, rows, Dv, cols, 1.0, scores, cols,
                 v_data + (bh * Nk + j0) * Dv, Dv, 1.0, acc, Dv);

@@ -4,6 +4,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <utility>
 #include <limits>
 
 namespace slideformer::ops::cpu {
@@ -46,6 +47,31 @@ inline T exp_shifted_sum_inplace(T* x, int64_t n, T shift) {
     sum += x[j];
   }
   return sum;
+}
+
+// One pass over x[0, n): x[j] = exp(x[j] - shift); returns the sum of the results and the max
+// of the original x (-inf when n == 0).
+template <typename T>
+inline std::pair<T, T> exp_shifted_sum_and_max_inplace(T* x, int64_t n, T shift) {
+  using V = Vectorized<T>;
+  const V vshift(shift);
+  V vsum(T(0)), vmax(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) {
+    const V v = V::loadu(x + j);
+    vmax = at::vec::maximum(vmax, v);
+    const V e = fast_exp(v - vshift);
+    e.store(x + j);
+    vsum += e;
+  }
+  T sum = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, vsum);
+  T max = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, vmax);
+  for (; j < n; ++j) {
+    max = std::max(max, x[j]);
+    x[j] = std::exp(x[j] - shift);
+    sum += x[j];
+  }
+  return {sum, max};
 }
 
 // sum_j a[j] * b[j]
