@@ -264,24 +264,20 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
             const T* v_block = v_data + (bh * Nk + j0) * Dv;
             block_logits<T>(g, bias, b, h, q_block, k_block, i0, rows, j0, cols, probs,
                             visible);
-            for (int64_t r = 0; r < rows; ++r) {  // P = exp(S - lse), 0 where masked
+            // dP = dO V^T; then P = exp(S - lse) and dS = P * (dP - delta) in one pass per row
+            // (both 0 past the causal limit); then dV += P^T dO.
+            gemm<T>(false, true, rows, cols, Dv, 1.0, do_block, Dv, v_block, Dv, 0.0, dscores,
+                    cols);
+            for (int64_t r = 0; r < rows; ++r) {
               T* p = probs + r * cols;
-              cpu::exp_shifted_sum_inplace(p, visible[r], lse_data[bh * Nq + i0 + r]);
+              T* ds = dscores + r * cols;
+              cpu::probabilities_and_logit_grads_inplace(p, ds, visible[r],
+                                                         lse_data[bh * Nq + i0 + r], delta[r]);
               std::fill(p + visible[r], p + cols, T(0));
+              std::fill(ds + visible[r], ds + cols, T(0));
             }
-            // dV += P^T dO ; dP = dO V^T ; dS = P * (dP - delta)
             gemm<T>(true, false, cols, Dv, rows, 1.0, probs, cols, do_block, Dv, 1.0,
                     gv + (bh * Nk + j0) * Dv, Dv);
-            gemm<T>(false, true, rows, cols, Dv, 1.0, do_block, Dv, v_block, Dv, 0.0,
-                    dscores, cols);
-            for (int64_t r = 0; r < rows; ++r) {
-              T* ds = dscores + r * cols;
-              const T* p = probs + r * cols;
-              const T d = delta[r];
-              at::vec::map2<T>([d](const Vectorized<T>& dp, const Vectorized<T>& pv) {
-                return math::logit_grad(pv, dp, Vectorized<T>(d));
-              }, ds, ds, p, cols);
-            }
             if (want_bias_grad) {
               accumulate_bias_grad(bias_target, b, h, i0, rows, j0, cols, dscores);
             }

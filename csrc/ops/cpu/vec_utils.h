@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <utility>
+
+#include "ops/common/online_softmax.h"
 #include <limits>
 
 namespace slideformer::ops::cpu {
@@ -72,6 +74,25 @@ inline std::pair<T, T> exp_shifted_sum_and_max_inplace(T* x, int64_t n, T shift)
     sum += x[j];
   }
   return {sum, max};
+}
+
+// Softmax backward for one row in one pass over j < n, in place: logits -> p = exp(logit - lse)
+// and dp -> p * (dp - delta) (online_softmax.h's logit_grad).
+template <typename T>
+inline void probabilities_and_logit_grads_inplace(T* logits, T* dp, int64_t n, T logsumexp,
+                                                  T delta) {
+  using V = Vectorized<T>;
+  const V vlse(logsumexp), vdelta(delta);
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) {
+    const V p = fast_exp(V::loadu(logits + j) - vlse);
+    p.store(logits + j);
+    math::logit_grad(p, V::loadu(dp + j), vdelta).store(dp + j);
+  }
+  for (; j < n; ++j) {
+    logits[j] = std::exp(logits[j] - logsumexp);
+    dp[j] = math::logit_grad(logits[j], dp[j], delta);
+  }
 }
 
 // sum_j a[j] * b[j]
