@@ -1,0 +1,38 @@
+#include "slideformer/nn/functional.h"
+
+#include <ATen/ATen.h>
+
+namespace slideformer::nn::functional {
+
+at::Tensor drop_path(const at::Tensor& x, double p, bool training) {
+  if (!training || p == 0.0) return x;
+  TORCH_CHECK(p > 0.0 && p < 1.0, "slideformer::drop_path: p must be in [0, 1), got ", p);
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[0] = x.size(0);
+  const at::Tensor keep = at::empty(shape, x.options()).bernoulli_(1.0 - p).div_(1.0 - p);
+  return x * keep;
+}
+
+at::Tensor relative_position_index(int64_t size) {
+  TORCH_CHECK(size >= 1, "slideformer::relative_position_index: size must be >= 1, got ", size);
+  const at::Tensor coords = at::arange(size, at::kLong);
+  const at::Tensor rows = coords.repeat_interleave(size), cols = coords.repeat({size});
+  const at::Tensor dy = rows.unsqueeze(1) - rows.unsqueeze(0) + (size - 1);
+  const at::Tensor dx = cols.unsqueeze(1) - cols.unsqueeze(0) + (size - 1);
+  return dy * (2 * size - 1) + dx;
+}
+
+at::Tensor merge_patches(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "slideformer::merge_patches: input must be (B, Y, X, C), got shape ",
+              x.sizes());
+  at::Tensor padded = x;
+  const int64_t pad_y = x.size(1) % 2, pad_x = x.size(2) % 2;
+  if (pad_y || pad_x) padded = at::constant_pad_nd(x, {0, 0, 0, pad_x, 0, pad_y});
+  using at::indexing::Slice;
+  auto pick = [&](int64_t row, int64_t col) {
+    return padded.index({Slice(), Slice(row, at::indexing::None, 2), Slice(col, at::indexing::None, 2)});
+  };
+  return at::cat({pick(0, 0), pick(1, 0), pick(0, 1), pick(1, 1)}, -1);
+}
+
+}  // namespace slideformer::nn::functional

@@ -1,0 +1,210 @@
+// Mlp, TransformerBlock, PatchEmbed, PatchMerging and the SlideTransformer classifier.
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/init.h>
+
+#include "nn/init.h"
+#include "slideformer/nn/functional.h"
+#include "slideformer/nn/modules.h"
+
+namespace slideformer::nn {
+
+namespace {
+void init_linear(torch::nn::Linear& linear) {
+  init::trunc_normal_(linear->weight, 0.02);
+  if (linear->bias.defined()) torch::nn::init::zeros_(linear->bias);
+}
+
+torch::nn::LayerNorm layer_norm(int64_t dim) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}));
+}
+}  // namespace
+
+MlpImpl::MlpImpl(MlpOptions options_) : options(std::move(options_)) { reset(); }
+
+void MlpImpl::reset() {
+  fc1 = register_module("fc1", torch::nn::Linear(options.dim(), options.hidden_dim()));
+  fc2 = register_module("fc2", torch::nn::Linear(options.hidden_dim(), options.dim()));
+  init_linear(fc1);
+  init_linear(fc2);
+}
+
+void MlpImpl::pretty_print(std::ostream& stream) const {
+  stream << "slideformer::nn::Mlp(dim=" << options.dim() << ", hidden_dim=" << options.hidden_dim()
+         << ")";
+}
+
+at::Tensor MlpImpl::forward(const at::Tensor& x) { return fc2(at::gelu(fc1(x))); }
+
+TransformerBlockImpl::TransformerBlockImpl(TransformerBlockOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void TransformerBlockImpl::reset() {
+  norm1 = register_module("norm1", layer_norm(options.dim()));
+  if (options.kind() == AttentionKind::kSlide) {
+    slide_attention = register_module(
+        "attn", SlideAttention(SlideAttentionOptions(options.dim(), options.heads())
+                                   .kernel_size(options.kernel_size())
+                                   .dilation(options.dilation())
+                                   .border(options.border())));
+  } else {
+    global_attention = register_module(
+        "attn", MultiHeadAttention(MultiHeadAttentionOptions(options.dim(), options.heads())
+                                       .relative_position_size(options.relative_position_size())));
+  }
+  norm2 = register_module("norm2", layer_norm(options.dim()));
+  mlp = register_module(
+      "mlp", Mlp(MlpOptions(options.dim(),
+                            static_cast<int64_t>(options.dim() * options.mlp_ratio()))));
+}
+
+void TransformerBlockImpl::pretty_print(std::ostream& stream) const {
+  stream << "slideformer::nn::TransformerBlock(dim=" << options.dim()
+         << ", heads=" << options.heads()
+         << ", kind=" << (options.kind() == AttentionKind::kSlide ? "slide" : "global")
+         << ", drop_path=" << options.drop_path() << ")";
+}
+
+at::Tensor TransformerBlockImpl::forward(const at::Tensor& x) {
+  const at::Tensor normed = norm1(x);
+  at::Tensor attended;
+  if (slide_attention) {
+    attended = slide_attention(normed);
+  } else {  // global attention over the flattened map
+    attended = global_attention(normed.flatten(1, 2)).view(x.sizes());
+  }
+  const at::Tensor y = x + functional::drop_path(attended, options.drop_path(), is_training());
+  return y + functional::drop_path(mlp(norm2(y)), options.drop_path(), is_training());
+}
+
+PatchEmbedImpl::PatchEmbedImpl(PatchEmbedOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void PatchEmbedImpl::reset() {
+  projection = register_module(
+      "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.in_channels(), options.dim(),
+                                                         options.patch_size())
+                                    .stride(options.patch_size())));
+  norm = register_module("norm", layer_norm(options.dim()));
+}
+
+void PatchEmbedImpl::pretty_print(std::ostream& stream) const {
+  stream << "slideformer::nn::PatchEmbed(in_channels=" << options.in_channels()
+         << ", dim=" << options.dim() << ", patch_size=" << options.patch_size() << ")";
+}
+
+at::Tensor PatchEmbedImpl::forward(const at::Tensor& images) {
+  TORCH_CHECK(images.dim() == 4 && images.size(1) == options.in_channels(),
+              "slideformer::PatchEmbed: input must be (B, ", options.in_channels(),
+              ", H, W), got shape ", images.sizes());
+  return norm(projection(images).permute({0, 2, 3, 1}));
+}
+
+PatchMergingImpl::PatchMergingImpl(PatchMergingOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void PatchMergingImpl::reset() {
+  norm = register_module("norm", layer_norm(4 * options.dim()));
+  reduction = register_module(
+      "reduction",
+      torch::nn::Linear(torch::nn::LinearOptions(4 * options.dim(), 2 * options.dim()).bias(false)));
+  init_linear(reduction);
+}
+
+void PatchMergingImpl::pretty_print(std::ostream& stream) const {
+  stream << "slideformer::nn::PatchMerging(dim=" << options.dim() << ")";
+}
+
+at::Tensor PatchMergingImpl::forward(const at::Tensor& x) {
+  return reduction(norm(functional::merge_patches(x)));
+}
+
+SlideTransformerImpl::SlideTransformerImpl(SlideTransformerOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void SlideTransformerImpl::reset() {
+  const size_t num_stages = options.depths().size();
+  TORCH_CHECK(num_stages > 0 && options.heads().size() == num_stages &&
+                  options.stage_kinds().size() == num_stages,
+              "slideformer::SlideTransformer: depths, heads and stage_kinds must have one entry "
+              "per stage, got ", options.depths().size(), ", ", options.heads().size(), " and ",
+              options.stage_kinds().size());
+  TORCH_CHECK(options.image_size() % options.patch_size() == 0,
+              "slideformer::SlideTransformer: image_size ", options.image_size(),
+              " must be a multiple of patch_size ", options.patch_size());
+  patch_embed = register_module(
+      "patch_embed",
+      PatchEmbed(PatchEmbedOptions(options.in_channels(), options.embed_dim(), options.patch_size())));
+  stages = register_module("stages", torch::nn::ModuleList());
+  mergings = register_module("mergings", torch::nn::ModuleList());
+
+  int64_t total_blocks = 0;
+  for (int64_t depth : options.depths()) total_blocks += depth;
+  int64_t block_index = 0, dim = options.embed_dim();
+  int64_t map_size = options.image_size() / options.patch_size();
+  for (size_t s = 0; s < num_stages; ++s) {
+    torch::nn::ModuleList stage;
+    for (int64_t i = 0; i < options.depths()[s]; ++i, ++block_index) {
+      const double drop = total_blocks > 1 ? options.drop_path_rate() * block_index / (total_blocks - 1) : 0.0;
+      stage->push_back(TransformerBlock(
+          TransformerBlockOptions(dim, options.heads()[s], options.stage_kinds()[s])
+              .mlp_ratio(options.mlp_ratio())
+              .drop_path(drop)
+              .kernel_size(options.kernel_size())
+              .dilation(options.dilation())
+              .border(options.border())
+              .relative_position_size(map_size)));
+    }
+    stages->push_back(stage);
+    if (s + 1 < num_stages) {
+      mergings->push_back(PatchMerging(PatchMergingOptions(dim)));
+      dim *= 2;
+      map_size = (map_size + 1) / 2;
+    }
+  }
+  norm = register_module("norm", layer_norm(dim));
+  head = register_module("head", torch::nn::Linear(dim, options.num_classes()));
+  init_linear(head);
+}
+
+void SlideTransformerImpl::pretty_print(std::ostream& stream) const {
+  stream << "slideformer::nn::SlideTransformer(image_size=" << options.image_size()
+         << ", embed_dim=" << options.embed_dim() << ", stages=" << options.depths().size()
+         << ", classes=" << options.num_classes() << ")";
+}
+
+at::Tensor SlideTransformerImpl::forward_features(const at::Tensor& images) {
+  at::Tensor x = patch_embed(images);
+  for (size_t s = 0; s < stages->size(); ++s) {
+    for (const auto& block : *stages[s]->as<torch::nn::ModuleList>()) {
+      x = block->as<TransformerBlock>()->forward(x);
+    }
+    if (s < mergings->size()) x = mergings[s]->as<PatchMerging>()->forward(x);
+  }
+  return x;
+}
+
+at::Tensor SlideTransformerImpl::forward(const at::Tensor& images) {
+  return head(norm(forward_features(images)).mean({1, 2}));
+}
+
+void SlideTransformerImpl::reparameterize() {
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto* slide = module->as<SlideAttention>()) slide->reparameterize();
+  }
+}
+
+int64_t count_parameters(const torch::nn::Module& module, bool trainable_only) {
+  int64_t count = 0;
+  for (const auto& p : module.parameters()) {
+    if (!trainable_only || p.requires_grad()) count += p.numel();
+  }
+  return count;
+}
+
+}  // namespace slideformer::nn

@@ -1,0 +1,20 @@
+#pragma once
+// Functional twins of the slideformer modules.
+#include <ATen/Tensor.h>
+
+#include <cstdint>
+
+namespace slideformer::nn::functional {
+
+// Stochastic depth: zeroes whole samples with probability p in training, scaling the kept ones
+// by 1 / (1 - p); identity in eval mode or for p = 0.
+at::Tensor drop_path(const at::Tensor& x, double p, bool training);
+
+// Swin relative-position index of an R x R map: (R*R, R*R) int64 entries in [0, (2R-1)^2).
+at::Tensor relative_position_index(int64_t size);
+
+// (B, Y, X, C) -> (B, ceil(Y/2), ceil(X/2), 4C), neighbours in the order (0,0),(1,0),(0,1),(1,1)
+// (row, col); odd maps are zero-padded at the bottom / right first.
+at::Tensor merge_patches(const at::Tensor& x);
+
+}  // namespace slideformer::nn::functional

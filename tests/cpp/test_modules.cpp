@@ -1,0 +1,95 @@
+// Shapes, parameter counts and reparameterisation of the slideformer modules (DESIGN 3).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "slideformer/nn/functional.h"
+#include "slideformer/nn/modules.h"
+#include "test_helpers.h"
+
+namespace {
+
+using namespace slideformer::nn;
+
+TEST(Presets, ParameterCountsMatchTheReferenceCode) {
+  const std::vector<std::tuple<std::string, int64_t, int64_t>> expected = {
+      {"slide_swin_tiny", 28348834, 28338466},
+      {"slide_swin_small", 49747378, 49737010},
+      {"slide_swin_base", 87948704, 87938336}};
+  for (const auto& [name, total, trainable] : expected) {
+    SlideTransformer model(preset(name));
+    EXPECT_EQ(count_parameters(*model, false), total) << name;
+    EXPECT_EQ(count_parameters(*model, true), trainable) << name;
+  }
+  EXPECT_THROW_MSG(preset("swin"), "unknown preset 'swin'");
+}
+
+TEST(Modules, OutputShapes) {
+  torch::manual_seed(0);
+  MultiHeadAttention mha(MultiHeadAttentionOptions(16, 2).relative_position_size(3));
+  EXPECT_EQ(mha(torch::randn({2, 9, 16})).sizes(), at::IntArrayRef({2, 9, 16}));
+  EXPECT_THROW_MSG(mha(torch::randn({2, 8, 16})), "the relative-position table is for 9 tokens");
+  SlideAttention slide(SlideAttentionOptions(16, 2));
+  EXPECT_EQ(slide(torch::randn({2, 5, 7, 16})).sizes(), at::IntArrayRef({2, 5, 7, 16}));
+  Mlp mlp(MlpOptions(16, 32));
+  EXPECT_EQ(mlp(torch::randn({3, 16})).sizes(), at::IntArrayRef({3, 16}));
+  TransformerBlock slide_block(TransformerBlockOptions(16, 2, AttentionKind::kSlide));
+  EXPECT_EQ(slide_block(torch::randn({2, 5, 7, 16})).sizes(), at::IntArrayRef({2, 5, 7, 16}));
+  TransformerBlock global_block(
+      TransformerBlockOptions(16, 2, AttentionKind::kGlobal).relative_position_size(4));
+  EXPECT_EQ(global_block(torch::randn({2, 4, 4, 16})).sizes(), at::IntArrayRef({2, 4, 4, 16}));
+  PatchEmbed embed(PatchEmbedOptions(1, 16, 2));
+  EXPECT_EQ(embed(torch::randn({2, 1, 28, 28})).sizes(), at::IntArrayRef({2, 14, 14, 16}));
+  PatchMerging merge(PatchMergingOptions(16));
+  EXPECT_EQ(merge(torch::randn({2, 7, 5, 16})).sizes(), at::IntArrayRef({2, 4, 3, 32}));
+  SlideTransformer model(fashion());
+  EXPECT_EQ(model(torch::rand({3, 1, 28, 28})).sizes(), at::IntArrayRef({3, 10}));
+}
+
+TEST(Functional, MergePatchesOrderAndPadding) {
+  // Channel 0 holds 10*row + col, so the merged channels reveal which neighbour went where.
+  at::Tensor x = (torch::arange(3).view({3, 1}) * 10 + torch::arange(3).view({1, 3}))
+                     .to(at::kFloat).view({1, 3, 3, 1});
+  at::Tensor merged = functional::merge_patches(x);
+  ASSERT_EQ(merged.sizes(), at::IntArrayRef({1, 2, 2, 4}));
+  EXPECT_TRUE(at::equal(merged[0][0][0], torch::tensor({0.f, 10.f, 1.f, 11.f})));
+  EXPECT_TRUE(at::equal(merged[0][1][1], torch::tensor({22.f, 0.f, 0.f, 0.f})));
+}
+
+TEST(Functional, RelativePositionIndexMatchesSwin) {
+  at::Tensor index = functional::relative_position_index(2);
+  // Swin's table for a 2x2 window.
+  EXPECT_TRUE(at::equal(index, torch::tensor({{4, 3, 1, 0}, {5, 4, 2, 1}, {7, 6, 4, 3}, {8, 7, 5, 4}})));
+}
+
+TEST(Modules, ReparameterizeKeepsOutputs) {
+  torch::manual_seed(1);
+  SlideTransformer model(fashion());
+  model->eval();
+  at::Tensor images = torch::rand({2, 1, 28, 28});
+  at::Tensor before = model(images);
+  model->reparameterize();
+  at::Tensor after = model(images);
+  slideformer::testing::expect_close(after, before, 1e-5, 1e-5, "logits after reparameterize");
+}
+
+TEST(Modules, EveryTrainableParameterReceivesAGradient) {
+  torch::manual_seed(2);
+  SlideTransformer model(fashion());
+  model(torch::rand({2, 1, 28, 28})).square().sum().backward();
+  for (const auto& item : model->named_parameters()) {
+    if (!item.value().requires_grad()) {
+      EXPECT_FALSE(item.value().grad().defined()) << item.key();
+      continue;
+    }
+    ASSERT_TRUE(item.value().grad().defined()) << item.key() << " got no gradient";
+    EXPECT_GT(item.value().grad().abs().sum().item<double>(), 0.0) << item.key();
+  }
+}
+
+TEST(Modules, PrettyPrintNamesOptions) {
+  std::ostringstream out;
+  out << *SlideAttention(SlideAttentionOptions(16, 2).border("clamp"));
+  EXPECT_NE(out.str().find("border=clamp"), std::string::npos) << out.str();
+}
+
+}  // namespace
