@@ -93,3 +93,37 @@ TEST(Modules, PrettyPrintNamesOptions) {
 }
 
 }  // namespace
+
+#include "slideformer/nn/export.h"
+
+namespace {
+
+using namespace slideformer::nn;
+
+// Normalises [0, 1] images the way the exported model does by itself.
+at::Tensor normalise(const SlideTransformerOptions& options, const at::Tensor& images) {
+  const int64_t c = options.in_channels();
+  return (images - torch::tensor(options.input_mean()).view({1, c, 1, 1}).to(at::kFloat)) /
+         torch::tensor(options.input_std()).view({1, c, 1, 1}).to(at::kFloat);
+}
+
+TEST(Export, TorchScriptModuleReproducesTheModelAfterSaveAndLoad) {
+  torch::manual_seed(4);
+  for (auto options : {fashion(), fashion().image_size(30).patch_size(3).border("clamp")}) {
+    SlideTransformer model(options);
+    model->eval();
+    const at::Tensor images = torch::rand({3, options.in_channels(), options.image_size(), options.image_size()});
+    const at::Tensor expected = model(normalise(options, images));
+    torch::jit::Module scripted = to_torchscript(model);
+    std::stringstream buffer;
+    scripted.save(buffer);
+    torch::jit::Module loaded = torch::jit::load(buffer);
+    const at::Tensor logits = loaded.forward({images}).toTensor();
+    slideformer::testing::expect_close(logits, expected, 1e-5, 1e-5, "exported logits");
+    // The export copies weights: training the model further does not change it.
+    { torch::NoGradGuard no_grad; model->head->bias.add_(1.0); }
+    slideformer::testing::expect_close(loaded.forward({images}).toTensor(), expected, 1e-5, 1e-5);
+  }
+}
+
+}  // namespace
