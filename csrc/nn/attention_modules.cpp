@@ -1,6 +1,4 @@
 // MultiHeadAttention and SlideAttention modules.
-#include <torch/nn/init.h>
-
 #include "nn/init.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
@@ -9,9 +7,11 @@
 namespace slideformer::nn {
 
 namespace {
-void init_linear(torch::nn::Linear& linear) {
-  init::trunc_normal_(linear->weight, 0.02);
-  if (linear->bias.defined()) torch::nn::init::zeros_(linear->bias);
+// The input and output projections both attention modules have.
+template <typename Impl>
+void register_projections(Impl& module, int64_t dim, bool qkv_bias) {
+  module.qkv = module.register_module("qkv", init::linear(dim, 3 * dim, qkv_bias));
+  module.proj = module.register_module("proj", init::linear(dim, dim));
 }
 }  // namespace
 
@@ -24,12 +24,7 @@ void MultiHeadAttentionImpl::reset() {
   TORCH_CHECK(options.heads() > 0 && options.dim() % options.heads() == 0,
               "slideformer::MultiHeadAttention: dim must be a positive multiple of heads, got dim ",
               options.dim(), " and heads ", options.heads());
-  qkv = register_module(
-      "qkv", torch::nn::Linear(torch::nn::LinearOptions(options.dim(), 3 * options.dim())
-                                   .bias(options.qkv_bias())));
-  proj = register_module("proj", torch::nn::Linear(options.dim(), options.dim()));
-  init_linear(qkv);
-  init_linear(proj);
+  register_projections(*this, options.dim(), options.qkv_bias());
   const int64_t size = options.relative_position_size();
   if (size > 0) {
     relative_position_table = register_parameter(
@@ -85,12 +80,7 @@ void SlideAttentionImpl::reset() {
               options.dim(), " and heads ", options.heads());
   const int64_t head_dim = options.dim() / options.heads();
   const int64_t window = options.kernel_size() * options.kernel_size();
-  qkv = register_module(
-      "qkv", torch::nn::Linear(torch::nn::LinearOptions(options.dim(), 3 * options.dim())
-                                   .bias(options.qkv_bias())));
-  proj = register_module("proj", torch::nn::Linear(options.dim(), options.dim()));
-  init_linear(qkv);
-  init_linear(proj);
+  register_projections(*this, options.dim(), options.qkv_bias());
   key_bias = register_parameter("key_bias", at::empty({options.heads(), window}));
   init::trunc_normal_(key_bias, 0.02);
   // The reference's frozen one-hot depthwise conv: a parameter that never trains.

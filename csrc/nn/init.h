@@ -1,6 +1,7 @@
 #pragma once
 // Weight initialisation shared by the modules (DESIGN 3).
 #include <ATen/ATen.h>
+#include <torch/nn/modules/linear.h>
 
 #include <cmath>
 
@@ -21,6 +22,17 @@ inline void default_depthwise_conv_(at::Tensor t, int64_t kernel_size) {
   at::NoGradGuard no_grad;
   const double bound = 1.0 / static_cast<double>(kernel_size);
   t.uniform_(-bound, bound);
+}
+
+// Linear layers: truncated-normal weight (std 0.02) and zero bias.
+inline torch::nn::Linear linear(int64_t in, int64_t out, bool bias = true) {
+  torch::nn::Linear layer(torch::nn::LinearOptions(in, out).bias(bias));
+  trunc_normal_(layer->weight, 0.02);
+  if (bias) {
+    at::NoGradGuard no_grad;
+    layer->bias.zero_();
+  }
+  return layer;
 }
 
 }  // namespace slideformer::nn::init

@@ -1,6 +1,5 @@
 // Mlp, TransformerBlock, PatchEmbed, PatchMerging and the SlideTransformer classifier.
 #include <torch/nn/functional/activation.h>
-#include <torch/nn/init.h>
 
 #include "nn/init.h"
 #include "slideformer/nn/functional.h"
@@ -9,11 +8,6 @@
 namespace slideformer::nn {
 
 namespace {
-void init_linear(torch::nn::Linear& linear) {
-  init::trunc_normal_(linear->weight, 0.02);
-  if (linear->bias.defined()) torch::nn::init::zeros_(linear->bias);
-}
-
 torch::nn::LayerNorm layer_norm(int64_t dim) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}));
 }
@@ -22,10 +16,8 @@ torch::nn::LayerNorm layer_norm(int64_t dim) {
 MlpImpl::MlpImpl(MlpOptions options_) : options(std::move(options_)) { reset(); }
 
 void MlpImpl::reset() {
-  fc1 = register_module("fc1", torch::nn::Linear(options.dim(), options.hidden_dim()));
-  fc2 = register_module("fc2", torch::nn::Linear(options.hidden_dim(), options.dim()));
-  init_linear(fc1);
-  init_linear(fc2);
+  fc1 = register_module("fc1", init::linear(options.dim(), options.hidden_dim()));
+  fc2 = register_module("fc2", init::linear(options.hidden_dim(), options.dim()));
 }
 
 void MlpImpl::pretty_print(std::ostream& stream) const {
@@ -108,10 +100,7 @@ PatchMergingImpl::PatchMergingImpl(PatchMergingOptions options_) : options(std::
 
 void PatchMergingImpl::reset() {
   norm = register_module("norm", layer_norm(4 * options.dim()));
-  reduction = register_module(
-      "reduction",
-      torch::nn::Linear(torch::nn::LinearOptions(4 * options.dim(), 2 * options.dim()).bias(false)));
-  init_linear(reduction);
+  reduction = register_module("reduction", init::linear(4 * options.dim(), 2 * options.dim(), false));
 }
 
 void PatchMergingImpl::pretty_print(std::ostream& stream) const {
@@ -168,8 +157,7 @@ void SlideTransformerImpl::reset() {
     }
   }
   norm = register_module("norm", layer_norm(dim));
-  head = register_module("head", torch::nn::Linear(dim, options.num_classes()));
-  init_linear(head);
+  head = register_module("head", init::linear(dim, options.num_classes()));
 }
 
 void SlideTransformerImpl::pretty_print(std::ostream& stream) const {
