@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 
@@ -58,12 +59,17 @@ std::vector<Timing> time_contenders(const std::vector<AttentionFn>& fns, const C
   return timings;
 }
 
-// FLOP/s of one large at::mm with the FLOPs of all score products: (B*H*N, D) x (D, N).
-double mm_flops_per_second(const Case& c, int reps) {
-  at::Tensor a = at::randn({c.batch * c.heads * c.tokens, c.head_dim});
-  at::Tensor b = at::randn({c.head_dim, c.tokens});
-  const double seconds = median_seconds([&] { at::mm(a, b); }, 1, reps);
-  return 2.0 * c.batch * c.heads * c.tokens * c.tokens * c.head_dim / seconds;
+// Attention forward FLOP/s over the FLOP/s of a square, compute-bound at::mm doing as many
+// FLOPs (the throughput the BLAS reaches here), both timed interleaved.
+double flops_ratio_to_mm(const AttentionFn& attention, const Case& c, double attention_flops,
+                         int reps) {
+  at::Tensor q = at::randn({c.batch, c.heads, c.tokens, c.head_dim});
+  const int64_t n = static_cast<int64_t>(std::cbrt(attention_flops / 2.0));
+  at::Tensor a = at::randn({n, n}), b = at::randn({n, n});
+  at::NoGradGuard no_grad;
+  const auto t = slideformer::bench::interleaved_median_seconds(
+      {[&] { attention(q, q, q, c.causal); }, [&] { at::mm(a, b); }}, 1, reps);
+  return (attention_flops / t[0]) / (2.0 * n * n * n / t[1]);
 }
 
 }  // namespace
@@ -89,11 +95,10 @@ int main(int argc, char** argv) {
       const Timing &t_ours = timings[0], &t_sdpa = timings[1], &t_naive = timings[2];
       // Forward FLOPs: QK^T and PV, halved by a causal mask.
       const double flops = 4.0 * c.batch * c.heads * c.tokens * c.tokens * c.head_dim / (causal ? 2 : 1);
-      const double mm_rate = mm_flops_per_second(c, reps);
       std::printf("%-6lld %-7s | %-12s %9.2f %9.2f %9.2f | %22.2f %22.2f | %.2f\n",
                   (long long)tokens, causal ? "yes" : "no", "forward", 1e3 * t_ours.forward,
                   1e3 * t_sdpa.forward, 1e3 * t_naive.forward, t_sdpa.forward / t_ours.forward,
-                  t_naive.forward / t_ours.forward, flops / t_ours.forward / mm_rate);
+                  t_naive.forward / t_ours.forward, flops_ratio_to_mm(ours, c, flops, reps));
       std::printf("%-6lld %-7s | %-12s %9.2f %9.2f %9.2f | %22.2f %22.2f |\n", (long long)tokens,
                   causal ? "yes" : "no", "fwd+bwd", 1e3 * t_ours.forward_backward,
                   1e3 * t_sdpa.forward_backward, 1e3 * t_naive.forward_backward,
