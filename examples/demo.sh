@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# ./run demo: script a model that calls slideformer::attention in Python, run it from C++ and
-# from Python. (Called by ./run with PYTHON and BUILD set.)
+# ./run demo: train the small `fashion` preset on Fashion-MNIST from C++, evaluate it, export a
+# TorchScript model, and predict with that model from C++ and from Python.
+# (Called by ./run with PYTHON and BUILD set; extra arguments go to `slideformer train`.)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+bin=$BUILD/bin/slideformer
 out=$BUILD/demo
-mkdir -p "$out"
-"$PYTHON" "$ROOT/examples/script_attention_model.py" "$BUILD/lib/libslideformer.so" "$out/attention_model.pt"
-echo "C++:"
-"$BUILD/bin/run_scripted" "$out/attention_model.pt" 4 1 28 28
-"$PYTHON" "$ROOT/examples/script_attention_model.py" "$BUILD/lib/libslideformer.so" "$out/attention_model.pt" --check
+rm -rf "$out" && mkdir -p "$out"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+step "model"
+"$bin" summary --preset fashion
+step "training (C++, $(nproc) threads)"
+start=$(date +%s)
+"$bin" train --preset fashion --out "$out" "$@"
+echo "training took $(( $(date +%s) - start )) s"
+step "evaluation of the checkpoint"
+"$bin" eval --checkpoint "$out/checkpoint.pt"
+step "export to TorchScript"
+"$bin" export --checkpoint "$out/checkpoint.pt" --out "$out/fashion_scripted.pt"
+step "prediction with the scripted model from C++ (torch::jit::load)"
+"$bin" predict --model "$out/fashion_scripted.pt"
+step "prediction with the scripted model from Python (torch.jit.load)"
+"$PYTHON" "$ROOT/examples/predict.py" "$BUILD/lib/libslideformer.so" "$out/fashion_scripted.pt"
+echo
+echo "outputs in $out: checkpoint.pt, metrics.jsonl, curves.png, fashion_scripted.pt"

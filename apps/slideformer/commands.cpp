@@ -1,0 +1,140 @@
+#include "commands.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/script.h>
+
+#include <cstdio>
+#include <fstream>
+#include <stdexcept>
+
+#include "slideformer/nn/export.h"
+#include "training.h"
+
+namespace slideformer::app {
+
+namespace {
+
+const char* const kClasses[] = {"T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                                "Sandal",  "Shirt",   "Sneaker",  "Bag",   "Boot"};
+
+std::string shape_text(const at::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ", ")); }
+
+double accuracy_of(const at::Tensor& predictions, const Dataset& data) {
+  return predictions.eq(data.labels).to(at::kDouble).mean().item<double>();
+}
+
+// One predicted class per line, for comparing eval with predict.
+void write_predictions(const std::string& path, const at::Tensor& predictions) {
+  if (path.empty()) return;
+  std::ofstream out(path);
+  if (!out) throw std::runtime_error(path + ": cannot write predictions");
+  const auto* p = predictions.data_ptr<int64_t>();
+  for (int64_t i = 0; i < predictions.numel(); ++i) out << p[i] << "\n";
+}
+
+}  // namespace
+
+int summary(const std::string& preset_name, int64_t image_size) {
+  nn::SlideTransformerOptions options = nn::preset(preset_name);
+  if (image_size > 0) options.image_size(image_size);
+  nn::SlideTransformer model(options);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
+  auto row = [](const std::string& name, const at::Tensor& out, const torch::nn::Module& module) {
+    fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out),
+               nn::count_parameters(module, false));
+  };
+  at::Tensor x = model->patch_embed(at::zeros({1, options.in_channels(), options.image_size(), options.image_size()}));
+  row("patch_embed", x, *model->patch_embed);
+  for (size_t s = 0; s < model->stages->size(); ++s) {
+    const auto& stage = *model->stages[s]->as<torch::nn::ModuleList>();
+    for (size_t i = 0; i < stage.size(); ++i) {
+      auto* block = stage.ptr(i)->as<nn::TransformerBlock>();
+      x = block->forward(x);
+      row(fmt::format("stage{}.block{} ({})", s + 1, i,
+                      block->options.kind() == nn::AttentionKind::kSlide ? "slide" : "global"),
+          x, *block);
+    }
+    if (s < model->mergings->size()) {
+      auto* merging = model->mergings[s]->as<nn::PatchMerging>();
+      x = merging->forward(x);
+      row(fmt::format("stage{}.merge", s + 1), x, *merging);
+    }
+  }
+  x = model->norm(x);
+  row("norm", x, *model->norm);
+  x = model->head(x.mean({1, 2}));
+  row("head", x, *model->head);
+  fmt::print("total_params {}\ntrainable_params {}\n", nn::count_parameters(*model, false),
+             nn::count_parameters(*model, true));
+  return 0;
+}
+
+int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t limit,
+             const std::string& predictions_out, const std::string& logits_out) {
+  LoadedModel loaded = load_model(checkpoint);
+  const Dataset test =
+      load_fashion_mnist(data_dir.empty() ? loaded.config.data_dir : data_dir, false, limit);
+  const auto& options = loaded.model->options;
+  std::vector<at::Tensor> logits;
+  const at::Tensor predictions = predict_classes(
+      [&](const at::Tensor& unit) {
+        logits.push_back(loaded.model(normalise(options, unit)));
+        return logits.back();
+      },
+      test);
+  write_predictions(predictions_out, predictions);
+  if (!logits_out.empty()) {
+    const at::Tensor all = at::cat(logits).contiguous();
+    std::ofstream out(logits_out, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(all.data_ptr<float>()), all.numel() * sizeof(float));
+    if (!out) throw std::runtime_error(logits_out + ": cannot write logits");
+  }
+  const int64_t classes = options.num_classes();
+  const at::Tensor confusion =
+      at::bincount(test.labels * classes + predictions, {}, classes * classes).view({classes, classes});
+  fmt::print("test accuracy {:.2f}% ({} images)\n", 100 * accuracy_of(predictions, test),
+             test.labels.numel());
+  fmt::print("confusion matrix (rows: true class, columns: predicted)\n{:>10}", "");
+  for (int64_t c = 0; c < classes; ++c) fmt::print("{:>9}", c < 10 ? kClasses[c] : std::to_string(c));
+  fmt::print("\n");
+  for (int64_t r = 0; r < classes; ++r) {
+    fmt::print("{:>10}", r < 10 ? kClasses[r] : std::to_string(r));
+    for (int64_t c = 0; c < classes; ++c) fmt::print("{:>9}", confusion[r][c].item<int64_t>());
+    fmt::print("\n");
+  }
+  return 0;
+}
+
+int export_model(const std::string& checkpoint, const std::string& out) {
+  LoadedModel loaded = load_model(checkpoint);
+  const std::string temporary = out + ".tmp";
+  nn::to_torchscript(loaded.model).save(temporary);
+  if (std::rename(temporary.c_str(), out.c_str()) != 0) throw std::runtime_error(out + ": cannot write");
+  fmt::print("exported {} ({}) to {}: input (N, {}, {}, {}) floats in [0, 1], output logits\n",
+             checkpoint, loaded.config.preset, out, loaded.model->options.in_channels(),
+             loaded.model->options.image_size(), loaded.model->options.image_size());
+  return 0;
+}
+
+int predict(const std::string& model_path, const std::string& data_dir, int64_t limit,
+            const std::string& predictions_out) {
+  torch::jit::Module model;
+  try {
+    model = torch::jit::load(model_path);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(model_path + ": not a loadable TorchScript model");
+  }
+  model.eval();
+  const Dataset test = load_fashion_mnist(data_dir, false, limit);
+  const at::Tensor predictions = predict_classes(
+      [&](const at::Tensor& unit) { return model.forward({unit}).toTensor(); }, test);
+  write_predictions(predictions_out, predictions);
+  fmt::print("scripted model {}: test accuracy {:.2f}% ({} images)\n", model_path,
+             100 * accuracy_of(predictions, test), test.labels.numel());
+  return 0;
+}
+
+}  // namespace slideformer::app

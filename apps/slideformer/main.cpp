@@ -1,0 +1,77 @@
+// slideformer: train, evaluate, export and run Slide-Transformer models from C++.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <thread>
+
+#include "commands.h"
+#include "slideformer/nn/options.h"
+#include "training.h"
+
+int main(int argc, char** argv) {
+  using namespace slideformer::app;
+  CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer models"};
+  app.require_subcommand(1);
+
+  std::string preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path,
+              predictions_out, logits_out;
+  int64_t image_size = 0, limit = 0;
+  TrainRun run;
+  run.threads = std::max(1u, std::thread::hardware_concurrency());
+  TrainConfig& config = run.config;
+  const auto presets = slideformer::nn::preset_names();
+
+  auto* summary_cmd = app.add_subcommand("summary", "layers, output shapes and parameter counts");
+  summary_cmd->add_option("--preset", preset, "model preset")->required()->check(CLI::IsMember(presets));
+  summary_cmd->add_option("--image-size", image_size, "input size (default: the preset's)");
+
+  auto* train_cmd = app.add_subcommand("train", "train a preset on Fashion-MNIST");
+  train_cmd->add_option("--preset", config.preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
+  train_cmd->add_option("--out", run.out_dir, "output directory (checkpoint.pt, metrics.jsonl, curves.png)")->required();
+  train_cmd->add_option("--data", config.data_dir, "directory of the IDX .gz files")->capture_default_str();
+  train_cmd->add_option("--epochs", config.epochs, "epochs of the schedule")->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_option("--batch-size", config.batch_size, "images per step")->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_option("--lr", config.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(CLI::NonNegativeNumber);
+  train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str();
+  train_cmd->add_option("--stop-after", run.stop_after, "end this run after N epochs (resume later)")->check(CLI::NonNegativeNumber);
+  train_cmd->add_flag("--resume", run.resume, "continue from OUT/checkpoint.pt");
+
+  auto* eval_cmd = app.add_subcommand("eval", "test accuracy and confusion matrix of a checkpoint");
+  eval_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
+  eval_cmd->add_option("--data", data_dir, "directory of the IDX .gz files (default: the training data's)");
+  eval_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
+  eval_cmd->add_option("--predictions", predictions_out, "write the predicted classes here");
+  eval_cmd->add_option("--logits", logits_out, "write the logits here (raw float32, N x classes)");
+
+  auto* export_cmd = app.add_subcommand("export", "write a TorchScript model of a checkpoint");
+  export_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
+  export_cmd->add_option("--out", out, "output .pt file")->required();
+
+  auto* predict_cmd = app.add_subcommand("predict", "test accuracy of an exported TorchScript model");
+  predict_cmd->add_option("--model", model_path, "exported .pt file")->required();
+  predict_cmd->add_option("--data", data_dir, "directory of the IDX .gz files")->capture_default_str();
+  predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
+  predict_cmd->add_option("--predictions", predictions_out, "write the predicted classes here");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*summary_cmd) return summary(preset, image_size);
+    if (*train_cmd) {
+      run.data_dir_given = train_cmd->count("--data") > 0;
+      return train(run);
+    }
+    if (*eval_cmd) {
+      return evaluate(checkpoint, eval_cmd->count("--data") ? data_dir : "", limit,
+                      predictions_out, logits_out);
+    }
+    if (*export_cmd) return export_model(checkpoint, out);
+    if (*predict_cmd) return predict(model_path, data_dir, limit, predictions_out);
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "slideformer: error: {}\n", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "slideformer: error: {}\n", e.what());
+  }
+  return 1;
+}

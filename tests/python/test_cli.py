@@ -1,0 +1,188 @@
+"""The slideformer program: summary, train/resume, eval, export, predict and its error handling."""
+import gzip
+import hashlib
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LIBRARY
+
+BIN = LIBRARY.parent.parent / "bin" / "slideformer"
+DATA = "/usr/share/datasets/fashion-mnist"
+QUICK = ["--preset", "fashion", "--limit", "256", "--batch-size", "64", "--threads", "1"]
+
+
+def run(*args):
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def checked(*args):
+    result = run(*args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def checkpoint_tensors(path):
+    """Every tensor of a checkpoint (model and optimizer state), by name."""
+    archive = torch.jit.load(str(path))
+    tensors = {f"model.{k}": v for k, v in archive.model.state_dict().items()}
+    tensors.update({f"optimizer.{k}": v for k, v in archive.optimizer.state_dict().items()})
+    return tensors
+
+
+def assert_same_tensors(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    checked("train", *QUICK, "--epochs", "1", "--out", out)
+    return out
+
+
+@pytest.mark.parametrize("preset,total,trainable", [
+    ("slide_swin_tiny", 28348834, 28338466),
+    ("slide_swin_small", 49747378, 49737010),
+    ("slide_swin_base", 87948704, 87938336),
+])
+def test_summary_prints_reference_parameter_counts(preset, total, trainable):
+    lines = checked("summary", "--preset", preset).splitlines()
+    assert f"total_params {total}" in lines
+    assert f"trainable_params {trainable}" in lines
+    assert any(line.startswith("stage1.block0 (slide)") and "[1, 56, 56, 96" in line or
+               line.startswith("stage1.block0 (slide)") and "[1, 56, 56, 128" in line for line in lines)
+
+
+def test_training_writes_checkpoint_metrics_and_plot(trained):
+    assert (trained / "checkpoint.pt").exists()
+    metrics = (trained / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1 and '"test_accuracy"' in metrics[0] and '"images_per_second"' in metrics[0]
+    if shutil.which("gnuplot"):
+        assert (trained / "curves.png").stat().st_size > 0
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    checked("train", *QUICK, "--epochs", "2", "--out", straight)
+    checked("train", *QUICK, "--epochs", "2", "--stop-after", "1", "--out", split)
+    halfway = checkpoint_tensors(split / "checkpoint.pt")
+    assert not torch.equal(halfway["model.head.weight"],
+                           checkpoint_tensors(straight / "checkpoint.pt")["model.head.weight"])
+    checked("train", *QUICK, "--resume", "--out", split)
+    assert_same_tensors(checkpoint_tensors(split / "checkpoint.pt"),
+                        checkpoint_tensors(straight / "checkpoint.pt"))
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    args = ["--preset", "fashion", "--limit", "1024", "--batch-size", "32", "--threads", "1", "--epochs", "2"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    checked("train", *args, "--out", straight)
+    process = subprocess.Popen([str(BIN), "train", *args, "--out", str(interrupted)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.readline()  # the header line: training has started
+    assert process.stdout.readline().startswith("epoch 1/2  step")  # a few steps in
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 130, output
+    assert "interrupted: checkpoint saved" in output
+    checked("train", *args, "--resume", "--out", interrupted)
+    assert_same_tensors(checkpoint_tensors(interrupted / "checkpoint.pt"),
+                        checkpoint_tensors(straight / "checkpoint.pt"))
+
+
+def test_exported_model_reproduces_module_logits_from_cpp_and_python(trained, tmp_path):
+    logits_path, eval_predictions, predict_predictions = (tmp_path / n for n in ("logits.f32", "eval.txt", "predict.txt"))
+    checked("eval", "--checkpoint", trained / "checkpoint.pt", "--limit", "300",
+            "--logits", logits_path, "--predictions", eval_predictions)
+    exported = tmp_path / "model.pt"
+    checked("export", "--checkpoint", trained / "checkpoint.pt", "--out", exported)
+    checked("predict", "--model", exported, "--limit", "300", "--predictions", predict_predictions)
+    assert eval_predictions.read_text() == predict_predictions.read_text()
+
+    module_logits = torch.from_numpy(np.fromfile(logits_path, dtype=np.float32).reshape(300, 10))
+    with gzip.open(f"{DATA}/t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 1, 28, 28)[:300]
+    model = torch.jit.load(str(exported))
+    with torch.no_grad():
+        python_logits = model(torch.from_numpy(images.copy()).float() / 255)
+    torch.testing.assert_close(python_logits, module_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_weights_load_bit_exact_into_the_export(trained, tmp_path):
+    exported = tmp_path / "model.pt"
+    checked("export", "--checkpoint", trained / "checkpoint.pt", "--out", exported)
+    saved = checkpoint_tensors(trained / "checkpoint.pt")
+    scripted = torch.jit.load(str(exported)).state_dict()
+    assert torch.equal(scripted["head_weight"], saved["model.head.weight"])
+    assert torch.equal(scripted["block_1_0.qkv_weight"], saved["model.stages.1.0.attn.qkv.weight"])
+
+
+def write_idx(path, header, payload, compress=True):
+    raw = bytes(header) + bytes(payload)
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.fixture
+def broken_data(tmp_path):
+    """A copy of the test split whose images file the test then damages."""
+    shutil.copy(f"{DATA}/t10k-labels-idx1-ubyte.gz", tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncated", "truncated: expected 7840000 data bytes, found 1000"),
+    ("magic", "not an IDX file of 3-d unsigned bytes (bad magic number)"),
+    ("gzip", "corrupt gzip data"),
+    ("missing", "cannot open the file"),
+])
+def test_idx_reader_rejects_damaged_files(trained, broken_data, damage, message, tmp_path):
+    images = broken_data / "t10k-images-idx3-ubyte.gz"
+    header = [0, 0, 8, 3, 0, 0, 0x27, 0x10, 0, 0, 0, 28, 0, 0, 0, 28]  # 10000 x 28 x 28
+    if damage == "truncated":
+        write_idx(images, header, [0] * 1000)
+    elif damage == "magic":
+        write_idx(images, [0, 0, 9, 3] + header[4:], [0] * 7840000)
+    elif damage == "gzip":
+        images.write_bytes(gzip.compress(bytes(header) + bytes(7840000))[:5000] + b"garbage!" * 100)
+    exported = tmp_path / "model.pt"
+    checked("export", "--checkpoint", trained / "checkpoint.pt", "--out", exported)
+    result = run("predict", "--model", exported, "--data", broken_data)
+    assert result.returncode != 0
+    assert f"slideformer: error: {images}: {message}" in result.stderr, result.stderr
+
+
+def test_bad_inputs_fail_with_one_line_errors_and_keep_the_checkpoint(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    checkpoint = run_dir / "checkpoint.pt"
+    good = digest(checkpoint)
+
+    unknown = run("train", "--preset", "swin_huge", "--out", run_dir)
+    assert unknown.returncode != 0 and "swin_huge" in unknown.stderr
+    wrong_preset = run("train", "--preset", "slide_swin_tiny", "--resume", "--out", run_dir)
+    assert wrong_preset.returncode != 0
+    assert f"{checkpoint}: checkpoint of preset 'fashion', not 'slide_swin_tiny'" in wrong_preset.stderr
+    missing_data = run("train", *QUICK, "--resume", "--out", run_dir, "--data", tmp_path / "nowhere")
+    assert missing_data.returncode != 0
+    assert f"{tmp_path / 'nowhere'}/train-images-idx3-ubyte.gz: cannot open the file" in missing_data.stderr
+    assert digest(checkpoint) == good
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    result = run("eval", "--checkpoint", truncated)
+    assert result.returncode != 0
+    assert f"{truncated}: not a readable checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    not_a_model = run("predict", "--model", truncated)
+    assert not_a_model.returncode != 0 and f"{truncated}: not a loadable TorchScript model" in not_a_model.stderr
