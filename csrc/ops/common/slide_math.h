@@ -109,34 +109,57 @@ struct SlideLanes {
   C10_HOST_DEVICE static V multiply_add(const V& a, const V& b, const V& c) { return a * b + c; }
 };
 
-// Shifted key or value n of one channel (or vector of channels c), the deformed shift:
-//   sum_m W[c,n,m] * gathered[c,m] + bias,
-// with bias = shift_bias[c,n] (+ key_bias[h,n] for keys). `weight` points at W[c,n,0] and steps
-// weight_step per m; `gathered` at gathered[c,0] (0 for slots that read nothing), stepping
-// gathered_step per m.
+// Shifted copy n of kSets gathered windows at once (keys and values share W, so the weight is
+// read once for all sets), the deformed shift, for one channel (or vector of channels) c:
+//   out[s] += sum_m W[c,n,m] * gathered[s][c,m]
+// out[s] holds the bias on entry: shift_bias[c,n] (+ key_bias[h,n] for keys). `weight` points at
+// W[c,n,0] and steps weight_step per m; gathered[s] at window s's slot 0 (0 for slots that read
+// nothing), stepping gathered_step per m.
+template <int kSets, typename V, typename T>
+C10_HOST_DEVICE inline void mix_shifted_sets(const T* weight, int64_t weight_step,
+                                             const T* const* gathered, int64_t gathered_step,
+                                             int64_t k2, V* out) {
+  for (int64_t m = 0; m < k2; ++m) {
+    const V w = SlideLanes<V>::load(weight + m * weight_step);
+    for (int s = 0; s < kSets; ++s) {
+      out[s] = SlideLanes<V>::multiply_add(
+          w, SlideLanes<V>::load(gathered[s] + m * gathered_step), out[s]);
+    }
+  }
+}
+
+// One set: sum_m W[c,n,m] * gathered[c,m] + bias.
 template <typename V, typename T>
 C10_HOST_DEVICE inline V mix_shifted(const T* weight, int64_t weight_step, const T* gathered,
                                      int64_t gathered_step, int64_t k2, V bias) {
-  V acc = bias;
-  for (int64_t m = 0; m < k2; ++m) {
-    acc = SlideLanes<V>::multiply_add(SlideLanes<V>::load(weight + m * weight_step),
-                                      SlideLanes<V>::load(gathered + m * gathered_step), acc);
-  }
-  return acc;
+  mix_shifted_sets<1>(weight, weight_step, &gathered, gathered_step, k2, &bias);
+  return bias;
 }
 
-// Adjoint of the mixing: what coefficients g_n on the shifted copies n send back to
-// gathered[c,m], sum_n g_n * W[c,n,m]. `weight` points at W[c,0,m] and steps weight_step per n;
-// coeffs[n] are scalars shared by the channels.
+// Adjoint of the mixing for kSets coefficient sets at once: what coefficients g_n on the
+// shifted copies n send back to gathered[c,m],
+//   out[s] = sum_n coeffs[s][n] * W[c,n,m].
+// `weight` points at W[c,0,m] and steps weight_step per n; coeffs[s][n] are scalars shared by
+// the channels.
+template <int kSets, typename V, typename T>
+C10_HOST_DEVICE inline void mix_shifted_adjoint_sets(const T* weight, int64_t weight_step,
+                                                     const T* const* coeffs, int64_t k2, V* out) {
+  for (int s = 0; s < kSets; ++s) out[s] = V(T(0));
+  for (int64_t n = 0; n < k2; ++n) {
+    const V w = SlideLanes<V>::load(weight + n * weight_step);
+    for (int s = 0; s < kSets; ++s) {
+      out[s] = SlideLanes<V>::multiply_add(V(coeffs[s][n]), w, out[s]);
+    }
+  }
+}
+
+// One set: sum_n coeffs[n] * W[c,n,m].
 template <typename V, typename T>
 C10_HOST_DEVICE inline V mix_shifted_adjoint(const T* weight, int64_t weight_step,
                                              const T* coeffs, int64_t k2) {
-  V acc(T(0));
-  for (int64_t n = 0; n < k2; ++n) {
-    acc = SlideLanes<V>::multiply_add(V(coeffs[n]), SlideLanes<V>::load(weight + n * weight_step),
-                                      acc);
-  }
-  return acc;
+  V out;
+  mix_shifted_adjoint_sets<1>(weight, weight_step, &coeffs, k2, &out);
+  return out;
 }
 
 }  // namespace slideformer::ops::math

@@ -86,20 +86,25 @@ void copy_padded(const T* src, int64_t head_dim, int64_t padded, T* dst) {
   }
 }
 
-// The deformed shift with its weight, laid out [n][m][padded D].
+// The deformed shift with its weight, laid out [n][m][padded D]. Both operations run on kSets
+// windows or coefficient sets at once, reading the weight once for all of them.
 template <typename T>
 struct WeightedShift {
   const T* weight;
   int64_t k2, padded_dim;
-  // Shifted copy n (key or value) of the channels [c, c + chunk).
-  Chunk<T> shifted(int64_t n, int64_t c, const T* gathered, const Chunk<T>& bias) const {
-    return math::mix_shifted<Chunk<T>>(weight + n * k2 * padded_dim + c, padded_dim, gathered + c,
-                                       padded_dim, k2, bias);
+  // out[s] += shifted copy n of window s, channels [c, c + chunk) (out holds the bias on entry).
+  template <int kSets>
+  void shifted(int64_t n, int64_t c, const T* const* windows, Chunk<T>* out) const {
+    const T* at_channel[kSets];
+    for (int s = 0; s < kSets; ++s) at_channel[s] = windows[s] + c;
+    math::mix_shifted_sets<kSets>(weight + n * k2 * padded_dim + c, padded_dim, at_channel,
+                                  padded_dim, k2, out);
   }
-  // sum_n coeffs[n] * W[c, n, m] for the channels [c, c + chunk).
-  Chunk<T> adjoint(int64_t m, int64_t c, const T* coeffs) const {
-    return math::mix_shifted_adjoint<Chunk<T>>(weight + m * padded_dim + c, k2 * padded_dim,
-                                               coeffs, k2);
+  // out[s] = sum_n coeffs[s][n] * W[c, n, m] for the channels [c, c + chunk).
+  template <int kSets>
+  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
+    math::mix_shifted_adjoint_sets<kSets>(weight + m * padded_dim + c, k2 * padded_dim, coeffs, k2,
+                                          out);
   }
 };
 
@@ -107,10 +112,14 @@ struct WeightedShift {
 template <typename T>
 struct PureShift {
   int64_t padded_dim;
-  Chunk<T> shifted(int64_t n, int64_t c, const T* gathered, const Chunk<T>& bias) const {
-    return Chunk<T>::loadu(gathered + n * padded_dim + c) + bias;
+  template <int kSets>
+  void shifted(int64_t n, int64_t c, const T* const* windows, Chunk<T>* out) const {
+    for (int s = 0; s < kSets; ++s) out[s] = out[s] + Chunk<T>::loadu(windows[s] + n * padded_dim + c);
   }
-  Chunk<T> adjoint(int64_t m, int64_t c, const T* coeffs) const { return Chunk<T>(coeffs[m]); }
+  template <int kSets>
+  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
+    for (int s = 0; s < kSets; ++s) out[s] = Chunk<T>(coeffs[s][m]);
+  }
 };
 
 // Bias tables in scratch layout: per head [n][padded D] = shift_bias[c,n] + key_bias[h,n] for
@@ -167,32 +176,46 @@ void gather_window(const Geometry& g, const MapView<const T>& map, int64_t b, in
   }
 }
 
-// contracted[n] = <u, shifted copy n> for every slot n (0 for masked slots); the copies also
-// land in `shifted` when it is given. Logits use u = q, backward's dp uses u = dO.
-template <typename T, typename Shift>
-void contract_shifted(const Geometry& g, const Shift& shift, const T* bias, const Window& w,
-                      const T* u, const T* gathered, T* contracted, T* shifted) {
+// One window to contract: contracted[n] = <u, shifted copy n + bias[n]> for every slot n (0 for
+// masked slots); the copies also land in `shifted` when it is given. Logits contract the keys
+// with u = q, backward's dp the values with u = dO.
+template <typename T>
+struct Contraction {
+  const T* bias;      // (k2, padded D)
+  const T* u;         // (padded D)
+  const T* gathered;  // (k2, padded D)
+  T* contracted;      // (k2)
+  T* shifted;         // (k2, padded D) or null
+};
+
+// Runs kSets contractions together, so the keys and values of one pixel share the weight reads.
+template <typename T, typename Shift, size_t kSets>
+void contract_shifted(const Geometry& g, const Shift& shift, const Window& w,
+                      const std::array<Contraction<T>, kSets>& sets) {
+  const T* windows[kSets];
+  for (size_t i = 0; i < kSets; ++i) windows[i] = sets[i].gathered;
   for (int64_t n = 0; n < g.k2; ++n) {
     if (w.masked(n)) {
-      contracted[n] = T(0);
+      for (const auto& set : sets) set.contracted[n] = T(0);
       continue;
     }
-    Chunk<T> acc(T(0));
+    Chunk<T> acc[kSets], copy[kSets];
+    for (auto& a : acc) a = Chunk<T>(T(0));
     for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
-      const Chunk<T> copy =
-          shift.shifted(n, c, gathered, Chunk<T>::loadu(bias + n * g.padded_dim + c));
-      if (shifted) copy.store(shifted + n * g.padded_dim + c);
-      acc = Chunk<T>::fmadd(Chunk<T>::loadu(u + c), copy, acc);
+      for (size_t i = 0; i < kSets; ++i) copy[i] = Chunk<T>::loadu(sets[i].bias + n * g.padded_dim + c);
+      shift.template shifted<kSets>(n, c, windows, copy);
+      for (size_t i = 0; i < kSets; ++i) {
+        if (sets[i].shifted) copy[i].store(sets[i].shifted + n * g.padded_dim + c);
+        acc[i] = Chunk<T>::fmadd(Chunk<T>::loadu(sets[i].u + c), copy[i], acc[i]);
+      }
     }
-    contracted[n] = acc.sum();
+    for (size_t i = 0; i < kSets; ++i) sets[i].contracted[n] = acc[i].sum();
   }
 }
 
-// logits[n] = scale * <q, Kn>, -inf for masked slots; Kn lands in shifted_keys when given.
-template <typename T, typename Shift>
-void window_logits(const Geometry& g, const Shift& shift, const T* key_bias, const Window& w,
-                   const T* q, const T* gathered_keys, T* logits, T* shifted_keys) {
-  contract_shifted(g, shift, key_bias, w, q, gathered_keys, logits, shifted_keys);
+// <q, Kn> into logits: scale it, -inf for masked slots.
+template <typename T>
+void finish_logits(const Geometry& g, const Window& w, T* logits) {
   for (int64_t n = 0; n < g.k2; ++n) {
     logits[n] = w.masked(n) ? math::neg_inf<T>() : T(g.scale) * logits[n];
   }
@@ -205,8 +228,9 @@ Chunk<T> combine_shifted(const Geometry& g, const Shift& shift, const T* bias, c
                          const T* coeffs, int64_t c) {
   Chunk<T> acc = math::mix_shifted_adjoint<Chunk<T>>(bias + c, g.padded_dim, coeffs, g.k2);
   for (int64_t m = 0; m < g.k2; ++m) {
-    acc = Chunk<T>::fmadd(Chunk<T>::loadu(gathered + m * g.padded_dim + c),
-                          shift.adjoint(m, c, coeffs), acc);
+    Chunk<T> adjoint;
+    shift.template adjoint<1>(m, c, &coeffs, &adjoint);
+    acc = Chunk<T>::fmadd(Chunk<T>::loadu(gathered + m * g.padded_dim + c), adjoint, acc);
   }
   return acc;
 }
@@ -295,7 +319,9 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
         copy_padded(q_map.pixel(b, h, y, x), g.head_dim, g.padded_dim, s.q);
         gather_window(g, k_map, b, h, w, s.keys);
         gather_window(g, v_map, b, h, w, s.values);
-        window_logits(g, shift, key_bias, w, s.q, s.keys, s.probs, static_cast<T*>(nullptr));
+        contract_shifted(g, shift, w,
+                         std::array<Contraction<T>, 1>{{{key_bias, s.q, s.keys, s.probs, nullptr}}});
+        finish_logits(g, w, s.probs);
         const T row_max = cpu::max_of(s.probs, g.k2);
         const T sum = cpu::exp_shifted_sum_inplace(s.probs, g.k2, row_max);
         cpu::scale_inplace(s.probs, math::output_normalizer(sum), g.k2);
@@ -411,10 +437,12 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
   copy_padded(maps.dout.pixel(b, h, y, x), g.head_dim, dp, s.dout);
   gather_window(g, maps.k, b, h, w, s.keys);
   gather_window(g, maps.v, b, h, w, s.values);
-  window_logits(g, shift, biases.key + h * g.k2 * dp, w, s.q, s.keys, s.logits,
-                in_band ? s.shifted_keys : static_cast<T*>(nullptr));
-  contract_shifted(g, shift, biases.value, w, s.dout, s.values, s.dprobs,
-                   static_cast<T*>(nullptr));
+  contract_shifted(g, shift, w,
+                   std::array<Contraction<T>, 2>{{
+                       {biases.key + h * g.k2 * dp, s.q, s.keys, s.logits,
+                        in_band ? s.shifted_keys : nullptr},
+                       {biases.value, s.dout, s.values, s.dprobs, nullptr}}});
+  finish_logits(g, w, s.logits);
   const T lse = maps.lse[((b * g.heads + h) * g.height + y) * g.width + x];
   T delta = 0;  // sum_n p_n dp_n = <dO, out>
   for (int64_t n = 0; n < g.k2; ++n) {
@@ -483,11 +511,14 @@ void gather_key_value_grads(const Geometry& g, const Shift& shift, const Backwar
       for (const math::AxisReader* rx = col_readers.begin(x); rx != col_readers.end(x); ++rx) {
         const int64_t slot = ry->slot * g.kernel_size + rx->slot;
         const int64_t reader = ((ry->pixel - band.reader_begin) * g.width + rx->pixel) * g.k2;
+        const T* coeffs[2] = {s.dlogits + reader, s.probs + reader};
+        V adjoints[2];
+        shift.template adjoint<2>(slot, c, coeffs, adjoints);
         grad_key = V::fmadd(load_channels(maps.q.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
-                            shift.adjoint(slot, c, s.dlogits + reader), grad_key);
+                            adjoints[0], grad_key);
         grad_value =
             V::fmadd(load_channels(maps.dout.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
-                     shift.adjoint(slot, c, s.probs + reader), grad_value);
+                     adjoints[1], grad_value);
       }
     }
     store_channels(grad_key, maps.grad_k + pixel, c, g.head_dim);
