@@ -93,6 +93,7 @@ class CountingCpuAllocator final : public c10::Allocator {
 struct Stage {
   const char* name;
   int64_t batch, heads, size, head_dim;
+  bool has_design_bar;  // DESIGN 5 states the bar at the stage-1 shape
 };
 
 constexpr int64_t kKernel = 3, kK2 = kKernel * kKernel;
@@ -219,10 +220,11 @@ void run_stage(const Stage& s, int reps) {
                 1e3 * t_forward[i], 1e3 * t_both[i], t_forward[i] / t_forward[0],
                 t_both[i] / t_both[0], peak_mib[i], peak_mib[i] / peak_mib[0]);
   }
-  // The bar of DESIGN 5 (stated for stage 1): against the cheaper composite.
-  std::printf("fwd+bwd speed-up over the merged composite: %.1fx (bar >= 5); peak extra memory "
-              "ours / composite: %.3f (bar <= 0.333)\n",
-              t_both[1] / t_both[0], peak_mib[0] / peak_mib[1]);
+  // Against the cheaper of the two composites.
+  std::printf("fwd+bwd speed-up over the merged composite: %.1fx%s; peak extra memory ours / "
+              "merged composite: %.3f%s\n",
+              t_both[1] / t_both[0], s.has_design_bar ? " (DESIGN bar: >= 5)" : "",
+              peak_mib[0] / peak_mib[1], s.has_design_bar ? " (DESIGN bar: <= 0.333)" : "");
   std::fflush(stdout);
 }
 
@@ -232,8 +234,8 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   c10::SetAllocator(at::kCPU, &CountingCpuAllocator::instance(), /*priority=*/1);
   at::manual_seed(0);
-  const int reps = quick ? 2 : 5;
-  run_stage({"Slide-Swin-T stage 1", 8, 3, 56, 32}, reps);
-  run_stage({"Slide-Swin-T stage 2", 8, 6, 28, 32}, reps);
+  const int reps = quick ? 3 : 7;
+  run_stage({"Slide-Swin-T stage 1", 8, 3, 56, 32, true}, reps);
+  run_stage({"Slide-Swin-T stage 2", 8, 6, 28, 32, false}, reps);
   return 0;
 }
