@@ -110,8 +110,8 @@ Inputs make_inputs(const Stage& s) {
   in.k = at::randn_like(in.q);
   in.v = at::randn_like(in.q);
   in.grad_out = at::randn_like(in.q);
-  in.shift_weight = at::eye(kK2).expand({s.head_dim, kK2, kK2}) +
-                    0.1 * at::randn({s.head_dim, kK2, kK2});
+  in.shift_weight =
+      at::eye(kK2).expand({s.head_dim, kK2, kK2}) + 0.1 * at::randn({s.head_dim, kK2, kK2});
   in.shift_bias = 0.1 * at::randn({s.head_dim, kK2});
   in.key_bias = 0.02 * at::randn({s.heads, kK2});
   return in;
@@ -121,7 +121,8 @@ Inputs make_inputs(const Stage& s) {
 at::Tensor ours(const std::vector<at::Tensor>& x) {
   return slideformer::slide_attention(
       x[0], x[1], x[2],
-      slideformer::SlideAttentionFuncOptions(kKernel).shift_weight(x[3]).shift_bias(x[4]).key_bias(x[5]));
+      slideformer::SlideAttentionFuncOptions(kKernel).shift_weight(x[3]).shift_bias(x[4]).key_bias(
+          x[5]));
 }
 
 // Slide-Transformer's formulation in aten ops. two_path: as its training code, a frozen
@@ -132,8 +133,9 @@ at::Tensor composite(const std::vector<at::Tensor>& x, bool two_path) {
   const int64_t B = q.size(0), H = q.size(1), Y = q.size(2), X = q.size(3), D = q.size(4);
   const at::Tensor one_hot = at::eye(kK2).view({kK2, 1, kKernel, kKernel}).repeat({D, 1, 1, 1});
   // Output channel c*k2 + n of the conv is shifted copy n of channel c; kernel tap m = (i, j).
-  const at::Tensor weight = two_path ? (shift_weight - at::eye(kK2)).reshape({D * kK2, 1, kKernel, kKernel})
-                                     : shift_weight.reshape({D * kK2, 1, kKernel, kKernel});
+  const at::Tensor weight =
+      two_path ? (shift_weight - at::eye(kK2)).reshape({D * kK2, 1, kKernel, kKernel})
+               : shift_weight.reshape({D * kK2, 1, kKernel, kKernel});
   auto shifted = [&](const at::Tensor& t) {
     at::Tensor planes = t.permute({0, 1, 4, 2, 3}).reshape({B * H, D, Y, X});
     at::Tensor copies = at::conv2d(planes, weight, shift_bias.reshape(-1), 1, kKernel / 2, 1, D);
@@ -141,7 +143,8 @@ at::Tensor composite(const std::vector<at::Tensor>& x, bool two_path) {
     return copies.view({B, H, D, kK2, Y, X});
   };
   const at::Tensor keys = shifted(x[1]) + key_bias.view({1, H, 1, kK2, 1, 1});
-  const at::Tensor logits = at::einsum("bhyxc,bhcnyx->bhyxn", {q, keys}) * (1.0 / std::sqrt(double(D)));
+  const at::Tensor logits =
+      at::einsum("bhyxc,bhcnyx->bhyxn", {q, keys}) * (1.0 / std::sqrt(double(D)));
   return at::einsum("bhyxn,bhcnyx->bhyxc", {at::softmax(logits, -1), shifted(x[2])});
 }
 
@@ -189,8 +192,8 @@ void run_stage(const Stage& s, int reps) {
   std::snprintf(title, sizeof title,
                 "slide_attention, CPU fp32, %s: B=%lld H=%lld %lldx%lld D=%lld k=3, "
                 "shift_weight + shift_bias + key_bias",
-                s.name, (long long)s.batch, (long long)s.heads, (long long)s.size, (long long)s.size,
-                (long long)s.head_dim);
+                s.name, (long long)s.batch, (long long)s.heads, (long long)s.size,
+                (long long)s.size, (long long)s.head_dim);
   slideformer::bench::print_header(title);
   const Inputs in = make_inputs(s);
   const std::vector<Contender> contenders = {
@@ -221,10 +224,11 @@ void run_stage(const Stage& s, int reps) {
                 t_both[i] / t_both[0], peak_mib[i], peak_mib[i] / peak_mib[0]);
   }
   // Against the cheaper of the two composites.
-  std::printf("fwd+bwd speed-up over the merged composite: %.1fx%s; peak extra memory ours / "
-              "merged composite: %.3f%s\n",
-              t_both[1] / t_both[0], s.has_design_bar ? " (DESIGN bar: >= 5)" : "",
-              peak_mib[0] / peak_mib[1], s.has_design_bar ? " (DESIGN bar: <= 0.333)" : "");
+  std::printf(
+      "fwd+bwd speed-up over the merged composite: %.1fx%s; peak extra memory ours / "
+      "merged composite: %.3f%s\n",
+      t_both[1] / t_both[0], s.has_design_bar ? " (DESIGN bar: >= 5)" : "",
+      peak_mib[0] / peak_mib[1], s.has_design_bar ? " (DESIGN bar: <= 0.333)" : "");
   std::fflush(stdout);
 }
 

@@ -30,9 +30,9 @@ double default_scale(const at::Tensor& q, std::optional<double> scale) {
 
 // (a) Output channel c*k2 + n of both convs is shifted copy n of channel c; the learnable conv
 // has weight (D*k2, 1, k, k) and bias (D*k2). Undefined tensors are absent terms.
-at::Tensor reference_slide_transformer(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                       int64_t ks, int64_t dilation, const at::Tensor& key_bias,
-                                       const at::Tensor& learned_weight,
+at::Tensor reference_slide_transformer(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, int64_t ks, int64_t dilation,
+                                       const at::Tensor& key_bias, const at::Tensor& learned_weight,
                                        const at::Tensor& learned_bias,
                                        std::optional<double> scale = std::nullopt) {
   const int64_t B = q.size(0), H = q.size(1), Y = q.size(2), X = q.size(3), D = q.size(4);
@@ -57,7 +57,8 @@ at::Tensor reference_slide_transformer(const at::Tensor& q, const at::Tensor& k,
 }
 
 // Per axis: the position slot j of pixel i reads in clamp mode, -1 past the end of a short axis.
-std::vector<std::vector<int64_t>> clamp_slot_positions(int64_t length, int64_t ks, int64_t dilation) {
+std::vector<std::vector<int64_t>> clamp_slot_positions(int64_t length, int64_t ks,
+                                                       int64_t dilation) {
   std::vector<std::vector<int64_t>> table(length);
   for (int64_t i = 0; i < length; ++i) {
     const int64_t group = i % dilation, sub = i / dilation;
@@ -80,7 +81,8 @@ at::Tensor reference_clamp_gather(const at::Tensor& q, const at::Tensor& k, cons
                                   std::optional<double> scale = std::nullopt) {
   const int64_t B = q.size(0), H = q.size(1), Y = q.size(2), X = q.size(3), D = q.size(4);
   const int64_t k2 = ks * ks, P = Y * X;
-  const auto rows = clamp_slot_positions(Y, ks, dilation), cols = clamp_slot_positions(X, ks, dilation);
+  const auto rows = clamp_slot_positions(Y, ks, dilation),
+             cols = clamp_slot_positions(X, ks, dilation);
   at::Tensor index = at::empty({P, k2}, at::kLong);
   at::Tensor missing = at::empty({P, k2}, at::kBool);
   for (int64_t y = 0; y < Y; ++y) {
@@ -112,7 +114,8 @@ at::Tensor slide(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
                  int64_t dilation, const at::Tensor& key_bias, const at::Tensor& shift_weight,
                  const at::Tensor& shift_bias, const std::string& border,
                  std::optional<double> scale = std::nullopt) {
-  auto options = slideformer::SlideAttentionFuncOptions(ks).dilation(dilation).border(border).scale(scale);
+  auto options =
+      slideformer::SlideAttentionFuncOptions(ks).dilation(dilation).border(border).scale(scale);
   if (key_bias.defined()) options.key_bias(key_bias);
   if (shift_weight.defined()) options.shift_weight(shift_weight);
   if (shift_bias.defined()) options.shift_bias(shift_bias);
@@ -124,8 +127,8 @@ struct Case {
 };
 
 std::ostream& operator<<(std::ostream& os, const Case& c) {
-  return os << "B" << c.b << "_H" << c.h << "_" << c.y << "x" << c.x << "_D" << c.d << "_k"
-            << c.ks << "_dil" << c.dilation;
+  return os << "B" << c.b << "_H" << c.h << "_" << c.y << "x" << c.x << "_D" << c.d << "_k" << c.ks
+            << "_dil" << c.dilation;
 }
 
 // The leaves a test differentiates: q, k, v, key_bias, and the learnable depthwise conv of
@@ -161,7 +164,8 @@ Leaves make_leaves(const Case& c, std::array<bool, 3> present, at::ScalarType dt
   l.k = at::randn({c.b, c.h, c.y, c.x, c.d}, opts).requires_grad_();
   l.v = at::randn({c.b, c.h, c.y, c.x, c.d}, opts).requires_grad_();
   if (present[0]) l.key_bias = (0.5 * at::randn({c.h, k2}, opts)).requires_grad_();
-  if (present[1]) l.learned_weight = (0.3 * at::randn({c.d * k2, 1, c.ks, c.ks}, opts)).requires_grad_();
+  if (present[1])
+    l.learned_weight = (0.3 * at::randn({c.d * k2, 1, c.ks, c.ks}, opts)).requires_grad_();
   if (present[2]) l.learned_bias = (0.3 * at::randn({c.d * k2}, opts)).requires_grad_();
   return l;
 }
@@ -183,8 +187,8 @@ at::Tensor reference(const Leaves& l, const Case& c, const std::string& border,
 }
 
 // Output and the gradients of every leaf agree with the reference.
-void expect_matches_reference(const Leaves& l, const Case& c, const std::string& border,
-                              double tol, std::optional<double> scale = std::nullopt) {
+void expect_matches_reference(const Leaves& l, const Case& c, const std::string& border, double tol,
+                              std::optional<double> scale = std::nullopt) {
   const at::Tensor out = ours(l, c, border, scale);
   const at::Tensor ref = reference(l, c, border, scale);
   EXPECT_EQ(out.scalar_type(), l.q.scalar_type());
@@ -195,12 +199,13 @@ void expect_matches_reference(const Leaves& l, const Case& c, const std::string&
   const auto ours_grads = torch::autograd::grad({out}, theirs_inputs, {grad.to(out.scalar_type())});
   const auto ref_grads = torch::autograd::grad({ref}, theirs_inputs, {grad});
   for (size_t i = 0; i < ours_grads.size(); ++i) {
-    expect_close(ours_grads[i], ref_grads[i], 4 * tol, 4 * tol, "gradient of leaf " + std::to_string(i));
+    expect_close(ours_grads[i], ref_grads[i], 4 * tol, 4 * tol,
+                 "gradient of leaf " + std::to_string(i));
   }
 }
 
-class SlideAttentionParity
-    : public ::testing::TestWithParam<std::tuple<Case, std::string, bool>> {};
+class SlideAttentionParity : public ::testing::TestWithParam<std::tuple<Case, std::string, bool>> {
+};
 
 TEST_P(SlideAttentionParity, Float64ForwardAndGradientsMatchReference) {
   const auto& [c, border, with_params] = GetParam();
@@ -210,19 +215,19 @@ TEST_P(SlideAttentionParity, Float64ForwardAndGradientsMatchReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SlideAttentionParity,
-    ::testing::Combine(::testing::Values(Case{2, 2, 5, 7, 4, 3, 1},    // odd, non-square
-                                         Case{1, 3, 1, 1, 5, 3, 1},    // 1x1 map
-                                         Case{1, 2, 2, 3, 3, 5, 1},    // map smaller than kernel
-                                         Case{2, 1, 6, 7, 9, 3, 2},    // dilation 2, odd D
-                                         Case{1, 2, 7, 9, 4, 3, 3},    // dilation 3, short sub-axes
-                                         Case{1, 1, 9, 4, 2, 5, 2},    // k 5 with dilation 2
-                                         Case{1, 2, 4, 6, 3, 1, 1},    // k 1
-                                         Case{1, 1, 8, 9, 3, 7, 1},    // k 7
-                                         Case{1, 1, 14, 15, 2, 13, 1}, // k 13
-                                         Case{1, 1, 3, 20, 17, 3, 1},  // D past one chunk of channels
-                                         Case{0, 2, 4, 4, 4, 3, 1}),   // B = 0
-                       ::testing::Values(std::string("zeros"), std::string("clamp")),
-                       ::testing::Bool()),
+    ::testing::Combine(
+        ::testing::Values(Case{2, 2, 5, 7, 4, 3, 1},     // odd, non-square
+                          Case{1, 3, 1, 1, 5, 3, 1},     // 1x1 map
+                          Case{1, 2, 2, 3, 3, 5, 1},     // map smaller than kernel
+                          Case{2, 1, 6, 7, 9, 3, 2},     // dilation 2, odd D
+                          Case{1, 2, 7, 9, 4, 3, 3},     // dilation 3, short sub-axes
+                          Case{1, 1, 9, 4, 2, 5, 2},     // k 5 with dilation 2
+                          Case{1, 2, 4, 6, 3, 1, 1},     // k 1
+                          Case{1, 1, 8, 9, 3, 7, 1},     // k 7
+                          Case{1, 1, 14, 15, 2, 13, 1},  // k 13
+                          Case{1, 1, 3, 20, 17, 3, 1},   // D past one chunk of channels
+                          Case{0, 2, 4, 4, 4, 3, 1}),    // B = 0
+        ::testing::Values(std::string("zeros"), std::string("clamp")), ::testing::Bool()),
     [](const auto& info) {
       std::ostringstream name;
       name << std::get<0>(info.param) << "_" << std::get<1>(info.param)
@@ -234,9 +239,11 @@ TEST(SlideAttention, EachOptionalInputAloneAndExplicitScale) {
   const Case c{2, 2, 5, 6, 3, 3, 2};
   for (const std::string border : {"zeros", "clamp"}) {
     for (int mask = 0; mask < 8; ++mask) {
-      const Leaves l = make_leaves(c, {bool(mask & 1), bool(mask & 2), bool(mask & 4)}, at::kDouble, mask);
+      const Leaves l =
+          make_leaves(c, {bool(mask & 1), bool(mask & 2), bool(mask & 4)}, at::kDouble, mask);
       SCOPED_TRACE(border + " optional-input mask " + std::to_string(mask));
-      expect_matches_reference(l, c, border, 1e-10, mask == 5 ? std::optional<double>(-0.7) : std::nullopt);
+      expect_matches_reference(l, c, border, 1e-10,
+                               mask == 5 ? std::optional<double>(-0.7) : std::nullopt);
     }
   }
 }
@@ -253,7 +260,8 @@ TEST(SlideAttention, PermutedInputsAsAModulePassesThem) {
   l.v = part(2);
   ASSERT_FALSE(l.q.is_contiguous());
   // Also a channel stride other than 1.
-  const at::Tensor channels_strided = at::randn({c.b, c.h, c.y, c.x, 2 * c.d}, at::kDouble).slice(4, 0, 2 * c.d, 2);
+  const at::Tensor channels_strided =
+      at::randn({c.b, c.h, c.y, c.x, 2 * c.d}, at::kDouble).slice(4, 0, 2 * c.d, 2);
   for (const std::string border : {"zeros", "clamp"}) {
     expect_close(ours(l, c, border), reference(l, c, border), 1e-10, 1e-10, border);
     Leaves strided = l;
@@ -270,8 +278,11 @@ TEST(SlideAttention, HalfTypesCloseToFloat64) {
       const Leaves exact = make_leaves(c, {true, true, true}, at::kDouble, 9);
       Leaves low;
       for (auto [dst, src] : std::vector<std::pair<at::Tensor*, const at::Tensor*>>{
-               {&low.q, &exact.q}, {&low.k, &exact.k}, {&low.v, &exact.v},
-               {&low.key_bias, &exact.key_bias}, {&low.learned_weight, &exact.learned_weight},
+               {&low.q, &exact.q},
+               {&low.k, &exact.k},
+               {&low.v, &exact.v},
+               {&low.key_bias, &exact.key_bias},
+               {&low.learned_weight, &exact.learned_weight},
                {&low.learned_bias, &exact.learned_bias}}) {
         *dst = src->detach().to(dtype).requires_grad_();
       }
@@ -370,12 +381,16 @@ TEST(SlideAttentionErrors, BadInputsNameOpArgumentAndValues) {
                    op + "border must be \"zeros\" or \"clamp\", got \"reflect\"");
   EXPECT_THROW_MSG(call(q[0], q, q), op + "query must have 5 dimensions (B, H, Y, X, D), got 4");
   EXPECT_THROW_MSG(call(q, q[0], q), op + "key must have 5 dimensions (B, H, Y, X, D), got 4");
-  EXPECT_THROW_MSG(call(q, q, q.unsqueeze(0)), op + "value must have 5 dimensions (B, H, Y, X, D), got 6");
+  EXPECT_THROW_MSG(call(q, q, q.unsqueeze(0)),
+                   op + "value must have 5 dimensions (B, H, Y, X, D), got 6");
   EXPECT_THROW_MSG(call(q.to(at::kInt), q, q),
                    op + "query must be float32, float64, float16 or bfloat16, got Int");
-  EXPECT_THROW_MSG(call(q, q.to(at::kDouble), q), op + "key must have the dtype of query (Float), got Double");
-  EXPECT_THROW_MSG(call(q, q, q.to(at::kHalf)), op + "value must have the dtype of query (Float), got Half");
-  EXPECT_THROW_MSG(call(q, q.to(at::kMeta), q), op + "key must be on the device of query (cpu), got meta");
+  EXPECT_THROW_MSG(call(q, q.to(at::kDouble), q),
+                   op + "key must have the dtype of query (Float), got Double");
+  EXPECT_THROW_MSG(call(q, q, q.to(at::kHalf)),
+                   op + "value must have the dtype of query (Float), got Half");
+  EXPECT_THROW_MSG(call(q, q.to(at::kMeta), q),
+                   op + "key must be on the device of query (cpu), got meta");
   EXPECT_THROW_MSG(call(q, at::randn({1, 3, 5, 6, 4}), q),
                    op + "key must have the batch size B of query = 2 in dimension 0, got 1");
   EXPECT_THROW_MSG(call(q, at::randn({2, 2, 5, 6, 4}), q),
@@ -479,7 +494,8 @@ TEST(SlideMath, MixingAndItsAdjointAreTransposes) {
     forward += coeffs[n].item<double>() * (shifted - 0.25);
   }
   for (int64_t m = 0; m < k2; ++m) {
-    adjoint += g[m].item<double>() * mix_shifted_adjoint<double>(w + m, k2, coeffs.data_ptr<double>(), k2);
+    adjoint +=
+        g[m].item<double>() * mix_shifted_adjoint<double>(w + m, k2, coeffs.data_ptr<double>(), k2);
   }
   EXPECT_NEAR(forward, adjoint, 1e-12);
 }

@@ -42,10 +42,9 @@ C10_HOST_DEVICE inline int64_t clamp_window_start(int64_t i, const SlideAxis& a)
 // nothing: outside the map (zeros) or past the end of a sub-axis shorter than k (clamp).
 C10_HOST_DEVICE inline int64_t neighbor_position(SlideBorder border, int64_t i, int64_t j,
                                                  const SlideAxis& a) {
-  const int64_t position =
-      border == SlideBorder::kZeros
-          ? i + (j - window_radius(a)) * a.dilation
-          : i % a.dilation + a.dilation * (clamp_window_start(i, a) + j);
+  const int64_t position = border == SlideBorder::kZeros
+                               ? i + (j - window_radius(a)) * a.dilation
+                               : i % a.dilation + a.dilation * (clamp_window_start(i, a) + j);
   return position >= 0 && position < a.length ? position : -1;
 }
 
@@ -122,8 +121,8 @@ C10_HOST_DEVICE inline void mix_shifted_sets(const T* weight, int64_t weight_ste
   for (int64_t m = 0; m < k2; ++m) {
     const V w = SlideLanes<V>::load(weight + m * weight_step);
     for (int s = 0; s < kSets; ++s) {
-      out[s] = SlideLanes<V>::multiply_add(
-          w, SlideLanes<V>::load(gathered[s] + m * gathered_step), out[s]);
+      out[s] = SlideLanes<V>::multiply_add(w, SlideLanes<V>::load(gathered[s] + m * gathered_step),
+                                           out[s]);
     }
   }
 }
@@ -155,8 +154,8 @@ C10_HOST_DEVICE inline void mix_shifted_adjoint_sets(const T* weight, int64_t we
 
 // One set: sum_n coeffs[n] * W[c,n,m].
 template <typename V, typename T>
-C10_HOST_DEVICE inline V mix_shifted_adjoint(const T* weight, int64_t weight_step,
-                                             const T* coeffs, int64_t k2) {
+C10_HOST_DEVICE inline V mix_shifted_adjoint(const T* weight, int64_t weight_step, const T* coeffs,
+                                             int64_t k2) {
   V out;
   mix_shifted_adjoint_sets<1>(weight, weight_step, &coeffs, k2, &out);
   return out;

@@ -65,7 +65,8 @@ struct MapView {
 
 template <typename T>
 MapView<T> map_view(const at::Tensor& t) {
-  return {t.data_ptr<std::remove_const_t<T>>(), {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
+  return {t.data_ptr<std::remove_const_t<T>>(),
+          {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
 }
 
 // Channels [c, c + chunk) of a D-channel row; those past D read as 0 / are not written.
@@ -114,7 +115,8 @@ struct PureShift {
   int64_t padded_dim;
   template <int kSets>
   void shifted(int64_t n, int64_t c, const T* const* windows, Chunk<T>* out) const {
-    for (int s = 0; s < kSets; ++s) out[s] = out[s] + Chunk<T>::loadu(windows[s] + n * padded_dim + c);
+    for (int s = 0; s < kSets; ++s)
+      out[s] = out[s] + Chunk<T>::loadu(windows[s] + n * padded_dim + c);
   }
   template <int kSets>
   void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
@@ -202,7 +204,8 @@ void contract_shifted(const Geometry& g, const Shift& shift, const Window& w,
     Chunk<T> acc[kSets], copy[kSets];
     for (auto& a : acc) a = Chunk<T>(T(0));
     for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
-      for (size_t i = 0; i < kSets; ++i) copy[i] = Chunk<T>::loadu(sets[i].bias + n * g.padded_dim + c);
+      for (size_t i = 0; i < kSets; ++i)
+        copy[i] = Chunk<T>::loadu(sets[i].bias + n * g.padded_dim + c);
       shift.template shifted<kSets>(n, c, windows, copy);
       for (size_t i = 0; i < kSets; ++i) {
         if (sets[i].shifted) copy[i].store(sets[i].shifted + n * g.padded_dim + c);
@@ -304,12 +307,12 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
   const WorkSplit split(g.rows_total());
   if (split.groups() == 0) return;
   const int64_t per_worker = ForwardScratch<T>::size(g);
-  at::Tensor scratch =
-      at::empty({split.workers(), per_worker}, c10::CppTypeToScalarType<T>::value);
+  at::Tensor scratch = at::empty({split.workers(), per_worker}, c10::CppTypeToScalarType<T>::value);
   split.run([&](int64_t group, int64_t worker) {
     ForwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + worker * per_worker), g);
     Window w(g);
-    for (int64_t task = split.begin(group); task < split.end(group); ++task) {  // one row of one (b, h)
+    for (int64_t task = split.begin(group); task < split.end(group);
+         ++task) {  // one row of one (b, h)
       const int64_t bh = task / g.height, b = bh / g.heads, h = bh % g.heads;
       const int64_t y = task % g.height;
       const T* key_bias = biases.key + h * g.k2 * g.padded_dim;
@@ -319,8 +322,9 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
         copy_padded(q_map.pixel(b, h, y, x), g.head_dim, g.padded_dim, s.q);
         gather_window(g, k_map, b, h, w, s.keys);
         gather_window(g, v_map, b, h, w, s.values);
-        contract_shifted(g, shift, w,
-                         std::array<Contraction<T>, 1>{{{key_bias, s.q, s.keys, s.probs, nullptr}}});
+        contract_shifted(
+            g, shift, w,
+            std::array<Contraction<T>, 1>{{{key_bias, s.q, s.keys, s.probs, nullptr}}});
         finish_logits(g, w, s.probs);
         const T row_max = cpu::max_of(s.probs, g.k2);
         const T sum = cpu::exp_shifted_sum_inplace(s.probs, g.k2, row_max);
@@ -401,10 +405,10 @@ struct BackwardScratch {
   static int64_t size(const Geometry& g, int64_t reader_rows) {
     return 2 * reader_rows * g.width * g.k2 + g.padded_dim * (2 + 3 * g.k2) + 2 * g.k2;
   }
-  T *probs, *dlogits;                        // (reader rows, X, k2)
-  T *q, *dout;                               // (padded D)
-  T *keys, *values, *shifted_keys;           // (k2, padded D)
-  T *logits, *dprobs;                        // (k2)
+  T *probs, *dlogits;               // (reader rows, X, k2)
+  T *q, *dout;                      // (padded D)
+  T *keys, *values, *shifted_keys;  // (k2, padded D)
+  T *logits, *dprobs;               // (k2)
   BackwardScratch(ScratchCursor<T> cursor, const Geometry& g, int64_t reader_rows)
       : probs(cursor.take(reader_rows * g.width * g.k2)),
         dlogits(cursor.take(reader_rows * g.width * g.k2)),
@@ -420,7 +424,7 @@ struct BackwardScratch {
 template <typename T>
 struct BackwardMaps {
   MapView<const T> q, k, v, dout;
-  const T* lse;  // contiguous (B, H, Y, X)
+  const T* lse;                 // contiguous (B, H, Y, X)
   T *grad_q, *grad_k, *grad_v;  // contiguous (B, H, Y, X, D)
 };
 
@@ -428,20 +432,20 @@ struct BackwardMaps {
 // for a pixel of the band itself also dq and the parameter gradients.
 template <typename T, typename Shift>
 void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& biases,
-                    const BackwardMaps<T>& maps, BackwardScratch<T>& s, const Window& w,
-                    int64_t b, int64_t h, int64_t y, int64_t x, T* probs, T* dlogits,
-                    bool in_band, const ParamGrads<T>& grads) {
+                    const BackwardMaps<T>& maps, BackwardScratch<T>& s, const Window& w, int64_t b,
+                    int64_t h, int64_t y, int64_t x, T* probs, T* dlogits, bool in_band,
+                    const ParamGrads<T>& grads) {
   using V = Chunk<T>;
   const int64_t dp = g.padded_dim;
   copy_padded(maps.q.pixel(b, h, y, x), g.head_dim, dp, s.q);
   copy_padded(maps.dout.pixel(b, h, y, x), g.head_dim, dp, s.dout);
   gather_window(g, maps.k, b, h, w, s.keys);
   gather_window(g, maps.v, b, h, w, s.values);
-  contract_shifted(g, shift, w,
-                   std::array<Contraction<T>, 2>{{
-                       {biases.key + h * g.k2 * dp, s.q, s.keys, s.logits,
-                        in_band ? s.shifted_keys : nullptr},
-                       {biases.value, s.dout, s.values, s.dprobs, nullptr}}});
+  contract_shifted(
+      g, shift, w,
+      std::array<Contraction<T>, 2>{
+          {{biases.key + h * g.k2 * dp, s.q, s.keys, s.logits, in_band ? s.shifted_keys : nullptr},
+           {biases.value, s.dout, s.values, s.dprobs, nullptr}}});
   finish_logits(g, w, s.logits);
   const T lse = maps.lse[((b * g.heads + h) * g.height + y) * g.width + x];
   T delta = 0;  // sum_n p_n dp_n = <dO, out>
@@ -496,8 +500,9 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
 }
 
 // Pass B for one position (y, x) of the band: dK and dV gathered from the pixels that read it,
-// dK[c] = sum_readers q[c] * sum_n dlogit_n W[c,n,m], dV[c] = sum_readers dO[c] * sum_n p_n W[c,n,m]
-// with m the slot through which the reader reads (y, x). Fixed reader order: deterministic.
+// dK[c] = sum_readers q[c] * sum_n dlogit_n W[c,n,m], dV[c] = sum_readers dO[c] * sum_n p_n
+// W[c,n,m] with m the slot through which the reader reads (y, x). Fixed reader order:
+// deterministic.
 template <typename T, typename Shift>
 void gather_key_value_grads(const Geometry& g, const Shift& shift, const BackwardMaps<T>& maps,
                             const BackwardScratch<T>& s, const AxisReaderTable& row_readers,
@@ -540,8 +545,7 @@ void backward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>&
   int64_t max_reader_rows = 0;
   for (const Band& band : bands) max_reader_rows = std::max(max_reader_rows, band.reader_rows());
   const int64_t per_worker = BackwardScratch<T>::size(g, max_reader_rows);
-  at::Tensor scratch =
-      at::empty({split.workers(), per_worker}, c10::CppTypeToScalarType<T>::value);
+  at::Tensor scratch = at::empty({split.workers(), per_worker}, c10::CppTypeToScalarType<T>::value);
 
   split.run([&](int64_t group, int64_t worker) {
     BackwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + worker * per_worker), g,
@@ -554,7 +558,8 @@ void backward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>&
     if (!want_param_grads[1]) grads.shift_weight = nullptr;
     if (!want_param_grads[2]) grads.shift_bias = nullptr;
     Window w(g);
-    for (int64_t task = split.begin(group); task < split.end(group); ++task) {  // one band of one (b, h)
+    for (int64_t task = split.begin(group); task < split.end(group);
+         ++task) {  // one band of one (b, h)
       const Band& band = bands[task % num_bands];
       const int64_t bh = task / num_bands, b = bh / g.heads, h = bh % g.heads;
       for (int64_t y = band.reader_begin; y < band.reader_end; ++y) {
@@ -657,8 +662,8 @@ std::tuple<at::Tensor, at::Tensor> slide_attention_forward_cpu(
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty(q.sizes().slice(0, 4), q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_forward_cpu", [&] {
-    const Geometry g = make_geometry(q, kernel_size, dilation, border, scale,
-                                     Chunk<scalar_t>::size());
+    const Geometry g =
+        make_geometry(q, kernel_size, dilation, border, scale, Chunk<scalar_t>::size());
     const PreparedParameters params =
         prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
     with_shift<scalar_t>(g, params, [&](const auto& shift) {
@@ -697,9 +702,8 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
     const Geometry g = make_geometry(q, kernel_size, dilation, border, scale, Chunk<T>::size());
     const PreparedParameters params =
         prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
-    const BackwardMaps<T> maps{map_view<const T>(q),    map_view<const T>(k),
-                               map_view<const T>(v),    map_view<const T>(dout),
-                               lse.data_ptr<T>(),       grad_q.data_ptr<T>(),
+    const BackwardMaps<T> maps{map_view<const T>(q),    map_view<const T>(k), map_view<const T>(v),
+                               map_view<const T>(dout), lse.data_ptr<T>(),    grad_q.data_ptr<T>(),
                                grad_k.data_ptr<T>(),    grad_v.data_ptr<T>()};
     at::Tensor partials;  // (groups, ParamGrads size), summed in group order below
     with_shift<T>(g, params, [&](const auto& shift) {
@@ -725,9 +729,12 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
   auto to_input_type = [&](const at::Tensor& grad) {
     return grad.defined() ? grad.to(query.scalar_type()).contiguous() : grad;
   };
-  return {to_input_type(grad_q),          to_input_type(grad_k),
-          to_input_type(grad_v),          to_input_type(grad_key_bias),
-          to_input_type(grad_shift_weight), to_input_type(grad_shift_bias)};
+  return {to_input_type(grad_q),
+          to_input_type(grad_k),
+          to_input_type(grad_v),
+          to_input_type(grad_key_bias),
+          to_input_type(grad_shift_weight),
+          to_input_type(grad_shift_bias)};
 }
 
 }  // namespace
