@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -362,62 +363,160 @@ TEST(SlideAttentionMeta, ShapesWithoutData) {
   EXPECT_EQ(out.sizes(), q.sizes());
 }
 
-TEST(SlideAttentionErrors, BadInputsNameOpArgumentAndValues) {
-  const at::Tensor q = at::randn({2, 3, 5, 6, 4}), kb = at::randn({3, 9});
-  const at::Tensor w = at::randn({4, 9, 9}), bs = at::randn({4, 9});
-  const at::Tensor none;
-  auto call = [&](const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                  int64_t ks = 3, int64_t dilation = 1, const at::Tensor& key_bias = {},
-                  const at::Tensor& weight = {}, const at::Tensor& bias = {},
-                  const std::string& border = "zeros") {
-    return slide(query, key, value, ks, dilation, key_bias, weight, bias, border);
+// One bad input: the call (inputs are made when it runs) and the message after the op name.
+struct BadInput {
+  std::string name;
+  std::function<at::Tensor()> call;
+  std::string message;
+};
+
+void PrintTo(const BadInput& bad, std::ostream* os) { *os << bad.name; }
+
+// Valid inputs: q (2, 3, 5, 6, 4), k = 3; `change` replaces one of them.
+struct CallArgs {
+  at::Tensor query = at::randn({2, 3, 5, 6, 4}), key = query, value = query;
+  int64_t kernel_size = 3, dilation = 1;
+  at::Tensor key_bias, shift_weight, shift_bias;
+  std::string border = "zeros";
+};
+
+BadInput bad(std::string name, std::function<void(CallArgs&)> change, std::string message) {
+  auto call = [change] {
+    CallArgs a;
+    change(a);
+    return slide(a.query, a.key, a.value, a.kernel_size, a.dilation, a.key_bias, a.shift_weight,
+                 a.shift_bias, a.border);
   };
-  const std::string op = "slideformer::slide_attention: ";
-  EXPECT_THROW_MSG(call(q, q, q, 4), op + "kernel_size must be odd and >= 1, got 4");
-  EXPECT_THROW_MSG(call(q, q, q, 0), op + "kernel_size must be odd and >= 1, got 0");
-  EXPECT_THROW_MSG(call(q, q, q, -3), op + "kernel_size must be odd and >= 1, got -3");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 0), op + "dilation must be >= 1, got 0");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, none, none, none, "reflect"),
-                   op + "border must be \"zeros\" or \"clamp\", got \"reflect\"");
-  EXPECT_THROW_MSG(call(q[0], q, q), op + "query must have 5 dimensions (B, H, Y, X, D), got 4");
-  EXPECT_THROW_MSG(call(q, q[0], q), op + "key must have 5 dimensions (B, H, Y, X, D), got 4");
-  EXPECT_THROW_MSG(call(q, q, q.unsqueeze(0)),
-                   op + "value must have 5 dimensions (B, H, Y, X, D), got 6");
-  EXPECT_THROW_MSG(call(q.to(at::kInt), q, q),
-                   op + "query must be float32, float64, float16 or bfloat16, got Int");
-  EXPECT_THROW_MSG(call(q, q.to(at::kDouble), q),
-                   op + "key must have the dtype of query (Float), got Double");
-  EXPECT_THROW_MSG(call(q, q, q.to(at::kHalf)),
-                   op + "value must have the dtype of query (Float), got Half");
-  EXPECT_THROW_MSG(call(q, q.to(at::kMeta), q),
-                   op + "key must be on the device of query (cpu), got meta");
-  EXPECT_THROW_MSG(call(q, at::randn({1, 3, 5, 6, 4}), q),
-                   op + "key must have the batch size B of query = 2 in dimension 0, got 1");
-  EXPECT_THROW_MSG(call(q, at::randn({2, 2, 5, 6, 4}), q),
-                   op + "key must have the head count H of query = 3 in dimension 1, got 2");
-  EXPECT_THROW_MSG(call(q, at::randn({2, 3, 4, 6, 4}), q),
-                   op + "key must have the height Y of query = 5 in dimension 2, got 4");
-  EXPECT_THROW_MSG(call(q, q, at::randn({2, 3, 5, 7, 4})),
-                   op + "value must have the width X of query = 6 in dimension 3, got 7");
-  EXPECT_THROW_MSG(call(q, q, at::randn({2, 3, 5, 6, 8})),
-                   op + "value must have the head dim D of query = 4 in dimension 4, got 8");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, at::randn({3, 8})),
-                   op + "key_bias must have shape (H, k*k) = [3, 9], got [3, 8]");
-  EXPECT_THROW_MSG(call(q, q, q, 5, 1, kb),
-                   op + "key_bias must have shape (H, k*k) = [3, 25], got [3, 9]");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, kb.to(at::kDouble)),
-                   op + "key_bias must have the dtype of query (Float), got Double");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, none, at::randn({4, 9, 8})),
-                   op + "shift_weight must have shape (D, k*k, k*k) = [4, 9, 9], got [4, 9, 8]");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, none, at::randn({9, 9})),
-                   op + "shift_weight must have shape (D, k*k, k*k) = [4, 9, 9], got [9, 9]");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, none, w.to(at::kMeta)),
-                   op + "shift_weight must be on the device of query (cpu), got meta");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, none, w, at::randn({9, 4})),
-                   op + "shift_bias must have shape (D, k*k) = [4, 9], got [9, 4]");
-  EXPECT_THROW_MSG(call(q, q, q, 3, 1, none, w, bs.to(at::kBFloat16)),
-                   op + "shift_bias must have the dtype of query (Float), got BFloat16");
+  return {std::move(name), call, std::move(message)};
 }
+
+std::vector<BadInput> bad_inputs() {
+  return {
+      bad(
+          "EvenKernelSize", [](CallArgs& a) { a.kernel_size = 4; },
+          "kernel_size must be odd and >= 1, got 4"),
+      bad(
+          "ZeroKernelSize", [](CallArgs& a) { a.kernel_size = 0; },
+          "kernel_size must be odd and >= 1, got 0"),
+      bad(
+          "NegativeKernelSize", [](CallArgs& a) { a.kernel_size = -3; },
+          "kernel_size must be odd and >= 1, got -3"),
+      bad(
+          "ZeroDilation", [](CallArgs& a) { a.dilation = 0; }, "dilation must be >= 1, got 0"),
+      bad(
+          "UnknownBorder", [](CallArgs& a) { a.border = "reflect"; },
+          "border must be \"zeros\" or \"clamp\", got \"reflect\""),
+      bad(
+          "QueryRank", [](CallArgs& a) { a.query = a.query[0]; },
+          "query must have 5 dimensions (B, H, Y, X, D), got 4"),
+      bad(
+          "KeyRank", [](CallArgs& a) { a.key = a.key[0]; },
+          "key must have 5 dimensions (B, H, Y, X, D), got 4"),
+      bad(
+          "ValueRank", [](CallArgs& a) { a.value = a.value.unsqueeze(0); },
+          "value must have 5 dimensions (B, H, Y, X, D), got 6"),
+      bad(
+          "IntegerQuery", [](CallArgs& a) { a.query = a.query.to(at::kInt); },
+          "query must be float32, float64, float16 or bfloat16, got Int"),
+      bad(
+          "KeyDtype", [](CallArgs& a) { a.key = a.key.to(at::kDouble); },
+          "key must have the dtype of query (Float), got Double"),
+      bad(
+          "ValueDtype", [](CallArgs& a) { a.value = a.value.to(at::kHalf); },
+          "value must have the dtype of query (Float), got Half"),
+      bad(
+          "KeyDevice", [](CallArgs& a) { a.key = a.key.to(at::kMeta); },
+          "key must be on the device of query (cpu), got meta"),
+      bad(
+          "KeyBatch",
+          [](CallArgs& a) {
+            a.key = at::randn({1, 3, 5, 6, 4});
+          },
+          "key must have the batch size B of query = 2 in dimension 0, got 1"),
+      bad(
+          "KeyHeads",
+          [](CallArgs& a) {
+            a.key = at::randn({2, 2, 5, 6, 4});
+          },
+          "key must have the head count H of query = 3 in dimension 1, got 2"),
+      bad(
+          "KeyHeight",
+          [](CallArgs& a) {
+            a.key = at::randn({2, 3, 4, 6, 4});
+          },
+          "key must have the height Y of query = 5 in dimension 2, got 4"),
+      bad(
+          "ValueWidth",
+          [](CallArgs& a) {
+            a.value = at::randn({2, 3, 5, 7, 4});
+          },
+          "value must have the width X of query = 6 in dimension 3, got 7"),
+      bad(
+          "ValueHeadDim",
+          [](CallArgs& a) {
+            a.value = at::randn({2, 3, 5, 6, 8});
+          },
+          "value must have the head dim D of query = 4 in dimension 4, got 8"),
+      bad(
+          "KeyBiasSlots",
+          [](CallArgs& a) {
+            a.key_bias = at::randn({3, 8});
+          },
+          "key_bias must have shape (H, k*k) = [3, 9], got [3, 8]"),
+      bad(
+          "KeyBiasForOtherKernel",
+          [](CallArgs& a) {
+            a.kernel_size = 5;
+            a.key_bias = at::randn({3, 9});
+          },
+          "key_bias must have shape (H, k*k) = [3, 25], got [3, 9]"),
+      bad(
+          "KeyBiasDtype",
+          [](CallArgs& a) {
+            a.key_bias = at::randn({3, 9}, at::kDouble);
+          },
+          "key_bias must have the dtype of query (Float), got Double"),
+      bad(
+          "ShiftWeightShape",
+          [](CallArgs& a) {
+            a.shift_weight = at::randn({4, 9, 8});
+          },
+          "shift_weight must have shape (D, k*k, k*k) = [4, 9, 9], got [4, 9, 8]"),
+      bad(
+          "ShiftWeightRank",
+          [](CallArgs& a) {
+            a.shift_weight = at::randn({9, 9});
+          },
+          "shift_weight must have shape (D, k*k, k*k) = [4, 9, 9], got [9, 9]"),
+      bad(
+          "ShiftWeightDevice",
+          [](CallArgs& a) {
+            a.shift_weight = at::empty({4, 9, 9}, at::TensorOptions(at::kMeta));
+          },
+          "shift_weight must be on the device of query (cpu), got meta"),
+      bad(
+          "ShiftBiasShape",
+          [](CallArgs& a) {
+            a.shift_bias = at::randn({9, 4});
+          },
+          "shift_bias must have shape (D, k*k) = [4, 9], got [9, 4]"),
+      bad(
+          "ShiftBiasDtype",
+          [](CallArgs& a) {
+            a.shift_bias = at::randn({4, 9}, at::kBFloat16);
+          },
+          "shift_bias must have the dtype of query (Float), got BFloat16"),
+  };
+}
+
+class SlideAttentionBadInput : public ::testing::TestWithParam<BadInput> {};
+
+TEST_P(SlideAttentionBadInput, MessageNamesOpArgumentExpectedAndActual) {
+  EXPECT_THROW_MSG(GetParam().call(), "slideformer::slide_attention: " + GetParam().message);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SlideAttentionBadInput, ::testing::ValuesIn(bad_inputs()),
+                         [](const auto& info) { return info.param.name; });
 
 // The inverse maps that backward gathers over list exactly the (pixel, slot) pairs whose forward
 // map reads each position, for both borders and every geometry up to these sizes.
