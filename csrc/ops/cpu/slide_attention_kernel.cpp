@@ -447,12 +447,11 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
           {{biases.key + h * g.k2 * dp, s.q, s.keys, s.logits, in_band ? s.shifted_keys : nullptr},
            {biases.value, s.dout, s.values, s.dprobs, nullptr}}});
   finish_logits(g, w, s.logits);
-  const T lse = maps.lse[((b * g.heads + h) * g.height + y) * g.width + x];
-  T delta = 0;  // sum_n p_n dp_n = <dO, out>
-  for (int64_t n = 0; n < g.k2; ++n) {
-    probs[n] = math::probability(s.logits[n], lse);
-    delta += probs[n] * s.dprobs[n];
-  }
+  // p_n = exp(logit_n - lse), with the exp the forward summed for lse (0 for masked slots).
+  std::copy_n(s.logits, g.k2, probs);
+  cpu::exp_shifted_sum_inplace(probs, g.k2,
+                               maps.lse[((b * g.heads + h) * g.height + y) * g.width + x]);
+  const T delta = cpu::dot(probs, s.dprobs, g.k2);  // sum_n p_n dp_n = <dO, out>
   for (int64_t n = 0; n < g.k2; ++n) {
     dlogits[n] = T(g.scale) * math::logit_grad(probs[n], s.dprobs[n], delta);
   }
