@@ -3,11 +3,13 @@
 //     conv2d plus a learnable depthwise conv2d make the k*k shifted copies, then einsum+softmax;
 // (b) a brute-force gather of every window slot for the "clamp" border.
 #include <ATen/ATen.h>
+#include <c10/core/Allocator.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <set>
@@ -227,6 +229,8 @@ INSTANTIATE_TEST_SUITE_P(
                           Case{1, 1, 8, 9, 3, 7, 1},     // k 7
                           Case{1, 1, 14, 15, 2, 13, 1},  // k 13
                           Case{1, 1, 3, 20, 17, 3, 1},   // D past one chunk of channels
+                          Case{1, 2, 9, 8, 16, 3, 2},    // D = one chunk: windows read in place
+                          Case{2, 1, 7, 6, 16, 5, 1},    //   (where they lie inside the map)
                           Case{0, 2, 4, 4, 4, 3, 1}),    // B = 0
         ::testing::Values(std::string("zeros"), std::string("clamp")), ::testing::Bool()),
     [](const auto& info) {
@@ -245,6 +249,39 @@ TEST(SlideAttention, EachOptionalInputAloneAndExplicitScale) {
       SCOPED_TRACE(border + " optional-input mask " + std::to_string(mask));
       expect_matches_reference(l, c, border, 1e-10,
                                mask == 5 ? std::optional<double>(-0.7) : std::nullopt);
+    }
+  }
+}
+
+// Fills every new CPU allocation with all-ones bytes (a NaN in float and double) while alive,
+// so a kernel that reads scratch or outputs it never wrote produces NaN.
+class PoisonedCpuAllocations final : public c10::Allocator {
+ public:
+  PoisonedCpuAllocations() : wrapped_(c10::GetAllocator(at::kCPU)) {
+    c10::SetAllocator(at::kCPU, this, kPriority);
+  }
+  ~PoisonedCpuAllocations() override { c10::SetAllocator(at::kCPU, wrapped_, kPriority); }
+  c10::DataPtr allocate(size_t bytes) override {
+    c10::DataPtr data = wrapped_->allocate(bytes);
+    if (bytes > 0) std::memset(data.get(), 0xFF, bytes);
+    return data;
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return wrapped_->raw_deleter(); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  static constexpr uint8_t kPriority = 100;
+  c10::Allocator* wrapped_;
+};
+
+TEST(SlideAttention, ReadsNoMemoryItDidNotWrite) {
+  const PoisonedCpuAllocations poison;
+  for (const Case& c : {Case{1, 2, 2, 3, 3, 5, 1}, Case{1, 2, 7, 9, 16, 3, 3}}) {
+    for (const std::string border : {"zeros", "clamp"}) {
+      SCOPED_TRACE(border);
+      expect_matches_reference(make_leaves(c, {true, true, true}), c, border, 1e-10);
     }
   }
 }
@@ -588,7 +625,9 @@ TEST(SlideMath, MixingAndItsAdjointAreTransposes) {
   // sum_n coeffs_n (sum_m W[n,m] g_m) == sum_m g_m (sum_n coeffs_n W[n,m])
   double forward = 0, adjoint = 0;
   for (int64_t n = 0; n < k2; ++n) {
-    const double shifted = mix_shifted<double>(w + n * k2, 1, g.data_ptr<double>(), 1, k2, 0.25);
+    // Slots laid out as 3 rows of 3: slot m = (m / 3, m % 3) at g[m].
+    const WindowSlots<double> window{g.data_ptr<double>(), 3, 1};
+    const double shifted = mix_shifted<double>(w + n * k2, 1, window, 3, 0.25);
     EXPECT_NEAR(shifted, (W[n] * g).sum().item<double>() + 0.25, 1e-12);
     forward += coeffs[n].item<double>() * (shifted - 0.25);
   }

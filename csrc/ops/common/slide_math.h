@@ -108,30 +108,44 @@ struct SlideLanes {
   C10_HOST_DEVICE static V multiply_add(const V& a, const V& b, const V& c) { return a * b + c; }
 };
 
+// Where the k*k gathered neighbours of one pixel lie in memory: slot (jy, jx) of the first
+// channel at base + jy * row_step + jx * col_step. A kernel points it at a copy in scratch or,
+// when every slot reads a position inside the map, straight at the key or value tensor.
+template <typename T>
+struct WindowSlots {
+  const T* base;
+  int64_t row_step, col_step;
+  C10_HOST_DEVICE const T* slot(int64_t jy, int64_t jx) const {
+    return base + jy * row_step + jx * col_step;
+  }
+  C10_HOST_DEVICE WindowSlots at_channel(int64_t c) const { return {base + c, row_step, col_step}; }
+};
+
 // Shifted copy n of kSets gathered windows at once (keys and values share W, so the weight is
 // read once for all sets), the deformed shift, for one channel (or vector of channels) c:
-//   out[s] += sum_m W[c,n,m] * gathered[s][c,m]
+//   out[s] += sum_m W[c,n,m] * window_s[c, slot m],  m = jy * k + jx
 // out[s] holds the bias on entry: shift_bias[c,n] (+ key_bias[h,n] for keys). `weight` points at
-// W[c,n,0] and steps weight_step per m; gathered[s] at window s's slot 0 (0 for slots that read
-// nothing), stepping gathered_step per m.
+// W[c,n,0] and steps weight_step per m; slots that read nothing hold 0.
 template <int kSets, typename V, typename T>
 C10_HOST_DEVICE inline void mix_shifted_sets(const T* weight, int64_t weight_step,
-                                             const T* const* gathered, int64_t gathered_step,
-                                             int64_t k2, V* out) {
-  for (int64_t m = 0; m < k2; ++m) {
-    const V w = SlideLanes<V>::load(weight + m * weight_step);
-    for (int s = 0; s < kSets; ++s) {
-      out[s] = SlideLanes<V>::multiply_add(w, SlideLanes<V>::load(gathered[s] + m * gathered_step),
-                                           out[s]);
+                                             const WindowSlots<T>* windows, int64_t kernel_size,
+                                             V* out) {
+  for (int64_t jy = 0; jy < kernel_size; ++jy) {
+    for (int64_t jx = 0; jx < kernel_size; ++jx) {
+      const V w = SlideLanes<V>::load(weight + (jy * kernel_size + jx) * weight_step);
+      for (int s = 0; s < kSets; ++s) {
+        out[s] =
+            SlideLanes<V>::multiply_add(w, SlideLanes<V>::load(windows[s].slot(jy, jx)), out[s]);
+      }
     }
   }
 }
 
-// One set: sum_m W[c,n,m] * gathered[c,m] + bias.
+// One set: sum_m W[c,n,m] * window[c, slot m] + bias.
 template <typename V, typename T>
-C10_HOST_DEVICE inline V mix_shifted(const T* weight, int64_t weight_step, const T* gathered,
-                                     int64_t gathered_step, int64_t k2, V bias) {
-  mix_shifted_sets<1>(weight, weight_step, &gathered, gathered_step, k2, &bias);
+C10_HOST_DEVICE inline V mix_shifted(const T* weight, int64_t weight_step,
+                                     const WindowSlots<T>& window, int64_t kernel_size, V bias) {
+  mix_shifted_sets<1>(weight, weight_step, &window, kernel_size, &bias);
   return bias;
 }
 

@@ -87,19 +87,27 @@ void copy_padded(const T* src, int64_t head_dim, int64_t padded, T* dst) {
   }
 }
 
+template <typename T>
+using Slots = math::WindowSlots<T>;
+
+// Window slot n = (row, col) = (n / k, n % k).
+struct Slot {
+  int64_t n, row, col;
+};
+
 // The deformed shift with its weight, laid out [n][m][padded D]. Both operations run on kSets
 // windows or coefficient sets at once, reading the weight once for all of them.
 template <typename T>
 struct WeightedShift {
   const T* weight;
-  int64_t k2, padded_dim;
+  int64_t kernel_size, k2, padded_dim;
   // out[s] += shifted copy n of window s, channels [c, c + chunk) (out holds the bias on entry).
   template <int kSets>
-  void shifted(int64_t n, int64_t c, const T* const* windows, Chunk<T>* out) const {
-    const T* at_channel[kSets];
-    for (int s = 0; s < kSets; ++s) at_channel[s] = windows[s] + c;
-    math::mix_shifted_sets<kSets>(weight + n * k2 * padded_dim + c, padded_dim, at_channel,
-                                  padded_dim, k2, out);
+  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk<T>* out) const {
+    Slots<T> at_channel[kSets];
+    for (int s = 0; s < kSets; ++s) at_channel[s] = windows[s].at_channel(c);
+    math::mix_shifted_sets<kSets>(weight + slot.n * k2 * padded_dim + c, padded_dim, at_channel,
+                                  kernel_size, out);
   }
   // out[s] = sum_n coeffs[s][n] * W[c, n, m] for the channels [c, c + chunk).
   template <int kSets>
@@ -112,11 +120,11 @@ struct WeightedShift {
 // No shift_weight: shifted copy n is gathered neighbour n itself (the fast path).
 template <typename T>
 struct PureShift {
-  int64_t padded_dim;
   template <int kSets>
-  void shifted(int64_t n, int64_t c, const T* const* windows, Chunk<T>* out) const {
-    for (int s = 0; s < kSets; ++s)
-      out[s] = out[s] + Chunk<T>::loadu(windows[s] + n * padded_dim + c);
+  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk<T>* out) const {
+    for (int s = 0; s < kSets; ++s) {
+      out[s] = out[s] + Chunk<T>::loadu(windows[s].slot(slot.row, slot.col) + c);
+    }
   }
   template <int kSets>
   void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
@@ -139,12 +147,18 @@ class Window {
   explicit Window(const Geometry& g)
       : g_(g), rows_(g.kernel_size), cols_(g.kernel_size), masked_(g.k2) {}
   void set_row(int64_t y) {
-    for (int64_t j = 0; j < g_.kernel_size; ++j)
+    rows_inside_ = true;
+    for (int64_t j = 0; j < g_.kernel_size; ++j) {
       rows_[j] = math::neighbor_position(g_.border, y, j, g_.rows);
+      rows_inside_ &= rows_[j] >= 0;
+    }
   }
   void set_col(int64_t x) {
-    for (int64_t j = 0; j < g_.kernel_size; ++j)
+    cols_inside_ = true;
+    for (int64_t j = 0; j < g_.kernel_size; ++j) {
       cols_[j] = math::neighbor_position(g_.border, x, j, g_.cols);
+      cols_inside_ &= cols_[j] >= 0;
+    }
     for (int64_t jy = 0; jy < g_.kernel_size; ++jy) {
       for (int64_t jx = 0; jx < g_.kernel_size; ++jx) {
         masked_[jy * g_.kernel_size + jx] = math::slot_is_masked(g_.border, rows_[jy], cols_[jx]);
@@ -154,21 +168,31 @@ class Window {
   int64_t row(int64_t jy) const { return rows_[jy]; }
   int64_t col(int64_t jx) const { return cols_[jx]; }
   bool masked(int64_t n) const { return masked_[n]; }
+  // Every slot reads a position of the map: then slot (jy, jx) sits at (row(0) + jy * dilation,
+  // col(0) + jx * dilation) in both border modes.
+  bool inside() const { return rows_inside_ && cols_inside_; }
 
  private:
   const Geometry& g_;
   std::vector<int64_t> rows_, cols_;
   std::vector<char> masked_;
+  bool rows_inside_ = false, cols_inside_ = false;
 };
 
-// gathered[m][padded D] = map[b, h, position of slot m], 0 where the slot reads nothing.
+// The window of map[b, h] around the pixel: straight into the map when every slot is inside
+// it and no channel needs padding, else copied into `scratch` ([m][padded D], 0 where a slot
+// reads nothing).
 template <typename T>
-void gather_window(const Geometry& g, const MapView<const T>& map, int64_t b, int64_t h,
-                   const Window& w, T* gathered) {
+Slots<T> gather_window(const Geometry& g, const MapView<const T>& map, int64_t b, int64_t h,
+                       const Window& w, T* scratch) {
+  if (w.inside() && g.head_dim == g.padded_dim) {
+    return {map.pixel(b, h, w.row(0), w.col(0)), g.rows.dilation * map.stride[2],
+            g.cols.dilation * map.stride[3]};
+  }
   for (int64_t jy = 0; jy < g.kernel_size; ++jy) {
     for (int64_t jx = 0; jx < g.kernel_size; ++jx) {
       const int64_t y = w.row(jy), x = w.col(jx);
-      T* dst = gathered + (jy * g.kernel_size + jx) * g.padded_dim;
+      T* dst = scratch + (jy * g.kernel_size + jx) * g.padded_dim;
       if (y >= 0 && x >= 0) {
         copy_padded(map.pixel(b, h, y, x), g.head_dim, g.padded_dim, dst);
       } else {
@@ -176,43 +200,51 @@ void gather_window(const Geometry& g, const MapView<const T>& map, int64_t b, in
       }
     }
   }
+  return {scratch, g.kernel_size * g.padded_dim, g.padded_dim};
 }
 
 // One window to contract: contracted[n] = <u, shifted copy n + bias[n]> for every slot n (0 for
-// masked slots); the copies also land in `shifted` when it is given. Logits contract the keys
-// with u = q, backward's dp the values with u = dO.
+// masked slots); the copies (0 for masked slots) also land in `shifted` when it is given. Logits
+// contract the keys with u = q, backward's dp the values with u = dO.
 template <typename T>
 struct Contraction {
-  const T* bias;      // (k2, padded D)
-  const T* u;         // (padded D)
-  const T* gathered;  // (k2, padded D)
-  T* contracted;      // (k2)
-  T* shifted;         // (k2, padded D) or null
+  const T* bias;    // (k2, padded D)
+  const T* u;       // (padded D)
+  Slots<T> window;  // the gathered neighbours
+  T* contracted;    // (k2)
+  T* shifted;       // (k2, padded D) or null
 };
 
 // Runs kSets contractions together, so the keys and values of one pixel share the weight reads.
 template <typename T, typename Shift, size_t kSets>
 void contract_shifted(const Geometry& g, const Shift& shift, const Window& w,
                       const std::array<Contraction<T>, kSets>& sets) {
-  const T* windows[kSets];
-  for (size_t i = 0; i < kSets; ++i) windows[i] = sets[i].gathered;
-  for (int64_t n = 0; n < g.k2; ++n) {
-    if (w.masked(n)) {
-      for (const auto& set : sets) set.contracted[n] = T(0);
-      continue;
-    }
-    Chunk<T> acc[kSets], copy[kSets];
-    for (auto& a : acc) a = Chunk<T>(T(0));
-    for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
-      for (size_t i = 0; i < kSets; ++i)
-        copy[i] = Chunk<T>::loadu(sets[i].bias + n * g.padded_dim + c);
-      shift.template shifted<kSets>(n, c, windows, copy);
-      for (size_t i = 0; i < kSets; ++i) {
-        if (sets[i].shifted) copy[i].store(sets[i].shifted + n * g.padded_dim + c);
-        acc[i] = Chunk<T>::fmadd(Chunk<T>::loadu(sets[i].u + c), copy[i], acc[i]);
+  Slots<T> windows[kSets];
+  for (size_t i = 0; i < kSets; ++i) windows[i] = sets[i].window;
+  for (int64_t row = 0; row < g.kernel_size; ++row) {
+    for (int64_t col = 0; col < g.kernel_size; ++col) {
+      const Slot slot{row * g.kernel_size + col, row, col};
+      if (w.masked(slot.n)) {  // left out of the softmax: contributes 0 everywhere
+        for (const auto& set : sets) {
+          set.contracted[slot.n] = T(0);
+          if (set.shifted) std::fill_n(set.shifted + slot.n * g.padded_dim, g.padded_dim, T(0));
+        }
+        continue;
       }
+      Chunk<T> acc[kSets], copy[kSets];
+      for (auto& a : acc) a = Chunk<T>(T(0));
+      for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
+        for (size_t i = 0; i < kSets; ++i) {
+          copy[i] = Chunk<T>::loadu(sets[i].bias + slot.n * g.padded_dim + c);
+        }
+        shift.template shifted<kSets>(slot, c, windows, copy);
+        for (size_t i = 0; i < kSets; ++i) {
+          if (sets[i].shifted) copy[i].store(sets[i].shifted + slot.n * g.padded_dim + c);
+          acc[i] = Chunk<T>::fmadd(Chunk<T>::loadu(sets[i].u + c), copy[i], acc[i]);
+        }
+      }
+      for (size_t i = 0; i < kSets; ++i) sets[i].contracted[slot.n] = acc[i].sum();
     }
-    for (size_t i = 0; i < kSets; ++i) sets[i].contracted[n] = acc[i].sum();
   }
 }
 
@@ -227,13 +259,15 @@ void finish_logits(const Geometry& g, const Window& w, T* logits) {
 // sum_n coeffs[n] * (shifted value n) for the channels [c, c + chunk), through the adjoint of
 // the mixing: sum_m gathered[m] * (sum_n coeffs[n] W[c,n,m]) + sum_n coeffs[n] shift_bias[c,n].
 template <typename T, typename Shift>
-Chunk<T> combine_shifted(const Geometry& g, const Shift& shift, const T* bias, const T* gathered,
-                         const T* coeffs, int64_t c) {
+Chunk<T> combine_shifted(const Geometry& g, const Shift& shift, const T* bias,
+                         const Slots<T>& window, const T* coeffs, int64_t c) {
   Chunk<T> acc = math::mix_shifted_adjoint<Chunk<T>>(bias + c, g.padded_dim, coeffs, g.k2);
-  for (int64_t m = 0; m < g.k2; ++m) {
-    Chunk<T> adjoint;
-    shift.template adjoint<1>(m, c, &coeffs, &adjoint);
-    acc = Chunk<T>::fmadd(Chunk<T>::loadu(gathered + m * g.padded_dim + c), adjoint, acc);
+  for (int64_t row = 0; row < g.kernel_size; ++row) {
+    for (int64_t col = 0; col < g.kernel_size; ++col) {
+      Chunk<T> adjoint;
+      shift.template adjoint<1>(row * g.kernel_size + col, c, &coeffs, &adjoint);
+      acc = Chunk<T>::fmadd(Chunk<T>::loadu(window.slot(row, col) + c), adjoint, acc);
+    }
   }
   return acc;
 }
@@ -320,11 +354,10 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
       for (int64_t x = 0; x < g.width; ++x) {
         w.set_col(x);
         copy_padded(q_map.pixel(b, h, y, x), g.head_dim, g.padded_dim, s.q);
-        gather_window(g, k_map, b, h, w, s.keys);
-        gather_window(g, v_map, b, h, w, s.values);
-        contract_shifted(
-            g, shift, w,
-            std::array<Contraction<T>, 1>{{{key_bias, s.q, s.keys, s.probs, nullptr}}});
+        const Slots<T> keys = gather_window(g, k_map, b, h, w, s.keys);
+        const Slots<T> values = gather_window(g, v_map, b, h, w, s.values);
+        contract_shifted(g, shift, w,
+                         std::array<Contraction<T>, 1>{{{key_bias, s.q, keys, s.probs, nullptr}}});
         finish_logits(g, w, s.probs);
         const T row_max = cpu::max_of(s.probs, g.k2);
         const T sum = cpu::exp_shifted_sum_inplace(s.probs, g.k2, row_max);
@@ -332,7 +365,7 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
         const int64_t pixel = task * g.width + x;
         lse[pixel] = math::finish_logsumexp(row_max, sum);
         for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
-          store_channels(combine_shifted(g, shift, biases.value, s.values, s.probs, c),
+          store_channels(combine_shifted(g, shift, biases.value, values, s.probs, c),
                          out + pixel * g.head_dim, c, g.head_dim);
         }
       }
@@ -439,13 +472,13 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
   const int64_t dp = g.padded_dim;
   copy_padded(maps.q.pixel(b, h, y, x), g.head_dim, dp, s.q);
   copy_padded(maps.dout.pixel(b, h, y, x), g.head_dim, dp, s.dout);
-  gather_window(g, maps.k, b, h, w, s.keys);
-  gather_window(g, maps.v, b, h, w, s.values);
+  const Slots<T> keys = gather_window(g, maps.k, b, h, w, s.keys);
+  const Slots<T> values = gather_window(g, maps.v, b, h, w, s.values);
   contract_shifted(
       g, shift, w,
       std::array<Contraction<T>, 2>{
-          {{biases.key + h * g.k2 * dp, s.q, s.keys, s.logits, in_band ? s.shifted_keys : nullptr},
-           {biases.value, s.dout, s.values, s.dprobs, nullptr}}});
+          {{biases.key + h * g.k2 * dp, s.q, keys, s.logits, in_band ? s.shifted_keys : nullptr},
+           {biases.value, s.dout, values, s.dprobs, nullptr}}});
   finish_logits(g, w, s.logits);
   // p_n = exp(logit_n - lse), with the exp the forward summed for lse (0 for masked slots).
   std::copy_n(s.logits, g.k2, probs);
@@ -484,14 +517,17 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
   }
   // dW[c,n,m] += dlogit_n q[c] K[c, m] + p_n dO[c] V[c, m]
   if (grads.shift_weight) {
-    for (int64_t m = 0; m < g.k2; ++m) {
-      for (int64_t c = 0; c < dp; c += V::size()) {
-        const V q_key = V::loadu(s.q + c) * V::loadu(s.keys + m * dp + c);
-        const V dout_value = V::loadu(s.dout + c) * V::loadu(s.values + m * dp + c);
-        for (int64_t n = 0; n < g.k2; ++n) {
-          T* block = grads.shift_weight + (n * g.k2 + m) * dp + c;
-          V::fmadd(V(dlogits[n]), q_key, V::fmadd(V(probs[n]), dout_value, V::loadu(block)))
-              .store(block);
+    for (int64_t row = 0; row < g.kernel_size; ++row) {
+      for (int64_t col = 0; col < g.kernel_size; ++col) {
+        const int64_t m = row * g.kernel_size + col;
+        for (int64_t c = 0; c < dp; c += V::size()) {
+          const V q_key = V::loadu(s.q + c) * V::loadu(keys.slot(row, col) + c);
+          const V dout_value = V::loadu(s.dout + c) * V::loadu(values.slot(row, col) + c);
+          for (int64_t n = 0; n < g.k2; ++n) {
+            T* block = grads.shift_weight + (n * g.k2 + m) * dp + c;
+            V::fmadd(V(dlogits[n]), q_key, V::fmadd(V(probs[n]), dout_value, V::loadu(block)))
+                .store(block);
+          }
         }
       }
     }
@@ -644,9 +680,9 @@ BiasTables<T> bias_tables(const PreparedParameters& p) {
 template <typename T, typename Fn>
 void with_shift(const Geometry& g, const PreparedParameters& p, const Fn& fn) {
   if (p.weight.defined()) {
-    fn(WeightedShift<T>{p.weight.data_ptr<T>(), g.k2, g.padded_dim});
+    fn(WeightedShift<T>{p.weight.data_ptr<T>(), g.kernel_size, g.k2, g.padded_dim});
   } else {
-    fn(PureShift<T>{g.padded_dim});
+    fn(PureShift<T>{});
   }
 }
 
