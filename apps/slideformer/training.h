@@ -14,7 +14,7 @@ inline constexpr const char* kDefaultDataDir = "/usr/share/datasets/fashion-mnis
 struct TrainConfig {
   std::string preset = "fashion";
   std::string data_dir = kDefaultDataDir;
-  int64_t epochs = 6;
+  int64_t epochs = 5;
   int64_t batch_size = 128;
   double lr = 2e-3;
   double weight_decay = 0.05;
