@@ -360,6 +360,21 @@ TEST(SlideAttention, FiniteDifferenceGradcheckAllSixInputs) {
   }
 }
 
+TEST(SlideAttention, EmptyMapsGiveEmptyOutputsAndZeroParameterGradients) {
+  for (const Case& c : {Case{1, 2, 0, 5, 4, 3, 1}, Case{2, 2, 3, 0, 4, 3, 2}}) {
+    for (const std::string border : {"zeros", "clamp"}) {
+      const Leaves l = make_leaves(c, {true, true, true});
+      const at::Tensor out = ours(l, c, border);
+      EXPECT_EQ(out.sizes(), l.q.sizes());
+      const auto grads = torch::autograd::grad({out.sum()}, l.all(), {}, false, false, true);
+      for (size_t i = 0; i < grads.size(); ++i) {
+        EXPECT_EQ(grads[i].sizes(), l.all()[i].sizes());
+        EXPECT_TRUE(grads[i].eq(0).all().item<bool>());
+      }
+    }
+  }
+}
+
 TEST(SlideAttention, ParameterGradientsOnlyWhereAsked) {
   const Case c{1, 2, 4, 5, 3, 3, 1};
   Leaves l = make_leaves(c, {true, true, true});

@@ -4,7 +4,8 @@
 //   spatial axis at a time (slot n = (n / k, n % k) combines a row slot and a column slot);
 // - the inverse maps: which pixels read a given position, and through which slot (backward
 //   gathers dK and dV over them, so it needs no atomics);
-// - the deformed-shift mixing Kn[c] = sum_m W[c,n,m] * gathered[c,m] + bias and its adjoint.
+// - the deformed-shift mixing Kn[c] = sum_m W[c,n,m] * gathered[c,m] + bias and its adjoint,
+//   reading the gathered neighbours through WindowSlots (scratch copy or the tensor itself).
 // Free of ATen types. The mixing is templated on the value type V, so a kernel runs it on one
 // channel (V = T) or on a vector of channels (a CPU kernel specialises SlideLanes for it).
 #include <c10/macros/Macros.h>
@@ -62,8 +63,8 @@ struct AxisReader {
 };
 
 // First sub-axis index of the pixels whose clamped window holds sub-position t; `last` gets
-// the last one. Windows start where they start (clamp_window_start is monotone in i), so the
-// readers of t form an interval of the sub-axis.
+// the last one. Window starts never decrease along a sub-axis (clamp_window_start is monotone),
+// so the readers of t form an interval of it.
 C10_HOST_DEVICE inline int64_t clamp_readers(int64_t t, int64_t sub_length, const SlideAxis& a,
                                              int64_t* last) {
   const int64_t k = a.kernel_size, r = window_radius(a);

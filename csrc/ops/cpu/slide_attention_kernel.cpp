@@ -1,14 +1,14 @@
 // slide_attention, CPU kernels (DESIGN 2.2, 2.4).
 // Forward, per pixel and head: gather the k*k neighbours of K and V once into scratch
-// (k*k x D, zeros where a slot reads nothing), mix them with W on the fly through the shared
-// math of ops/common/slide_math.h, softmax over the k*k logits; only out and the log-sum-exp
-// are stored. Backward works on bands of rows: pass A recomputes each pixel's window
-// probabilities and logit gradients (kept for the band and its halo rows, the pixels whose
-// windows reach into the band) and produces dq and the parameter gradients; pass B gathers dK
-// and dV of every band position from the pixels that read it (the inverse neighbourhood), so
-// no two threads write the same element and no atomics are needed. Vectorised over D
-// (at::vec, in chunks of several vectors so that the mixing chains overlap; channels padded to
-// whole chunks in scratch), parallel over (B, H, rows).
+// (k*k x D, zeros where a slot reads nothing; read in place when the whole window lies inside
+// the map), mix them with W on the fly through the shared math of ops/common/slide_math.h,
+// softmax over the k*k logits; only out and the log-sum-exp are stored. Backward works on bands of
+// rows: pass A recomputes each pixel's window probabilities and logit gradients (kept for the band
+// and its halo rows, the pixels whose windows reach into the band) and produces dq and the
+// parameter gradients; pass B gathers dK and dV of every band position from the pixels that read it
+// (the inverse neighbourhood), so no two threads write the same element and no atomics are needed.
+// Vectorised over D (at::vec, in chunks of several vectors so that the mixing chains overlap;
+// channels padded to whole chunks in scratch), parallel over (B, H, rows).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -345,8 +345,8 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
   split.run([&](int64_t group, int64_t worker) {
     ForwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + worker * per_worker), g);
     Window w(g);
-    for (int64_t task = split.begin(group); task < split.end(group);
-         ++task) {  // one row of one (b, h)
+    // A task is one row of one (b, h).
+    for (int64_t task = split.begin(group); task < split.end(group); ++task) {
       const int64_t bh = task / g.height, b = bh / g.heads, h = bh % g.heads;
       const int64_t y = task % g.height;
       const T* key_bias = biases.key + h * g.k2 * g.padded_dim;
@@ -402,11 +402,19 @@ struct Band {
   int64_t reader_rows() const { return reader_end - reader_begin; }
 };
 
+// Per-worker budget for the probabilities and logit gradients of a band (4 MiB in float32).
+constexpr int64_t kBandScratchElements = int64_t(1) << 20;
+
 std::vector<Band> make_bands(const Geometry& g, const AxisReaderTable& row_readers) {
-  const int64_t planes = g.batch * g.heads;
-  // Enough tasks to keep every thread busy; each extra band recomputes its halo rows.
-  const int64_t wanted = (4 * at::get_num_threads() + planes - 1) / std::max<int64_t>(planes, 1);
-  const int64_t count = std::clamp<int64_t>(wanted, 1, std::max<int64_t>(g.height, 1));
+  const int64_t planes = std::max<int64_t>(g.batch * g.heads, 1);
+  // Enough tasks to keep every thread busy, and bands short enough for the scratch budget;
+  // each extra band recomputes its halo rows.
+  const int64_t for_threads = (4 * at::get_num_threads() + planes - 1) / planes;
+  const int64_t row_elements = std::max<int64_t>(2 * g.width * g.k2, 1);
+  const int64_t rows_in_budget = std::max<int64_t>(1, kBandScratchElements / row_elements);
+  const int64_t for_memory = (g.height + rows_in_budget - 1) / rows_in_budget;
+  const int64_t count =
+      std::clamp<int64_t>(std::max(for_threads, for_memory), 1, std::max<int64_t>(g.height, 1));
   std::vector<Band> bands;
   for (int64_t i = 0; i < count; ++i) {
     Band band{i * g.height / count, (i + 1) * g.height / count, g.height, 0};
@@ -593,8 +601,8 @@ void backward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>&
     if (!want_param_grads[1]) grads.shift_weight = nullptr;
     if (!want_param_grads[2]) grads.shift_bias = nullptr;
     Window w(g);
-    for (int64_t task = split.begin(group); task < split.end(group);
-         ++task) {  // one band of one (b, h)
+    // A task is one band of rows of one (b, h).
+    for (int64_t task = split.begin(group); task < split.end(group); ++task) {
       const Band& band = bands[task % num_bands];
       const int64_t bh = task / num_bands, b = bh / g.heads, h = bh % g.heads;
       for (int64_t y = band.reader_begin; y < band.reader_end; ++y) {
