@@ -38,12 +38,10 @@ def make_inputs(b=2, h=3, nq=5, nk=7, d=4, dv=6, bias_shape=(1, 3, 5, 7), dtype=
     return q, k, v, bias
 
 
-@pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 4, 6), (1, 2, 130, 520, 16, 8), (0, 2, 3, 3, 4, 4)])
-def test_matches_reference_forward_and_backward(shape, is_causal):
-    b, h, nq, nk, d, dv = shape
-    q, k, v, bias = make_inputs(b, h, nq, nk, d, dv, bias_shape=(h, nq, nk))
+def assert_matches_reference(q, k, v, bias, is_causal):
+    """Output and the gradients of all four inputs against the composite reference."""
     out = attention(q, k, v, bias, is_causal)
+    assert out.device == q.device
     ref = reference(q, k, v, bias, is_causal)
     torch.testing.assert_close(out, ref)
     if out.numel():
@@ -52,6 +50,13 @@ def test_matches_reference_forward_and_backward(shape, is_causal):
         theirs = torch.autograd.grad(ref, (q, k, v, bias), grad)
         for a, e in zip(ours, theirs):
             torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 4, 6), (1, 2, 130, 520, 16, 8), (0, 2, 3, 3, 4, 4)])
+def test_matches_reference_forward_and_backward(shape, is_causal):
+    b, h, nq, nk, d, dv = shape
+    assert_matches_reference(*make_inputs(b, h, nq, nk, d, dv, bias_shape=(h, nq, nk)), is_causal)
 
 
 def test_keyword_arguments_and_scale():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import requires_cuda
-from test_attention import make_inputs, reference
+from test_attention import assert_matches_reference, make_inputs, reference
 
 OPS = torch.ops.slideformer
 BUILT_WITH_CUDA = "cuda sm_80;sm_90" in OPS.build_info()
@@ -30,17 +30,8 @@ def test_dispatch_dump_lists_a_cuda_kernel(name):
                                    (1, 1, 70, 40, 40, 72)])
 def test_cuda_matches_reference_forward_and_backward(shape, is_causal):
     b, h, nq, nk, d, dv = shape
-    q, k, v, bias = on_cuda(*make_inputs(b, h, nq, nk, d, dv, bias_shape=(h, nq, nk)))
-    out = OPS.attention(q, k, v, bias, is_causal)
-    assert out.is_cuda
-    ref = reference(q, k, v, bias, is_causal)
-    torch.testing.assert_close(out, ref)
-    if out.numel():
-        grad = torch.randn_like(out)
-        ours = torch.autograd.grad(out, (q, k, v, bias), grad)
-        theirs = torch.autograd.grad(ref, (q, k, v, bias), grad)
-        for a, e in zip(ours, theirs):
-            torch.testing.assert_close(a, e)
+    assert_matches_reference(*on_cuda(*make_inputs(b, h, nq, nk, d, dv, bias_shape=(h, nq, nk))),
+                             is_causal)
 
 
 @requires_cuda
