@@ -178,6 +178,11 @@ def test_bad_inputs_fail_with_one_line_errors_and_keep_the_checkpoint(trained, t
     assert f"{tmp_path / 'nowhere'}/train-images-idx3-ubyte.gz: cannot open the file" in missing_data.stderr
     assert digest(checkpoint) == good
 
+    fresh_over_good = run("train", *QUICK, "--epochs", "1", "--out", run_dir)
+    assert fresh_over_good.returncode != 0
+    assert f"{checkpoint}: a checkpoint is already there" in fresh_over_good.stderr
+    assert digest(checkpoint) == good
+
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     result = run("eval", "--checkpoint", truncated)
