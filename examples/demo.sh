@@ -11,7 +11,7 @@ rm -rf "$out" && mkdir -p "$out"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "model"
 "$bin" summary --preset fashion
-step "training (C++, $(nproc) threads)"
+step "training (C++)"
 start=$(date +%s)
 "$bin" train --preset fashion --out "$out" "$@"
 echo "training took $(( $(date +%s) - start )) s"

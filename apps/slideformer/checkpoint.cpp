@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace slideformer::app {
 
@@ -49,6 +51,8 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   archive.write("epoch", c10::IValue(state.progress.epoch));
   archive.write("step_in_epoch", c10::IValue(state.progress.step_in_epoch));
   archive.write("global_step", c10::IValue(state.progress.global_step));
+  archive.write("epoch_loss_sum", c10::IValue(state.progress.epoch_loss_sum));
+  archive.write("epoch_seconds", c10::IValue(state.progress.epoch_seconds));
   archive.write("rng_state", state.rng_state);
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
@@ -79,6 +83,8 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   state.progress.epoch = read_value<int64_t>(archive, path, "epoch");
   state.progress.step_in_epoch = read_value<int64_t>(archive, path, "step_in_epoch");
   state.progress.global_step = read_value<int64_t>(archive, path, "global_step");
+  state.progress.epoch_loss_sum = read_value<double>(archive, path, "epoch_loss_sum");
+  state.progress.epoch_seconds = read_value<double>(archive, path, "epoch_seconds");
   archive.read("rng_state", state.rng_state);
   return state;
 }
@@ -88,6 +94,10 @@ void load_checkpoint_weights(const std::string& path, torch::nn::Module& model,
   torch::serialize::InputArchive archive = open_archive(path);
   torch::serialize::InputArchive model_archive;
   archive.read("model", model_archive);
+  // Module::load replaces each tensor whole (set_), whatever its shape: compare the shapes after.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> expected_shapes;
+  for (const auto& item : model.named_parameters()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
+  for (const auto& item : model.named_buffers()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
   try {
     model.load(model_archive);
     if (optimizer) {
@@ -98,6 +108,17 @@ void load_checkpoint_weights(const std::string& path, torch::nn::Module& model,
   } catch (const c10::Error& e) {
     throw std::runtime_error(path + ": weights do not fit the model (" +
                              std::string(e.what_without_backtrace()).substr(0, 200) + ")");
+  }
+  const auto parameters = model.named_parameters();
+  const auto buffers = model.named_buffers();
+  for (const auto& [name, shape] : expected_shapes) {
+    const at::Tensor* loaded = parameters.find(name);
+    if (!loaded) loaded = buffers.find(name);
+    if (loaded->sizes() != c10::IntArrayRef(shape)) {
+      throw std::runtime_error(path + ": weights do not fit the model (" + name + " has shape " +
+                               c10::str(loaded->sizes()) + ", the model expects " +
+                               c10::str(c10::IntArrayRef(shape)) + ")");
+    }
   }
 }
 

@@ -6,7 +6,9 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
+#include <vector>
 
 #include "slideformer/nn/export.h"
 #include "training.h"
@@ -24,13 +26,25 @@ double accuracy_of(const at::Tensor& predictions, const Dataset& data) {
   return predictions.eq(data.labels).to(at::kDouble).mean().item<double>();
 }
 
-// One predicted class per line, for comparing eval with predict.
-void write_predictions(const std::string& path, const at::Tensor& predictions) {
-  if (path.empty()) return;
-  std::ofstream out(path);
-  if (!out) throw std::runtime_error(path + ": cannot write predictions");
-  const auto* p = predictions.data_ptr<int64_t>();
-  for (int64_t i = 0; i < predictions.numel(); ++i) out << p[i] << "\n";
+// Predicted classes of the test set, writing the requested outputs.
+at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>& logits_of,
+                             const Dataset& test, const TestSetOutputs& outputs) {
+  std::vector<at::Tensor> logits;
+  const at::Tensor predictions = predict_classes(
+      [&](const at::Tensor& unit) { return logits.emplace_back(logits_of(unit)); }, test);
+  if (!outputs.predictions.empty()) {
+    std::ofstream out(outputs.predictions);
+    const auto* p = predictions.data_ptr<int64_t>();
+    for (int64_t i = 0; i < predictions.numel(); ++i) out << p[i] << "\n";
+    if (!out) throw std::runtime_error(outputs.predictions + ": cannot write predictions");
+  }
+  if (!outputs.logits.empty()) {
+    const at::Tensor all = at::cat(logits).contiguous();
+    std::ofstream out(outputs.logits, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(all.data_ptr<float>()), all.numel() * sizeof(float));
+    if (!out) throw std::runtime_error(outputs.logits + ": cannot write logits");
+  }
+  return predictions;
 }
 
 }  // namespace
@@ -73,25 +87,13 @@ int summary(const std::string& preset_name, int64_t image_size) {
 }
 
 int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t limit,
-             const std::string& predictions_out, const std::string& logits_out) {
+             const TestSetOutputs& outputs) {
   LoadedModel loaded = load_model(checkpoint);
   const Dataset test =
       load_fashion_mnist(data_dir.empty() ? loaded.config.data_dir : data_dir, false, limit);
   const auto& options = loaded.model->options;
-  std::vector<at::Tensor> logits;
-  const at::Tensor predictions = predict_classes(
-      [&](const at::Tensor& unit) {
-        logits.push_back(loaded.model(normalise(options, unit)));
-        return logits.back();
-      },
-      test);
-  write_predictions(predictions_out, predictions);
-  if (!logits_out.empty()) {
-    const at::Tensor all = at::cat(logits).contiguous();
-    std::ofstream out(logits_out, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(all.data_ptr<float>()), all.numel() * sizeof(float));
-    if (!out) throw std::runtime_error(logits_out + ": cannot write logits");
-  }
+  const at::Tensor predictions = classify_test_set(
+      [&](const at::Tensor& unit) { return loaded.model(normalise(options, unit)); }, test, outputs);
   const int64_t classes = options.num_classes();
   const at::Tensor confusion =
       at::bincount(test.labels * classes + predictions, {}, classes * classes).view({classes, classes});
@@ -120,7 +122,7 @@ int export_model(const std::string& checkpoint, const std::string& out) {
 }
 
 int predict(const std::string& model_path, const std::string& data_dir, int64_t limit,
-            const std::string& predictions_out) {
+            const TestSetOutputs& outputs) {
   torch::jit::Module model;
   try {
     model = torch::jit::load(model_path);
@@ -129,9 +131,8 @@ int predict(const std::string& model_path, const std::string& data_dir, int64_t 
   }
   model.eval();
   const Dataset test = load_fashion_mnist(data_dir, false, limit);
-  const at::Tensor predictions = predict_classes(
-      [&](const at::Tensor& unit) { return model.forward({unit}).toTensor(); }, test);
-  write_predictions(predictions_out, predictions);
+  const at::Tensor predictions = classify_test_set(
+      [&](const at::Tensor& unit) { return model.forward({unit}).toTensor(); }, test, outputs);
   fmt::print("scripted model {}: test accuracy {:.2f}% ({} images)\n", model_path,
              100 * accuracy_of(predictions, test), test.labels.numel());
   return 0;

@@ -5,11 +5,17 @@
 namespace slideformer::app {
 
 int summary(const std::string& preset, int64_t image_size);
-// predictions_out / logits_out (optional): one predicted class per line / raw float32 logits.
+// Optional files of eval and predict, for comparing the two: one predicted class per line, and
+// the raw float32 logits (N x classes).
+struct TestSetOutputs {
+  std::string predictions;
+  std::string logits;
+};
+
 int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t limit,
-             const std::string& predictions_out, const std::string& logits_out);
+             const TestSetOutputs& outputs);
 int export_model(const std::string& checkpoint, const std::string& out);
 int predict(const std::string& model_path, const std::string& data_dir, int64_t limit,
-            const std::string& predictions_out);
+            const TestSetOutputs& outputs);
 
 }  // namespace slideformer::app

@@ -13,8 +13,8 @@ int main(int argc, char** argv) {
   CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer models"};
   app.require_subcommand(1);
 
-  std::string preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path,
-              predictions_out, logits_out;
+  std::string preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path;
+  TestSetOutputs outputs;
   int64_t image_size = 0, limit = 0;
   TrainRun run;
   run.threads = std::max(1u, std::thread::hardware_concurrency());
@@ -42,8 +42,11 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
   eval_cmd->add_option("--data", data_dir, "directory of the IDX .gz files (default: the training data's)");
   eval_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
-  eval_cmd->add_option("--predictions", predictions_out, "write the predicted classes here");
-  eval_cmd->add_option("--logits", logits_out, "write the logits here (raw float32, N x classes)");
+  auto add_output_options = [&](CLI::App* command) {
+    command->add_option("--predictions", outputs.predictions, "write the predicted classes here");
+    command->add_option("--logits", outputs.logits, "write the logits here (raw float32, N x classes)");
+  };
+  add_output_options(eval_cmd);
 
   auto* export_cmd = app.add_subcommand("export", "write a TorchScript model of a checkpoint");
   export_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
@@ -53,7 +56,7 @@ int main(int argc, char** argv) {
   predict_cmd->add_option("--model", model_path, "exported .pt file")->required();
   predict_cmd->add_option("--data", data_dir, "directory of the IDX .gz files")->capture_default_str();
   predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
-  predict_cmd->add_option("--predictions", predictions_out, "write the predicted classes here");
+  add_output_options(predict_cmd);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -64,10 +67,10 @@ int main(int argc, char** argv) {
     }
     if (*eval_cmd) {
       return evaluate(checkpoint, eval_cmd->count("--data") ? data_dir : "", limit,
-                      predictions_out, logits_out);
+                      outputs);
     }
     if (*export_cmd) return export_model(checkpoint, out);
-    if (*predict_cmd) return predict(model_path, data_dir, limit, predictions_out);
+    if (*predict_cmd) return predict(model_path, data_dir, limit, outputs);
   } catch (const c10::Error& e) {
     fmt::print(stderr, "slideformer: error: {}\n", e.what_without_backtrace());
   } catch (const std::exception& e) {

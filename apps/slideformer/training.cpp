@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -41,20 +42,21 @@ double learning_rate(const TrainConfig& config, int64_t step, int64_t total_step
   return config.lr * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
-// Random crop from a 2-pixel zero-padded image, and horizontal flips: one draw per image.
+// Random crop from a 2-pixel zero-padded image and a horizontal flip, one draw per image, done
+// for the whole batch as one gather: a flip only reverses an image's column indices.
 at::Tensor augment(const at::Tensor& images) {
-  const int64_t n = images.size(0), h = images.size(2), w = images.size(3);
-  const at::Tensor padded = at::constant_pad_nd(images, {2, 2, 2, 2});
-  const at::Tensor offsets = at::randint(0, 5, {n, 2}, at::kLong);
-  const at::Tensor flips = at::rand({n}) < 0.5;
-  std::vector<at::Tensor> crops;
-  crops.reserve(n);
-  const auto* off = offsets.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    crops.push_back(padded[i].narrow(1, off[2 * i], h).narrow(2, off[2 * i + 1], w));
-  }
-  const at::Tensor cropped = at::stack(crops);
-  return at::where(flips.view({n, 1, 1, 1}), cropped.flip(-1), cropped);
+  constexpr int64_t pad = 2;
+  const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+  const at::Tensor padded = at::constant_pad_nd(images, {pad, pad, pad, pad}).view({n, c, -1});
+  const at::Tensor offsets = at::randint(0, 2 * pad + 1, {n, 2}, at::kLong);
+  const at::Tensor flips = (at::rand({n}) < 0.5).unsqueeze(1);
+  const at::Tensor xs = at::arange(w, at::kLong);
+  const at::Tensor rows = offsets.select(1, 0).unsqueeze(1) + at::arange(h, at::kLong);  // (n, h)
+  const at::Tensor cols = offsets.select(1, 1).unsqueeze(1) + at::where(flips, xs.flip(0), xs);
+  const at::Tensor index = (rows.unsqueeze(2) * (w + 2 * pad) + cols.unsqueeze(1))
+                               .view({n, 1, h * w})
+                               .expand({n, c, h * w});
+  return padded.gather(2, index).view({n, c, h, w});
 }
 
 at::Tensor unit_images(const Dataset& data, const at::Tensor& index) {
@@ -150,6 +152,15 @@ int train(TrainRun run) {
   fs::create_directories(out_dir);
   const std::string checkpoint_path = out_dir + "/checkpoint.pt";
   CheckpointState state;
+  if (!resume && access(checkpoint_path.c_str(), F_OK) == 0) {
+    throw std::runtime_error(checkpoint_path +
+                             ": a checkpoint is already there (continue it with --resume, or "
+                             "train into another --out)");
+  }
+  if (!resume) {
+    // A fresh run starts fresh curves.
+    for (const char* name : {"metrics.jsonl", "curves.dat", "curves.png"}) std::remove((out_dir + "/" + name).c_str());
+  }
   if (resume) {
     state = read_checkpoint_state(checkpoint_path);
     if (state.config.preset != config.preset) {
@@ -203,8 +214,9 @@ int train(TrainRun run) {
     if (progress.step_in_epoch == 0) torch::manual_seed(static_cast<uint64_t>(config.seed * 7919 + epoch + 1));
     model->train();
     const auto epoch_start = Clock::now();
-    double loss_sum = 0.0;
-    int64_t loss_count = 0, images_seen = 0;
+    // The epoch's loss and time so far, carried over an interrupted run.
+    double loss_sum = progress.epoch_loss_sum;
+    auto epoch_seconds = [&] { return progress.epoch_seconds + seconds_since(epoch_start); };
     for (int64_t step = progress.step_in_epoch; step < steps_per_epoch; ++step) {
       const int64_t start = step * config.batch_size;
       const at::Tensor index = permutation.narrow(0, start, std::min(config.batch_size, n - start));
@@ -218,17 +230,16 @@ int train(TrainRun run) {
       loss.backward();
       optimizer.step();
       loss_sum += loss.item<double>();
-      ++loss_count;
-      images_seen += index.size(0);
       ++progress.step_in_epoch;
       ++progress.global_step;
       ++steps_this_run;
 
-      const double elapsed = seconds_since(epoch_start);
+      const int64_t images_seen = std::min(n, progress.step_in_epoch * config.batch_size);
       const double per_step = seconds_since(run_start) / steps_this_run;
       const std::string line = fmt::format(
           "epoch {}/{}  step {}/{}  loss {:.4f}  {:.0f} img/s  ETA {}", epoch + 1, config.epochs,
-          step + 1, steps_per_epoch, loss_sum / loss_count, images_seen / std::max(elapsed, 1e-9),
+          step + 1, steps_per_epoch, loss_sum / progress.step_in_epoch,
+          images_seen / std::max(epoch_seconds(), 1e-9),
           duration_text(per_step * (total_steps - progress.global_step)));
       if (terminal) {
         fmt::print("\r{:<78}", line);
@@ -238,31 +249,35 @@ int train(TrainRun run) {
         std::fflush(stdout);
       }
       if (interrupted) {
+        progress.epoch_loss_sum = loss_sum;
+        progress.epoch_seconds = epoch_seconds();
         save();
         fmt::print("\ninterrupted: checkpoint saved to {} (continue with --resume)\n", checkpoint_path);
         return 130;
       }
     }
-    const double epoch_seconds = seconds_since(epoch_start);
+    const double train_seconds = epoch_seconds();
+    const double train_loss = loss_sum / steps_per_epoch;
     model->eval();
     const at::Tensor predictions = predict_classes(
         [&](const at::Tensor& unit) { return model(normalise(options, unit)); }, test_data);
     const double accuracy = predictions.eq(test_data.labels).to(at::kDouble).mean().item<double>();
     progress.epoch += 1;
     progress.step_in_epoch = 0;
+    progress.epoch_loss_sum = 0.0;
+    progress.epoch_seconds = 0.0;
     save();
-    const double train_loss = loss_count ? loss_sum / loss_count : 0.0;
-    const double images_per_second = images_seen / std::max(epoch_seconds, 1e-9);
+    const double images_per_second = n / std::max(train_seconds, 1e-9);
     std::ofstream(out_dir + "/metrics.jsonl", std::ios::app) << fmt::format(
         "{{\"epoch\": {}, \"train_loss\": {:.6f}, \"test_accuracy\": {:.6f}, "
         "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}}}\n",
-        progress.epoch, train_loss, accuracy, images_per_second, epoch_seconds);
+        progress.epoch, train_loss, accuracy, images_per_second, train_seconds);
     std::ofstream(out_dir + "/curves.dat", std::ios::app)
         << fmt::format("{} {:.6f} {:.6f}\n", progress.epoch, train_loss, accuracy);
     write_plot(out_dir);
     fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}\n",
                terminal ? "\n" : "", progress.epoch, config.epochs, train_loss, 100 * accuracy,
-               images_per_second, duration_text(epoch_seconds));
+               images_per_second, duration_text(train_seconds));
     if (run.stop_after > 0 && ++epochs_this_run >= run.stop_after) break;
   }
   fmt::print("done in {}: {} (metrics.jsonl, curves.png in {})\n",

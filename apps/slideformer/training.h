@@ -28,6 +28,9 @@ struct TrainProgress {
   int64_t epoch = 0;          // completed epochs
   int64_t step_in_epoch = 0;  // steps of the current epoch already taken
   int64_t global_step = 0;
+  // Sum of the step losses and training seconds of the current epoch so far (for its metrics).
+  double epoch_loss_sum = 0.0;
+  double epoch_seconds = 0.0;
 };
 
 struct TrainRun {

@@ -102,15 +102,21 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
 
 
 def test_exported_model_reproduces_module_logits_from_cpp_and_python(trained, tmp_path):
-    logits_path, eval_predictions, predict_predictions = (tmp_path / n for n in ("logits.f32", "eval.txt", "predict.txt"))
+    module_logits, scripted_logits, eval_predictions, predict_predictions = (
+        tmp_path / n for n in ("module.f32", "scripted.f32", "eval.txt", "predict.txt"))
     checked("eval", "--checkpoint", trained / "checkpoint.pt", "--limit", "300",
-            "--logits", logits_path, "--predictions", eval_predictions)
+            "--logits", module_logits, "--predictions", eval_predictions)
     exported = tmp_path / "model.pt"
     checked("export", "--checkpoint", trained / "checkpoint.pt", "--out", exported)
-    checked("predict", "--model", exported, "--limit", "300", "--predictions", predict_predictions)
+    checked("predict", "--model", exported, "--limit", "300",
+            "--logits", scripted_logits, "--predictions", predict_predictions)
     assert eval_predictions.read_text() == predict_predictions.read_text()
 
-    module_logits = torch.from_numpy(np.fromfile(logits_path, dtype=np.float32).reshape(300, 10))
+    def read_logits(path):
+        return torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(300, 10))
+
+    module_logits = read_logits(module_logits)
+    torch.testing.assert_close(read_logits(scripted_logits), module_logits, rtol=1e-5, atol=1e-5)
     with gzip.open(f"{DATA}/t10k-images-idx3-ubyte.gz") as f:
         images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 1, 28, 28)[:300]
     model = torch.jit.load(str(exported))
@@ -176,6 +182,11 @@ def test_bad_inputs_fail_with_one_line_errors_and_keep_the_checkpoint(trained, t
     missing_data = run("train", *QUICK, "--resume", "--out", run_dir, "--data", tmp_path / "nowhere")
     assert missing_data.returncode != 0
     assert f"{tmp_path / 'nowhere'}/train-images-idx3-ubyte.gz: cannot open the file" in missing_data.stderr
+    assert digest(checkpoint) == good
+
+    fresh_over_good = run("train", *QUICK, "--epochs", "1", "--out", run_dir)
+    assert fresh_over_good.returncode != 0
+    assert f"{checkpoint}: a checkpoint is already there" in fresh_over_good.stderr
     assert digest(checkpoint) == good
 
     truncated = tmp_path / "truncated.pt"
