@@ -1,0 +1,142 @@
+#pragma once
+// Per-element math of slide_attention shared by the CPU and CUDA kernels (DESIGN 2.2, 2.4):
+// - which key/value position each window slot of a pixel reads, in both border modes, one
+//   spatial axis at a time (slot n = (n / k, n % k) combines a row slot and a column slot);
+// - the inverse maps: which pixels read a given position, and through which slot (backward
+//   gathers dK and dV over them, so it needs no atomics);
+// - the deformed-shift mixing Kn[c] = sum_m W[c,n,m] * gathered[c,m] + bias and its adjoint.
+// Free of ATen types. The mixing is templated on the value type V, so a kernel runs it on one
+// channel (V = T) or on a vector of channels (a CPU kernel specialises SlideLanes for it).
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace slideformer::ops::math {
+
+enum class SlideBorder : int32_t {
+  kZeros,  // Slide-Transformer: outside positions read 0 and stay in the softmax
+  kClamp,  // neighbourhood attention: windows shift inward; slots past a short axis are masked
+};
+
+// One spatial axis of the window geometry.
+struct SlideAxis {
+  int64_t length;       // Y or X
+  int64_t kernel_size;  // k, odd
+  int64_t dilation;     // >= 1
+};
+
+C10_HOST_DEVICE inline int64_t window_radius(const SlideAxis& a) { return a.kernel_size / 2; }
+
+// clamp mode: first sub-axis index of pixel i's window. Pixel i belongs to dilation group
+// g = i mod dilation, whose sub-axis has ceil((L - g) / dilation) positions; i sits at
+// i div dilation on it and its window of k sub-positions is pushed inside the sub-axis.
+C10_HOST_DEVICE inline int64_t clamp_window_start(int64_t i, const SlideAxis& a) {
+  const int64_t group = i % a.dilation;
+  const int64_t sub_length = (a.length - group + a.dilation - 1) / a.dilation;
+  const int64_t last_start = sub_length > a.kernel_size ? sub_length - a.kernel_size : 0;
+  const int64_t start = i / a.dilation - window_radius(a);
+  return start < 0 ? 0 : (start > last_start ? last_start : start);
+}
+
+// Position along the axis that slot j (0 <= j < k) of pixel i reads, or -1 when the slot reads
+// nothing: outside the map (zeros) or past the end of a sub-axis shorter than k (clamp).
+C10_HOST_DEVICE inline int64_t neighbor_position(SlideBorder border, int64_t i, int64_t j,
+                                                 const SlideAxis& a) {
+  const int64_t position =
+      border == SlideBorder::kZeros
+          ? i + (j - window_radius(a)) * a.dilation
+          : i % a.dilation + a.dilation * (clamp_window_start(i, a) + j);
+  return position >= 0 && position < a.length ? position : -1;
+}
+
+// Whether window slot (row_position, col_position) is left out of the softmax: only clamp
+// mode masks the slots that read nothing; zeros mode keeps them (they read K = V = 0).
+C10_HOST_DEVICE inline bool slot_is_masked(SlideBorder border, int64_t row_position,
+                                           int64_t col_position) {
+  return border == SlideBorder::kClamp && (row_position < 0 || col_position < 0);
+}
+
+// A pixel along the axis that reads a given position, and the slot it reads it through.
+struct AxisReader {
+  int64_t pixel;  // -1: no such pixel (zeros mode, outside the map)
+  int64_t slot;
+};
+
+// First sub-axis index of the pixels whose clamped window holds sub-position t; `last` gets
+// the last one. Windows start where they start (clamp_window_start is monotone in i), so the
+// readers of t form an interval of the sub-axis.
+C10_HOST_DEVICE inline int64_t clamp_readers(int64_t t, int64_t sub_length, const SlideAxis& a,
+                                             int64_t* last) {
+  const int64_t k = a.kernel_size, r = window_radius(a);
+  const int64_t last_start = sub_length > k ? sub_length - k : 0;
+  *last = t >= last_start ? sub_length - 1 : t + r;
+  return t - k + 1 <= 0 ? 0 : t - r;
+}
+
+// Number of candidate readers of position t along the axis, enumerated by axis_reader(e).
+C10_HOST_DEVICE inline int64_t reader_count(SlideBorder border, int64_t t, const SlideAxis& a) {
+  if (border == SlideBorder::kZeros) return a.kernel_size;
+  const int64_t group = t % a.dilation;
+  const int64_t sub_length = (a.length - group + a.dilation - 1) / a.dilation;
+  int64_t last = 0;
+  const int64_t first = clamp_readers(t / a.dilation, sub_length, a, &last);
+  return last - first + 1;
+}
+
+// Reader e (0 <= e < reader_count) of position t.
+C10_HOST_DEVICE inline AxisReader axis_reader(SlideBorder border, int64_t t, int64_t e,
+                                              const SlideAxis& a) {
+  if (border == SlideBorder::kZeros) {  // slot e reads t from pixel t - offset(e)
+    const int64_t pixel = t - (e - window_radius(a)) * a.dilation;
+    return {pixel >= 0 && pixel < a.length ? pixel : -1, e};
+  }
+  const int64_t group = t % a.dilation, sub = t / a.dilation;
+  const int64_t sub_length = (a.length - group + a.dilation - 1) / a.dilation;
+  int64_t last = 0;
+  const int64_t reader_sub = clamp_readers(sub, sub_length, a, &last) + e;
+  const int64_t pixel = group + a.dilation * reader_sub;
+  return {pixel, sub - clamp_window_start(pixel, a)};
+}
+
+// How the mixing reads values of type V from memory holding T: one element by default; a
+// vectorised kernel specialises this for its vector type (load = unaligned vector load).
+template <typename V>
+struct SlideLanes {
+  template <typename T>
+  C10_HOST_DEVICE static V load(const T* p) {
+    return static_cast<V>(*p);
+  }
+  C10_HOST_DEVICE static V multiply_add(const V& a, const V& b, const V& c) { return a * b + c; }
+};
+
+// Shifted key or value n of one channel (or vector of channels c), the deformed shift:
+//   sum_m W[c,n,m] * gathered[c,m] + bias,
+// with bias = shift_bias[c,n] (+ key_bias[h,n] for keys). `weight` points at W[c,n,0] and steps
+// weight_step per m; `gathered` at gathered[c,0] (0 for slots that read nothing), stepping
+// gathered_step per m.
+template <typename V, typename T>
+C10_HOST_DEVICE inline V mix_shifted(const T* weight, int64_t weight_step, const T* gathered,
+                                     int64_t gathered_step, int64_t k2, V bias) {
+  V acc = bias;
+  for (int64_t m = 0; m < k2; ++m) {
+    acc = SlideLanes<V>::multiply_add(SlideLanes<V>::load(weight + m * weight_step),
+                                      SlideLanes<V>::load(gathered + m * gathered_step), acc);
+  }
+  return acc;
+}
+
+// Adjoint of the mixing: what coefficients g_n on the shifted copies n send back to
+// gathered[c,m], sum_n g_n * W[c,n,m]. `weight` points at W[c,0,m] and steps weight_step per n;
+// coeffs[n] are scalars shared by the channels.
+template <typename V, typename T>
+C10_HOST_DEVICE inline V mix_shifted_adjoint(const T* weight, int64_t weight_step,
+                                             const T* coeffs, int64_t k2) {
+  V acc(T(0));
+  for (int64_t n = 0; n < k2; ++n) {
+    acc = SlideLanes<V>::multiply_add(V(coeffs[n]), SlideLanes<V>::load(weight + n * weight_step),
+                                      acc);
+  }
+  return acc;
+}
+
+}  // namespace slideformer::ops::math
