@@ -47,8 +47,8 @@ class SlideAttentionFunction : public torch::autograd::Function<SlideAttentionFu
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static auto backward_op = typed_op<
-        std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    static auto backward_op =
+        typed_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
             const at::Tensor&, const at::Tensor&, int64_t, int64_t,
             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
@@ -67,8 +67,8 @@ class SlideAttentionFunction : public torch::autograd::Function<SlideAttentionFu
     }
     const std::string border = ctx->saved_data["border"].toStringRef();
     auto [grad_query, grad_key, grad_value, grad_key_bias, grad_shift_weight, grad_shift_bias] =
-        backward_op.call(grad_outputs[0], saved[kQuery], saved[kKey], saved[kValue],
-                         saved[kOutput], saved[kLogsumexp], ctx->saved_data["kernel_size"].toInt(),
+        backward_op.call(grad_outputs[0], saved[kQuery], saved[kKey], saved[kValue], saved[kOutput],
+                         saved[kLogsumexp], ctx->saved_data["kernel_size"].toInt(),
                          ctx->saved_data["dilation"].toInt(), optional_if_defined(saved[kKeyBias]),
                          optional_if_defined(saved[kShiftWeight]),
                          optional_if_defined(saved[kShiftBias]), border,
@@ -80,8 +80,8 @@ class SlideAttentionFunction : public torch::autograd::Function<SlideAttentionFu
 };
 
 at::Tensor slide_attention_autograd(const at::Tensor& query, const at::Tensor& key,
-                                    const at::Tensor& value, int64_t kernel_size,
-                                    int64_t dilation, const std::optional<at::Tensor>& key_bias,
+                                    const at::Tensor& value, int64_t kernel_size, int64_t dilation,
+                                    const std::optional<at::Tensor>& key_bias,
                                     const std::optional<at::Tensor>& shift_weight,
                                     const std::optional<at::Tensor>& shift_bias,
                                     c10::string_view border, std::optional<double> scale) {

@@ -4,7 +4,8 @@
 //   spatial axis at a time (slot n = (n / k, n % k) combines a row slot and a column slot);
 // - the inverse maps: which pixels read a given position, and through which slot (backward
 //   gathers dK and dV over them, so it needs no atomics);
-// - the deformed-shift mixing Kn[c] = sum_m W[c,n,m] * gathered[c,m] + bias and its adjoint.
+// - the deformed-shift mixing Kn[c] = sum_m W[c,n,m] * gathered[c,m] + bias and its adjoint,
+//   reading the gathered neighbours through WindowSlots (scratch copy or the tensor itself).
 // Free of ATen types. The mixing is templated on the value type V, so a kernel runs it on one
 // channel (V = T) or on a vector of channels (a CPU kernel specialises SlideLanes for it).
 #include <c10/macros/Macros.h>
@@ -42,10 +43,9 @@ C10_HOST_DEVICE inline int64_t clamp_window_start(int64_t i, const SlideAxis& a)
 // nothing: outside the map (zeros) or past the end of a sub-axis shorter than k (clamp).
 C10_HOST_DEVICE inline int64_t neighbor_position(SlideBorder border, int64_t i, int64_t j,
                                                  const SlideAxis& a) {
-  const int64_t position =
-      border == SlideBorder::kZeros
-          ? i + (j - window_radius(a)) * a.dilation
-          : i % a.dilation + a.dilation * (clamp_window_start(i, a) + j);
+  const int64_t position = border == SlideBorder::kZeros
+                               ? i + (j - window_radius(a)) * a.dilation
+                               : i % a.dilation + a.dilation * (clamp_window_start(i, a) + j);
   return position >= 0 && position < a.length ? position : -1;
 }
 
@@ -63,8 +63,8 @@ struct AxisReader {
 };
 
 // First sub-axis index of the pixels whose clamped window holds sub-position t; `last` gets
-// the last one. Windows start where they start (clamp_window_start is monotone in i), so the
-// readers of t form an interval of the sub-axis.
+// the last one. Window starts never decrease along a sub-axis (clamp_window_start is monotone),
+// so the readers of t form an interval of it.
 C10_HOST_DEVICE inline int64_t clamp_readers(int64_t t, int64_t sub_length, const SlideAxis& a,
                                              int64_t* last) {
   const int64_t k = a.kernel_size, r = window_radius(a);
@@ -109,34 +109,71 @@ struct SlideLanes {
   C10_HOST_DEVICE static V multiply_add(const V& a, const V& b, const V& c) { return a * b + c; }
 };
 
-// Shifted key or value n of one channel (or vector of channels c), the deformed shift:
-//   sum_m W[c,n,m] * gathered[c,m] + bias,
-// with bias = shift_bias[c,n] (+ key_bias[h,n] for keys). `weight` points at W[c,n,0] and steps
-// weight_step per m; `gathered` at gathered[c,0] (0 for slots that read nothing), stepping
-// gathered_step per m.
-template <typename V, typename T>
-C10_HOST_DEVICE inline V mix_shifted(const T* weight, int64_t weight_step, const T* gathered,
-                                     int64_t gathered_step, int64_t k2, V bias) {
-  V acc = bias;
-  for (int64_t m = 0; m < k2; ++m) {
-    acc = SlideLanes<V>::multiply_add(SlideLanes<V>::load(weight + m * weight_step),
-                                      SlideLanes<V>::load(gathered + m * gathered_step), acc);
+// Where the k*k gathered neighbours of one pixel lie in memory: slot (jy, jx) of the first
+// channel at base + jy * row_step + jx * col_step. A kernel points it at a copy in scratch or,
+// when every slot reads a position inside the map, straight at the key or value tensor.
+template <typename T>
+struct WindowSlots {
+  const T* base;
+  int64_t row_step, col_step;
+  C10_HOST_DEVICE const T* slot(int64_t jy, int64_t jx) const {
+    return base + jy * row_step + jx * col_step;
   }
-  return acc;
+  C10_HOST_DEVICE WindowSlots at_channel(int64_t c) const { return {base + c, row_step, col_step}; }
+};
+
+// Shifted copy n of kSets gathered windows at once (keys and values share W, so the weight is
+// read once for all sets), the deformed shift, for one channel (or vector of channels) c:
+//   out[s] += sum_m W[c,n,m] * window_s[c, slot m],  m = jy * k + jx
+// out[s] holds the bias on entry: shift_bias[c,n] (+ key_bias[h,n] for keys). `weight` points at
+// W[c,n,0] and steps weight_step per m; slots that read nothing hold 0.
+template <int kSets, typename V, typename T>
+C10_HOST_DEVICE inline void mix_shifted_sets(const T* weight, int64_t weight_step,
+                                             const WindowSlots<T>* windows, int64_t kernel_size,
+                                             V* out) {
+  for (int64_t jy = 0; jy < kernel_size; ++jy) {
+    for (int64_t jx = 0; jx < kernel_size; ++jx) {
+      const V w = SlideLanes<V>::load(weight + (jy * kernel_size + jx) * weight_step);
+      for (int s = 0; s < kSets; ++s) {
+        out[s] =
+            SlideLanes<V>::multiply_add(w, SlideLanes<V>::load(windows[s].slot(jy, jx)), out[s]);
+      }
+    }
+  }
 }
 
-// Adjoint of the mixing: what coefficients g_n on the shifted copies n send back to
-// gathered[c,m], sum_n g_n * W[c,n,m]. `weight` points at W[c,0,m] and steps weight_step per n;
-// coeffs[n] are scalars shared by the channels.
+// One set: sum_m W[c,n,m] * window[c, slot m] + bias.
 template <typename V, typename T>
-C10_HOST_DEVICE inline V mix_shifted_adjoint(const T* weight, int64_t weight_step,
-                                             const T* coeffs, int64_t k2) {
-  V acc(T(0));
+C10_HOST_DEVICE inline V mix_shifted(const T* weight, int64_t weight_step,
+                                     const WindowSlots<T>& window, int64_t kernel_size, V bias) {
+  mix_shifted_sets<1>(weight, weight_step, &window, kernel_size, &bias);
+  return bias;
+}
+
+// Adjoint of the mixing for kSets coefficient sets at once: what coefficients g_n on the
+// shifted copies n send back to gathered[c,m],
+//   out[s] = sum_n coeffs[s][n] * W[c,n,m].
+// `weight` points at W[c,0,m] and steps weight_step per n; coeffs[s][n] are scalars shared by
+// the channels.
+template <int kSets, typename V, typename T>
+C10_HOST_DEVICE inline void mix_shifted_adjoint_sets(const T* weight, int64_t weight_step,
+                                                     const T* const* coeffs, int64_t k2, V* out) {
+  for (int s = 0; s < kSets; ++s) out[s] = V(T(0));
   for (int64_t n = 0; n < k2; ++n) {
-    acc = SlideLanes<V>::multiply_add(V(coeffs[n]), SlideLanes<V>::load(weight + n * weight_step),
-                                      acc);
+    const V w = SlideLanes<V>::load(weight + n * weight_step);
+    for (int s = 0; s < kSets; ++s) {
+      out[s] = SlideLanes<V>::multiply_add(V(coeffs[s][n]), w, out[s]);
+    }
   }
-  return acc;
+}
+
+// One set: sum_n coeffs[n] * W[c,n,m].
+template <typename V, typename T>
+C10_HOST_DEVICE inline V mix_shifted_adjoint(const T* weight, int64_t weight_step, const T* coeffs,
+                                             int64_t k2) {
+  V out;
+  mix_shifted_adjoint_sets<1>(weight, weight_step, &coeffs, k2, &out);
+  return out;
 }
 
 }  // namespace slideformer::ops::math

@@ -1,47 +1,51 @@
 // slide_attention, CPU kernels (DESIGN 2.2, 2.4).
 // Forward, per pixel and head: gather the k*k neighbours of K and V once into scratch
-// (k*k x D, zeros where a slot reads nothing), mix them with W on the fly through the shared
-// math of ops/common/slide_math.h, softmax over the k*k logits; only out and the log-sum-exp
-// are stored. Backward works on bands of rows: pass A recomputes each pixel's window
-// probabilities and logit gradients (kept for the band and its halo rows, the pixels whose
-// windows reach into the band) and produces dq and the parameter gradients; pass B gathers dK
-// and dV of every band position from the pixels that read it (the inverse neighbourhood), so
-// no two threads write the same element and no atomics are needed. Vectorised over D
-// (at::vec, channels padded to whole vectors in scratch), parallel over (B, H, rows).
+// (k*k x D, zeros where a slot reads nothing; read in place when the whole window lies inside
+// the map), mix them with W on the fly through the shared math of ops/common/slide_math.h,
+// softmax over the k*k logits; only out and the log-sum-exp are stored. Backward works on bands of
+// rows: pass A recomputes each pixel's window probabilities and logit gradients (kept for the band
+// and its halo rows, the pixels whose windows reach into the band) and produces dq and the
+// parameter gradients; pass B gathers dK and dV of every band position from the pixels that read it
+// (the inverse neighbourhood), so no two threads write the same element and no atomics are needed.
+// Vectorised over D (at::vec, in chunks of several vectors so that the mixing chains overlap;
+// channels padded to whole chunks in scratch), parallel over (B, H, rows).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <type_traits>
 #include <vector>
 
 #include "ops/attention.h"
 #include "ops/common/online_softmax.h"
 #include "ops/common/slide_math.h"
+#include "ops/cpu/channel_chunk.h"
 #include "ops/cpu/vec_utils.h"
 #include "ops/slide_attention.h"
 
 namespace slideformer::ops {
 
 namespace math {
-// The shared mixing math on vectors of channels.
+// The shared mixing math on chunks of channels.
 template <typename T>
-struct SlideLanes<at::vec::Vectorized<T>> {
-  using V = at::vec::Vectorized<T>;
+struct SlideLanes<cpu::ChannelChunk<T>> {
+  using V = cpu::ChannelChunk<T>;
   static V load(const T* p) { return V::loadu(p); }
-  static V multiply_add(const V& a, const V& b, const V& c) { return at::vec::fmadd(a, b, c); }
+  static V multiply_add(const V& a, const V& b, const V& c) { return V::fmadd(a, b, c); }
 };
 }  // namespace math
 
 namespace {
 
-using cpu::Vectorized;
+template <typename T>
+using Chunk = cpu::ChannelChunk<T>;
 
 struct Geometry {
   int64_t batch, heads, height, width, head_dim;
-  int64_t padded_dim;  // head_dim rounded up to whole vectors: the channel stride of scratch
+  int64_t padded_dim;  // head_dim rounded up to whole chunks: the channel stride of scratch
   int64_t kernel_size, k2;
   math::SlideBorder border;
   math::SlideAxis rows, cols;
@@ -61,50 +65,70 @@ struct MapView {
 
 template <typename T>
 MapView<T> map_view(const at::Tensor& t) {
-  return {t.data_ptr<std::remove_const_t<T>>(), {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
+  return {t.data_ptr<std::remove_const_t<T>>(),
+          {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
 }
 
-// Channels [c, c + vector) of a D-channel row, the part past D read as 0 / not written.
+// Channels [c, c + chunk) of a D-channel row; those past D read as 0 / are not written.
 template <typename T>
-Vectorized<T> load_channels(const T* row, int64_t c, int64_t head_dim) {
-  return Vectorized<T>::loadu(row + c, std::min<int64_t>(Vectorized<T>::size(), head_dim - c));
+Chunk<T> load_channels(const T* row, int64_t c, int64_t head_dim) {
+  return Chunk<T>::load_partial(row + c, head_dim - c);
 }
 template <typename T>
-void store_channels(const Vectorized<T>& v, T* row, int64_t c, int64_t head_dim) {
-  v.store(row + c, std::min<int64_t>(Vectorized<T>::size(), head_dim - c));
+void store_channels(const Chunk<T>& v, T* row, int64_t c, int64_t head_dim) {
+  v.store_partial(row + c, head_dim - c);
 }
 
 // dst[0, padded) = src[0, head_dim) followed by zeros.
 template <typename T>
 void copy_padded(const T* src, int64_t head_dim, int64_t padded, T* dst) {
-  std::copy_n(src, head_dim, dst);
-  std::fill(dst + head_dim, dst + padded, T(0));
+  for (int64_t c = 0; c < padded; c += Chunk<T>::size()) {
+    load_channels(src, c, head_dim).store(dst + c);
+  }
 }
 
-// The deformed shift with its weight, laid out [n][m][padded D].
+template <typename T>
+using Slots = math::WindowSlots<T>;
+
+// Window slot n = (row, col) = (n / k, n % k).
+struct Slot {
+  int64_t n, row, col;
+};
+
+// The deformed shift with its weight, laid out [n][m][padded D]. Both operations run on kSets
+// windows or coefficient sets at once, reading the weight once for all of them.
 template <typename T>
 struct WeightedShift {
   const T* weight;
-  int64_t k2, padded_dim;
-  Vectorized<T> shifted(int64_t n, int64_t c, const T* gathered, const Vectorized<T>& bias) const {
-    return math::mix_shifted<Vectorized<T>>(weight + n * k2 * padded_dim + c, padded_dim,
-                                            gathered + c, padded_dim, k2, bias);
+  int64_t kernel_size, k2, padded_dim;
+  // out[s] += shifted copy n of window s, channels [c, c + chunk) (out holds the bias on entry).
+  template <int kSets>
+  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk<T>* out) const {
+    Slots<T> at_channel[kSets];
+    for (int s = 0; s < kSets; ++s) at_channel[s] = windows[s].at_channel(c);
+    math::mix_shifted_sets<kSets>(weight + slot.n * k2 * padded_dim + c, padded_dim, at_channel,
+                                  kernel_size, out);
   }
-  Vectorized<T> adjoint(int64_t m, int64_t c, const T* coeffs) const {
-    return math::mix_shifted_adjoint<Vectorized<T>>(weight + m * padded_dim + c,
-                                                    k2 * padded_dim, coeffs, k2);
+  // out[s] = sum_n coeffs[s][n] * W[c, n, m] for the channels [c, c + chunk).
+  template <int kSets>
+  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
+    math::mix_shifted_adjoint_sets<kSets>(weight + m * padded_dim + c, k2 * padded_dim, coeffs, k2,
+                                          out);
   }
 };
 
 // No shift_weight: shifted copy n is gathered neighbour n itself (the fast path).
 template <typename T>
 struct PureShift {
-  int64_t padded_dim;
-  Vectorized<T> shifted(int64_t n, int64_t c, const T* gathered, const Vectorized<T>& bias) const {
-    return Vectorized<T>::loadu(gathered + n * padded_dim + c) + bias;
+  template <int kSets>
+  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk<T>* out) const {
+    for (int s = 0; s < kSets; ++s) {
+      out[s] = out[s] + Chunk<T>::loadu(windows[s].slot(slot.row, slot.col) + c);
+    }
   }
-  Vectorized<T> adjoint(int64_t m, int64_t c, const T* coeffs) const {
-    return Vectorized<T>(coeffs[m]);
+  template <int kSets>
+  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
+    for (int s = 0; s < kSets; ++s) out[s] = Chunk<T>(coeffs[s][m]);
   }
 };
 
@@ -116,74 +140,172 @@ struct BiasTables {
   const T* value;  // (k2, padded D)
 };
 
-// The window slots of one pixel: the position each row / column slot reads (-1: nothing).
-struct Window {
-  int64_t* row_positions;  // k entries, per row
-  int64_t* col_positions;  // k entries, per pixel
-  void set_row(const Geometry& g, int64_t y) {
-    for (int64_t j = 0; j < g.kernel_size; ++j)
-      row_positions[j] = math::neighbor_position(g.border, y, j, g.rows);
+// The window of one pixel: the position each row / column slot reads (-1: nothing) and which
+// of the k*k slots are masked, refreshed per row and per pixel.
+class Window {
+ public:
+  explicit Window(const Geometry& g)
+      : g_(g), rows_(g.kernel_size), cols_(g.kernel_size), masked_(g.k2) {}
+  void set_row(int64_t y) {
+    rows_inside_ = true;
+    for (int64_t j = 0; j < g_.kernel_size; ++j) {
+      rows_[j] = math::neighbor_position(g_.border, y, j, g_.rows);
+      rows_inside_ &= rows_[j] >= 0;
+    }
   }
-  void set_col(const Geometry& g, int64_t x) {
-    for (int64_t j = 0; j < g.kernel_size; ++j)
-      col_positions[j] = math::neighbor_position(g.border, x, j, g.cols);
+  void set_col(int64_t x) {
+    cols_inside_ = true;
+    for (int64_t j = 0; j < g_.kernel_size; ++j) {
+      cols_[j] = math::neighbor_position(g_.border, x, j, g_.cols);
+      cols_inside_ &= cols_[j] >= 0;
+    }
+    for (int64_t jy = 0; jy < g_.kernel_size; ++jy) {
+      for (int64_t jx = 0; jx < g_.kernel_size; ++jx) {
+        masked_[jy * g_.kernel_size + jx] = math::slot_is_masked(g_.border, rows_[jy], cols_[jx]);
+      }
+    }
   }
-  bool masked(const Geometry& g, int64_t n) const {
-    return math::slot_is_masked(g.border, row_positions[n / g.kernel_size],
-                                col_positions[n % g.kernel_size]);
-  }
+  int64_t row(int64_t jy) const { return rows_[jy]; }
+  int64_t col(int64_t jx) const { return cols_[jx]; }
+  bool masked(int64_t n) const { return masked_[n]; }
+  // Every slot reads a position of the map: then slot (jy, jx) sits at (row(0) + jy * dilation,
+  // col(0) + jx * dilation) in both border modes.
+  bool inside() const { return rows_inside_ && cols_inside_; }
+
+ private:
+  const Geometry& g_;
+  std::vector<int64_t> rows_, cols_;
+  std::vector<char> masked_;
+  bool rows_inside_ = false, cols_inside_ = false;
 };
 
-// gathered[m][padded D] = map[b, h, position of slot m], 0 where the slot reads nothing.
+// The window of map[b, h] around the pixel: straight into the map when every slot is inside
+// it and no channel needs padding, else copied into `scratch` ([m][padded D], 0 where a slot
+// reads nothing).
 template <typename T>
-void gather_window(const Geometry& g, const MapView<const T>& map, int64_t b, int64_t h,
-                   const Window& w, T* gathered) {
-  for (int64_t m = 0; m < g.k2; ++m) {
-    const int64_t y = w.row_positions[m / g.kernel_size], x = w.col_positions[m % g.kernel_size];
-    T* dst = gathered + m * g.padded_dim;
-    if (y >= 0 && x >= 0) {
-      copy_padded(map.pixel(b, h, y, x), g.head_dim, g.padded_dim, dst);
-    } else {
-      std::fill_n(dst, g.padded_dim, T(0));
+Slots<T> gather_window(const Geometry& g, const MapView<const T>& map, int64_t b, int64_t h,
+                       const Window& w, T* scratch) {
+  if (w.inside() && g.head_dim == g.padded_dim) {
+    return {map.pixel(b, h, w.row(0), w.col(0)), g.rows.dilation * map.stride[2],
+            g.cols.dilation * map.stride[3]};
+  }
+  for (int64_t jy = 0; jy < g.kernel_size; ++jy) {
+    for (int64_t jx = 0; jx < g.kernel_size; ++jx) {
+      const int64_t y = w.row(jy), x = w.col(jx);
+      T* dst = scratch + (jy * g.kernel_size + jx) * g.padded_dim;
+      if (y >= 0 && x >= 0) {
+        copy_padded(map.pixel(b, h, y, x), g.head_dim, g.padded_dim, dst);
+      } else {
+        std::fill_n(dst, g.padded_dim, T(0));
+      }
+    }
+  }
+  return {scratch, g.kernel_size * g.padded_dim, g.padded_dim};
+}
+
+// One window to contract: contracted[n] = <u, shifted copy n + bias[n]> for every slot n (0 for
+// masked slots); the copies (0 for masked slots) also land in `shifted` when it is given. Logits
+// contract the keys with u = q, backward's dp the values with u = dO.
+template <typename T>
+struct Contraction {
+  const T* bias;    // (k2, padded D)
+  const T* u;       // (padded D)
+  Slots<T> window;  // the gathered neighbours
+  T* contracted;    // (k2)
+  T* shifted;       // (k2, padded D) or null
+};
+
+// Runs kSets contractions together, so the keys and values of one pixel share the weight reads.
+template <typename T, typename Shift, size_t kSets>
+void contract_shifted(const Geometry& g, const Shift& shift, const Window& w,
+                      const std::array<Contraction<T>, kSets>& sets) {
+  Slots<T> windows[kSets];
+  for (size_t i = 0; i < kSets; ++i) windows[i] = sets[i].window;
+  for (int64_t row = 0; row < g.kernel_size; ++row) {
+    for (int64_t col = 0; col < g.kernel_size; ++col) {
+      const Slot slot{row * g.kernel_size + col, row, col};
+      if (w.masked(slot.n)) {  // left out of the softmax: contributes 0 everywhere
+        for (const auto& set : sets) {
+          set.contracted[slot.n] = T(0);
+          if (set.shifted) std::fill_n(set.shifted + slot.n * g.padded_dim, g.padded_dim, T(0));
+        }
+        continue;
+      }
+      Chunk<T> acc[kSets], copy[kSets];
+      for (auto& a : acc) a = Chunk<T>(T(0));
+      for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
+        for (size_t i = 0; i < kSets; ++i) {
+          copy[i] = Chunk<T>::loadu(sets[i].bias + slot.n * g.padded_dim + c);
+        }
+        shift.template shifted<kSets>(slot, c, windows, copy);
+        for (size_t i = 0; i < kSets; ++i) {
+          if (sets[i].shifted) copy[i].store(sets[i].shifted + slot.n * g.padded_dim + c);
+          acc[i] = Chunk<T>::fmadd(Chunk<T>::loadu(sets[i].u + c), copy[i], acc[i]);
+        }
+      }
+      for (size_t i = 0; i < kSets; ++i) sets[i].contracted[slot.n] = acc[i].sum();
     }
   }
 }
 
-// logits[n] = scale * <q, Kn> (-inf for masked slots); Kn also lands in shifted_keys when given.
-template <typename T, typename Shift>
-void window_logits(const Geometry& g, const Shift& shift, const T* key_bias, const Window& w,
-                   const T* q, const T* gathered_keys, T* logits, T* shifted_keys) {
-  using V = Vectorized<T>;
+// <q, Kn> into logits: scale it, -inf for masked slots.
+template <typename T>
+void finish_logits(const Geometry& g, const Window& w, T* logits) {
   for (int64_t n = 0; n < g.k2; ++n) {
-    if (w.masked(g, n)) {
-      logits[n] = math::neg_inf<T>();
-      continue;
-    }
-    V acc(T(0));
-    for (int64_t c = 0; c < g.padded_dim; c += V::size()) {
-      const V key = shift.shifted(n, c, gathered_keys, V::loadu(key_bias + n * g.padded_dim + c));
-      if (shifted_keys) key.store(shifted_keys + n * g.padded_dim + c);
-      acc = at::vec::fmadd(V::loadu(q + c), key, acc);
-    }
-    logits[n] = T(g.scale) * at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
+    logits[n] = w.masked(n) ? math::neg_inf<T>() : T(g.scale) * logits[n];
   }
+}
+
+// sum_n coeffs[n] * (shifted value n) for the channels [c, c + chunk), through the adjoint of
+// the mixing: sum_m gathered[m] * (sum_n coeffs[n] W[c,n,m]) + sum_n coeffs[n] shift_bias[c,n].
+template <typename T, typename Shift>
+Chunk<T> combine_shifted(const Geometry& g, const Shift& shift, const T* bias,
+                         const Slots<T>& window, const T* coeffs, int64_t c) {
+  Chunk<T> acc = math::mix_shifted_adjoint<Chunk<T>>(bias + c, g.padded_dim, coeffs, g.k2);
+  for (int64_t row = 0; row < g.kernel_size; ++row) {
+    for (int64_t col = 0; col < g.kernel_size; ++col) {
+      Chunk<T> adjoint;
+      shift.template adjoint<1>(row * g.kernel_size + col, c, &coeffs, &adjoint);
+      acc = Chunk<T>::fmadd(Chunk<T>::loadu(window.slot(row, col) + c), adjoint, acc);
+    }
+  }
+  return acc;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Scratch and work split.
 
-// Runs fn(chunk, begin, end) on `chunks` fixed contiguous slices of [0, tasks) in parallel.
-// The slicing depends only on the counts, so per-chunk partial sums reduce deterministically.
-template <typename Fn>
-void for_each_chunk(int64_t tasks, int64_t chunks, const Fn& fn) {
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) fn(c, c * tasks / chunks, (c + 1) * tasks / chunks);
-  });
-}
+// Tasks dealt out as `groups` fixed contiguous slices of [0, tasks), handed to the threads one
+// group at a time as they come free, so a thread slowed by other load on the machine simply
+// takes fewer. Partial sums kept per group and added in group order are deterministic for a
+// given thread count, whichever thread ran which group.
+class WorkSplit {
+ public:
+  explicit WorkSplit(int64_t tasks)
+      : tasks_(tasks),
+        workers_(std::min<int64_t>(at::get_num_threads(), tasks)),
+        groups_(std::min<int64_t>(8 * at::get_num_threads(), tasks)) {}
+  int64_t workers() const { return workers_; }
+  int64_t groups() const { return groups_; }
+  int64_t begin(int64_t group) const { return group * tasks_ / groups_; }
+  int64_t end(int64_t group) const { return (group + 1) * tasks_ / groups_; }
 
-int64_t chunk_count(int64_t tasks) { return std::min<int64_t>(at::get_num_threads(), tasks); }
+  // Runs fn(group, worker) once for every group; `worker` < workers() indexes per-thread scratch.
+  template <typename Fn>
+  void run(const Fn& fn) const {
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, workers_, 1, [&](int64_t first, int64_t last) {
+      for (int64_t worker = first; worker < last; ++worker) {
+        for (int64_t group = next++; group < groups_; group = next++) fn(group, worker);
+      }
+    });
+  }
 
-// Carves one chunk's scratch into named buffers.
+ private:
+  int64_t tasks_, workers_, groups_;
+};
+
+// Carves one worker's scratch into named buffers.
 template <typename T>
 class ScratchCursor {
  public:
@@ -204,53 +326,47 @@ class ScratchCursor {
 template <typename T>
 struct ForwardScratch {
   static int64_t size(const Geometry& g) { return g.padded_dim * (1 + 2 * g.k2) + g.k2; }
-  T *q, *keys, *values, *logits;
+  T *q, *keys, *values, *probs;
   explicit ForwardScratch(ScratchCursor<T> cursor, const Geometry& g)
       : q(cursor.take(g.padded_dim)),
         keys(cursor.take(g.k2 * g.padded_dim)),
         values(cursor.take(g.k2 * g.padded_dim)),
-        logits(cursor.take(g.k2)) {}
+        probs(cursor.take(g.k2)) {}
 };
 
 template <typename T, typename Shift>
 void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& biases,
                     const MapView<const T>& q_map, const MapView<const T>& k_map,
                     const MapView<const T>& v_map, T* out, T* lse) {
-  using V = Vectorized<T>;
-  const int64_t tasks = g.rows_total(), chunks = chunk_count(tasks);
-  if (chunks == 0) return;
-  const int64_t per_chunk = ForwardScratch<T>::size(g);
-  at::Tensor scratch = at::empty({chunks, per_chunk}, c10::CppTypeToScalarType<T>::value);
-  for_each_chunk(tasks, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
-    ForwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + chunk * per_chunk), g);
-    std::vector<int64_t> positions(2 * g.kernel_size);
-    Window w{positions.data(), positions.data() + g.kernel_size};
-    for (int64_t task = begin; task < end; ++task) {  // task = one row of one (b, h)
+  const WorkSplit split(g.rows_total());
+  if (split.groups() == 0) return;
+  const int64_t per_worker = ForwardScratch<T>::size(g);
+  at::Tensor scratch = at::empty({split.workers(), per_worker}, c10::CppTypeToScalarType<T>::value);
+  split.run([&](int64_t group, int64_t worker) {
+    ForwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + worker * per_worker), g);
+    Window w(g);
+    // A task is one row of one (b, h).
+    for (int64_t task = split.begin(group); task < split.end(group); ++task) {
       const int64_t bh = task / g.height, b = bh / g.heads, h = bh % g.heads;
       const int64_t y = task % g.height;
       const T* key_bias = biases.key + h * g.k2 * g.padded_dim;
-      w.set_row(g, y);
+      w.set_row(y);
       for (int64_t x = 0; x < g.width; ++x) {
-        w.set_col(g, x);
+        w.set_col(x);
         copy_padded(q_map.pixel(b, h, y, x), g.head_dim, g.padded_dim, s.q);
-        gather_window(g, k_map, b, h, w, s.keys);
-        gather_window(g, v_map, b, h, w, s.values);
-        window_logits(g, shift, key_bias, w, s.q, s.keys, s.logits, static_cast<T*>(nullptr));
-        const T row_max = cpu::max_of(s.logits, g.k2);
-        const T sum = cpu::exp_shifted_sum_inplace(s.logits, g.k2, row_max);
-        const T normalizer = math::output_normalizer(sum);
+        const Slots<T> keys = gather_window(g, k_map, b, h, w, s.keys);
+        const Slots<T> values = gather_window(g, v_map, b, h, w, s.values);
+        contract_shifted(g, shift, w,
+                         std::array<Contraction<T>, 1>{{{key_bias, s.q, keys, s.probs, nullptr}}});
+        finish_logits(g, w, s.probs);
+        const T row_max = cpu::max_of(s.probs, g.k2);
+        const T sum = cpu::exp_shifted_sum_inplace(s.probs, g.k2, row_max);
+        cpu::scale_inplace(s.probs, math::output_normalizer(sum), g.k2);
         const int64_t pixel = task * g.width + x;
         lse[pixel] = math::finish_logsumexp(row_max, sum);
-        T* o = out + pixel * g.head_dim;
-        for (int64_t c = 0; c < g.padded_dim; c += V::size()) {
-          V acc(T(0));
-          for (int64_t n = 0; n < g.k2; ++n) {
-            if (s.logits[n] == T(0)) continue;  // masked or underflowed: contributes nothing
-            acc = at::vec::fmadd(
-                V(s.logits[n] * normalizer),
-                shift.shifted(n, c, s.values, V::loadu(biases.value + n * g.padded_dim + c)), acc);
-          }
-          store_channels(acc, o, c, g.head_dim);
+        for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
+          store_channels(combine_shifted(g, shift, biases.value, values, s.probs, c),
+                         out + pixel * g.head_dim, c, g.head_dim);
         }
       }
     }
@@ -260,6 +376,25 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
+// For every position along one axis, the pixels that read it and through which slot, with the
+// pixels that do not exist left out: readers of t are entries [first[t], first[t + 1]).
+struct AxisReaderTable {
+  std::vector<math::AxisReader> entries;
+  std::vector<int64_t> first;
+  AxisReaderTable(math::SlideBorder border, const math::SlideAxis& axis) {
+    for (int64_t t = 0; t < axis.length; ++t) {
+      first.push_back(static_cast<int64_t>(entries.size()));
+      for (int64_t e = 0; e < math::reader_count(border, t, axis); ++e) {
+        const math::AxisReader reader = math::axis_reader(border, t, e, axis);
+        if (reader.pixel >= 0) entries.push_back(reader);
+      }
+    }
+    first.push_back(static_cast<int64_t>(entries.size()));
+  }
+  const math::AxisReader* begin(int64_t t) const { return entries.data() + first[t]; }
+  const math::AxisReader* end(int64_t t) const { return entries.data() + first[t + 1]; }
+};
+
 // A band of rows [begin, end) and the pixel rows [reader_begin, reader_end) whose windows read
 // into it (the band itself plus its halo).
 struct Band {
@@ -267,20 +402,26 @@ struct Band {
   int64_t reader_rows() const { return reader_end - reader_begin; }
 };
 
-std::vector<Band> make_bands(const Geometry& g) {
-  const int64_t planes = g.batch * g.heads;
-  // Enough tasks to keep every thread busy; each extra band recomputes its halo rows.
-  const int64_t wanted = (4 * at::get_num_threads() + planes - 1) / std::max<int64_t>(planes, 1);
-  const int64_t count = std::clamp<int64_t>(wanted, 1, std::max<int64_t>(g.height, 1));
+// Per-worker budget for the probabilities and logit gradients of a band (4 MiB in float32).
+constexpr int64_t kBandScratchElements = int64_t(1) << 20;
+
+std::vector<Band> make_bands(const Geometry& g, const AxisReaderTable& row_readers) {
+  const int64_t planes = std::max<int64_t>(g.batch * g.heads, 1);
+  // Enough tasks to keep every thread busy, and bands short enough for the scratch budget;
+  // each extra band recomputes its halo rows.
+  const int64_t for_threads = (4 * at::get_num_threads() + planes - 1) / planes;
+  const int64_t row_elements = std::max<int64_t>(2 * g.width * g.k2, 1);
+  const int64_t rows_in_budget = std::max<int64_t>(1, kBandScratchElements / row_elements);
+  const int64_t for_memory = (g.height + rows_in_budget - 1) / rows_in_budget;
+  const int64_t count =
+      std::clamp<int64_t>(std::max(for_threads, for_memory), 1, std::max<int64_t>(g.height, 1));
   std::vector<Band> bands;
   for (int64_t i = 0; i < count; ++i) {
     Band band{i * g.height / count, (i + 1) * g.height / count, g.height, 0};
     for (int64_t t = band.begin; t < band.end; ++t) {
-      for (int64_t e = 0; e < math::reader_count(g.border, t, g.rows); ++e) {
-        const int64_t pixel = math::axis_reader(g.border, t, e, g.rows).pixel;
-        if (pixel < 0) continue;
-        band.reader_begin = std::min(band.reader_begin, pixel);
-        band.reader_end = std::max(band.reader_end, pixel + 1);
+      for (const math::AxisReader* r = row_readers.begin(t); r != row_readers.end(t); ++r) {
+        band.reader_begin = std::min(band.reader_begin, r->pixel);
+        band.reader_end = std::max(band.reader_end, r->pixel + 1);
       }
     }
     if (band.begin < band.end) bands.push_back(band);
@@ -288,7 +429,7 @@ std::vector<Band> make_bands(const Geometry& g) {
   return bands;
 }
 
-// Where one chunk accumulates the parameter gradients (null: not wanted), scratch layout.
+// Where one work group accumulates the parameter gradients (null: not wanted), scratch layout.
 template <typename T>
 struct ParamGrads {
   T* key_bias;      // (H, k2)
@@ -303,25 +444,20 @@ template <typename T>
 struct BackwardScratch {
   // probs and scaled dlogits of every pixel of the band's reader rows, k2 each.
   static int64_t size(const Geometry& g, int64_t reader_rows) {
-    return 2 * reader_rows * g.width * g.k2 + g.padded_dim * (4 + 5 * g.k2) + 2 * g.k2;
+    return 2 * reader_rows * g.width * g.k2 + g.padded_dim * (2 + 3 * g.k2) + 2 * g.k2;
   }
-  T *probs, *dlogits;                        // (reader rows, X, k2)
-  T *q, *dout, *grad_key, *grad_value;       // (padded D)
-  T *keys, *values, *shifted_keys;           // (k2, padded D)
-  T *q_keys, *dout_values;                   // (k2, padded D): q * gathered K, dO * gathered V
-  T *logits, *dprobs;                        // (k2)
+  T *probs, *dlogits;               // (reader rows, X, k2)
+  T *q, *dout;                      // (padded D)
+  T *keys, *values, *shifted_keys;  // (k2, padded D)
+  T *logits, *dprobs;               // (k2)
   BackwardScratch(ScratchCursor<T> cursor, const Geometry& g, int64_t reader_rows)
       : probs(cursor.take(reader_rows * g.width * g.k2)),
         dlogits(cursor.take(reader_rows * g.width * g.k2)),
         q(cursor.take(g.padded_dim)),
         dout(cursor.take(g.padded_dim)),
-        grad_key(cursor.take(g.padded_dim)),
-        grad_value(cursor.take(g.padded_dim)),
         keys(cursor.take(g.k2 * g.padded_dim)),
         values(cursor.take(g.k2 * g.padded_dim)),
         shifted_keys(cursor.take(g.k2 * g.padded_dim)),
-        q_keys(cursor.take(g.k2 * g.padded_dim)),
-        dout_values(cursor.take(g.k2 * g.padded_dim)),
         logits(cursor.take(g.k2)),
         dprobs(cursor.take(g.k2)) {}
 };
@@ -329,7 +465,7 @@ struct BackwardScratch {
 template <typename T>
 struct BackwardMaps {
   MapView<const T> q, k, v, dout;
-  const T* lse;  // contiguous (B, H, Y, X)
+  const T* lse;                 // contiguous (B, H, Y, X)
   T *grad_q, *grad_k, *grad_v;  // contiguous (B, H, Y, X, D)
 };
 
@@ -337,44 +473,37 @@ struct BackwardMaps {
 // for a pixel of the band itself also dq and the parameter gradients.
 template <typename T, typename Shift>
 void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& biases,
-                    const BackwardMaps<T>& maps, BackwardScratch<T>& s, const Window& w,
-                    int64_t b, int64_t h, int64_t y, int64_t x, T* probs, T* dlogits,
-                    bool in_band, const ParamGrads<T>& grads) {
-  using V = Vectorized<T>;
+                    const BackwardMaps<T>& maps, BackwardScratch<T>& s, const Window& w, int64_t b,
+                    int64_t h, int64_t y, int64_t x, T* probs, T* dlogits, bool in_band,
+                    const ParamGrads<T>& grads) {
+  using V = Chunk<T>;
   const int64_t dp = g.padded_dim;
   copy_padded(maps.q.pixel(b, h, y, x), g.head_dim, dp, s.q);
   copy_padded(maps.dout.pixel(b, h, y, x), g.head_dim, dp, s.dout);
-  gather_window(g, maps.k, b, h, w, s.keys);
-  gather_window(g, maps.v, b, h, w, s.values);
-  window_logits(g, shift, biases.key + h * g.k2 * dp, w, s.q, s.keys, s.logits,
-                in_band ? s.shifted_keys : static_cast<T*>(nullptr));
-  const T lse = maps.lse[((b * g.heads + h) * g.height + y) * g.width + x];
-  T delta = 0;  // sum_n p_n dp_n = <dO, out>
-  for (int64_t n = 0; n < g.k2; ++n) {
-    probs[n] = math::probability(s.logits[n], lse);
-    s.dprobs[n] = 0;
-    if (probs[n] == T(0)) continue;
-    V acc(T(0));
-    for (int64_t c = 0; c < dp; c += V::size()) {
-      const V value = shift.shifted(n, c, s.values, V::loadu(biases.value + n * dp + c));
-      acc = at::vec::fmadd(V::loadu(s.dout + c), value, acc);
-    }
-    s.dprobs[n] = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
-    delta += probs[n] * s.dprobs[n];
-  }
+  const Slots<T> keys = gather_window(g, maps.k, b, h, w, s.keys);
+  const Slots<T> values = gather_window(g, maps.v, b, h, w, s.values);
+  contract_shifted(
+      g, shift, w,
+      std::array<Contraction<T>, 2>{
+          {{biases.key + h * g.k2 * dp, s.q, keys, s.logits, in_band ? s.shifted_keys : nullptr},
+           {biases.value, s.dout, values, s.dprobs, nullptr}}});
+  finish_logits(g, w, s.logits);
+  // p_n = exp(logit_n - lse), with the exp the forward summed for lse (0 for masked slots).
+  std::copy_n(s.logits, g.k2, probs);
+  cpu::exp_shifted_sum_inplace(probs, g.k2,
+                               maps.lse[((b * g.heads + h) * g.height + y) * g.width + x]);
+  const T delta = cpu::dot(probs, s.dprobs, g.k2);  // sum_n p_n dp_n = <dO, out>
   for (int64_t n = 0; n < g.k2; ++n) {
     dlogits[n] = T(g.scale) * math::logit_grad(probs[n], s.dprobs[n], delta);
   }
   if (!in_band) return;
 
-  // dq = scale * sum_n dlogit_n Kn
+  // dq = sum_n dlogit_n Kn (dlogits carry the scale)
   T* grad_q = maps.grad_q + (((b * g.heads + h) * g.height + y) * g.width + x) * g.head_dim;
   for (int64_t c = 0; c < dp; c += V::size()) {
     V acc(T(0));
     for (int64_t n = 0; n < g.k2; ++n) {
-      if (dlogits[n] != T(0)) {
-        acc = at::vec::fmadd(V(dlogits[n]), V::loadu(s.shifted_keys + n * dp + c), acc);
-      }
+      acc = V::fmadd(V(dlogits[n]), V::loadu(s.shifted_keys + n * dp + c), acc);
     }
     store_channels(acc, grad_q, c, g.head_dim);
   }
@@ -388,105 +517,99 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
     for (int64_t n = 0; n < g.k2; ++n) {
       T* row = grads.shift_bias + n * dp;
       for (int64_t c = 0; c < dp; c += V::size()) {
-        const V update = at::vec::fmadd(V(dlogits[n]), V::loadu(s.q + c),
-                                        V(probs[n]) * V::loadu(s.dout + c));
-        (V::loadu(row + c) + update).store(row + c);
+        const V update = V::fmadd(V(dlogits[n]), V::loadu(s.q + c),
+                                  V::fmadd(V(probs[n]), V::loadu(s.dout + c), V::loadu(row + c)));
+        update.store(row + c);
       }
     }
   }
   // dW[c,n,m] += dlogit_n q[c] K[c, m] + p_n dO[c] V[c, m]
   if (grads.shift_weight) {
-    for (int64_t m = 0; m < g.k2; ++m) {
-      for (int64_t c = 0; c < dp; c += V::size()) {
-        const int64_t i = m * dp + c;
-        (V::loadu(s.q + c) * V::loadu(s.keys + i)).store(s.q_keys + i);
-        (V::loadu(s.dout + c) * V::loadu(s.values + i)).store(s.dout_values + i);
-      }
-    }
-    for (int64_t n = 0; n < g.k2; ++n) {
-      if (probs[n] == T(0)) continue;
-      const V dlogit(dlogits[n]), prob(probs[n]);
-      T* block = grads.shift_weight + n * g.k2 * dp;
-      for (int64_t i = 0; i < g.k2 * dp; i += V::size()) {
-        const V updated = at::vec::fmadd(
-            dlogit, V::loadu(s.q_keys + i),
-            at::vec::fmadd(prob, V::loadu(s.dout_values + i), V::loadu(block + i)));
-        updated.store(block + i);
+    for (int64_t row = 0; row < g.kernel_size; ++row) {
+      for (int64_t col = 0; col < g.kernel_size; ++col) {
+        const int64_t m = row * g.kernel_size + col;
+        for (int64_t c = 0; c < dp; c += V::size()) {
+          const V q_key = V::loadu(s.q + c) * V::loadu(keys.slot(row, col) + c);
+          const V dout_value = V::loadu(s.dout + c) * V::loadu(values.slot(row, col) + c);
+          for (int64_t n = 0; n < g.k2; ++n) {
+            T* block = grads.shift_weight + (n * g.k2 + m) * dp + c;
+            V::fmadd(V(dlogits[n]), q_key, V::fmadd(V(probs[n]), dout_value, V::loadu(block)))
+                .store(block);
+          }
+        }
       }
     }
   }
 }
 
-// Pass B for one position (y, x) of the band: dK and dV gathered from the pixels that read it.
+// Pass B for one position (y, x) of the band: dK and dV gathered from the pixels that read it,
+// dK[c] = sum_readers q[c] * sum_n dlogit_n W[c,n,m], dV[c] = sum_readers dO[c] * sum_n p_n
+// W[c,n,m] with m the slot through which the reader reads (y, x). Fixed reader order:
+// deterministic.
 template <typename T, typename Shift>
 void gather_key_value_grads(const Geometry& g, const Shift& shift, const BackwardMaps<T>& maps,
-                            BackwardScratch<T>& s, const Band& band, int64_t b, int64_t h,
-                            int64_t y, int64_t x) {
-  using V = Vectorized<T>;
-  const int64_t dp = g.padded_dim;
-  std::fill_n(s.grad_key, dp, T(0));
-  std::fill_n(s.grad_value, dp, T(0));
-  const int64_t row_readers = math::reader_count(g.border, y, g.rows);
-  const int64_t col_readers = math::reader_count(g.border, x, g.cols);
-  for (int64_t ey = 0; ey < row_readers; ++ey) {
-    const math::AxisReader ry = math::axis_reader(g.border, y, ey, g.rows);
-    if (ry.pixel < 0) continue;
-    for (int64_t ex = 0; ex < col_readers; ++ex) {
-      const math::AxisReader rx = math::axis_reader(g.border, x, ex, g.cols);
-      if (rx.pixel < 0) continue;
-      const int64_t slot = ry.slot * g.kernel_size + rx.slot;
-      const int64_t reader = ((ry.pixel - band.reader_begin) * g.width + rx.pixel) * g.k2;
-      const T* q = maps.q.pixel(b, h, ry.pixel, rx.pixel);
-      const T* dout = maps.dout.pixel(b, h, ry.pixel, rx.pixel);
-      for (int64_t c = 0; c < dp; c += V::size()) {
-        const V dk = load_channels(q, c, g.head_dim) * shift.adjoint(slot, c, s.dlogits + reader);
-        const V dv = load_channels(dout, c, g.head_dim) * shift.adjoint(slot, c, s.probs + reader);
-        (V::loadu(s.grad_key + c) + dk).store(s.grad_key + c);
-        (V::loadu(s.grad_value + c) + dv).store(s.grad_value + c);
+                            const BackwardScratch<T>& s, const AxisReaderTable& row_readers,
+                            const AxisReaderTable& col_readers, const Band& band, int64_t b,
+                            int64_t h, int64_t y, int64_t x) {
+  using V = Chunk<T>;
+  const int64_t pixel = (((b * g.heads + h) * g.height + y) * g.width + x) * g.head_dim;
+  for (int64_t c = 0; c < g.padded_dim; c += V::size()) {
+    V grad_key(T(0)), grad_value(T(0));
+    for (const math::AxisReader* ry = row_readers.begin(y); ry != row_readers.end(y); ++ry) {
+      for (const math::AxisReader* rx = col_readers.begin(x); rx != col_readers.end(x); ++rx) {
+        const int64_t slot = ry->slot * g.kernel_size + rx->slot;
+        const int64_t reader = ((ry->pixel - band.reader_begin) * g.width + rx->pixel) * g.k2;
+        const T* coeffs[2] = {s.dlogits + reader, s.probs + reader};
+        V adjoints[2];
+        shift.template adjoint<2>(slot, c, coeffs, adjoints);
+        grad_key = V::fmadd(load_channels(maps.q.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
+                            adjoints[0], grad_key);
+        grad_value =
+            V::fmadd(load_channels(maps.dout.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
+                     adjoints[1], grad_value);
       }
     }
+    store_channels(grad_key, maps.grad_k + pixel, c, g.head_dim);
+    store_channels(grad_value, maps.grad_v + pixel, c, g.head_dim);
   }
-  const int64_t pixel = (((b * g.heads + h) * g.height + y) * g.width + x) * g.head_dim;
-  std::copy_n(s.grad_key, g.head_dim, maps.grad_k + pixel);
-  std::copy_n(s.grad_value, g.head_dim, maps.grad_v + pixel);
 }
 
 template <typename T, typename Shift>
 void backward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& biases,
                      const BackwardMaps<T>& maps, std::array<bool, 3> want_param_grads,
                      at::Tensor& param_grads) {
-  const std::vector<Band> bands = make_bands(g);
+  const AxisReaderTable row_readers(g.border, g.rows), col_readers(g.border, g.cols);
+  const std::vector<Band> bands = make_bands(g, row_readers);
   const int64_t num_bands = static_cast<int64_t>(bands.size());
-  const int64_t tasks = g.batch * g.heads * num_bands;
-  const int64_t chunks = chunk_count(tasks);
-  param_grads = at::zeros({std::max<int64_t>(chunks, 1), ParamGrads<T>::size(g)},
+  const WorkSplit split(g.batch * g.heads * num_bands);
+  param_grads = at::zeros({std::max<int64_t>(split.groups(), 1), ParamGrads<T>::size(g)},
                           c10::CppTypeToScalarType<T>::value);
-  if (chunks == 0) return;
+  if (split.groups() == 0) return;
   int64_t max_reader_rows = 0;
   for (const Band& band : bands) max_reader_rows = std::max(max_reader_rows, band.reader_rows());
-  const int64_t per_chunk = BackwardScratch<T>::size(g, max_reader_rows);
-  at::Tensor scratch = at::empty({chunks, per_chunk}, c10::CppTypeToScalarType<T>::value);
+  const int64_t per_worker = BackwardScratch<T>::size(g, max_reader_rows);
+  at::Tensor scratch = at::empty({split.workers(), per_worker}, c10::CppTypeToScalarType<T>::value);
 
-  for_each_chunk(tasks, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
-    BackwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + chunk * per_chunk), g,
+  split.run([&](int64_t group, int64_t worker) {
+    BackwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + worker * per_worker), g,
                          max_reader_rows);
-    ScratchCursor<T> grads_cursor(param_grads.data_ptr<T>() + chunk * ParamGrads<T>::size(g));
+    ScratchCursor<T> grads_cursor(param_grads.data_ptr<T>() + group * ParamGrads<T>::size(g));
     ParamGrads<T> grads{grads_cursor.take(g.heads * g.k2),
                         grads_cursor.take(g.k2 * g.k2 * g.padded_dim),
                         grads_cursor.take(g.k2 * g.padded_dim)};
     if (!want_param_grads[0]) grads.key_bias = nullptr;
     if (!want_param_grads[1]) grads.shift_weight = nullptr;
     if (!want_param_grads[2]) grads.shift_bias = nullptr;
-    std::vector<int64_t> positions(2 * g.kernel_size);
-    Window w{positions.data(), positions.data() + g.kernel_size};
-    for (int64_t task = begin; task < end; ++task) {  // task = one band of one (b, h)
+    Window w(g);
+    // A task is one band of rows of one (b, h).
+    for (int64_t task = split.begin(group); task < split.end(group); ++task) {
       const Band& band = bands[task % num_bands];
       const int64_t bh = task / num_bands, b = bh / g.heads, h = bh % g.heads;
       for (int64_t y = band.reader_begin; y < band.reader_end; ++y) {
-        w.set_row(g, y);
+        w.set_row(y);
         const bool in_band = y >= band.begin && y < band.end;
         for (int64_t x = 0; x < g.width; ++x) {
-          w.set_col(g, x);
+          w.set_col(x);
           const int64_t pixel = ((y - band.reader_begin) * g.width + x) * g.k2;
           backward_pixel(g, shift, biases, maps, s, w, b, h, y, x, s.probs + pixel,
                          s.dlogits + pixel, in_band, grads);
@@ -494,7 +617,7 @@ void backward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>&
       }
       for (int64_t y = band.begin; y < band.end; ++y) {
         for (int64_t x = 0; x < g.width; ++x) {
-          gather_key_value_grads(g, shift, maps, s, band, b, h, y, x);
+          gather_key_value_grads(g, shift, maps, s, row_readers, col_readers, band, b, h, y, x);
         }
       }
     }
@@ -511,14 +634,14 @@ at::Tensor prepare(const at::Tensor& t) {
 }
 
 Geometry make_geometry(const at::Tensor& query, int64_t kernel_size, int64_t dilation,
-                       c10::string_view border, std::optional<double> scale, int64_t vector_size) {
+                       c10::string_view border, std::optional<double> scale, int64_t chunk_size) {
   Geometry g;
   g.batch = query.size(0);
   g.heads = query.size(1);
   g.height = query.size(2);
   g.width = query.size(3);
   g.head_dim = query.size(4);
-  g.padded_dim = (g.head_dim + vector_size - 1) / vector_size * vector_size;
+  g.padded_dim = (g.head_dim + chunk_size - 1) / chunk_size * chunk_size;
   g.kernel_size = kernel_size;
   g.k2 = kernel_size * kernel_size;
   g.border = parse_slide_border(border);
@@ -565,9 +688,9 @@ BiasTables<T> bias_tables(const PreparedParameters& p) {
 template <typename T, typename Fn>
 void with_shift(const Geometry& g, const PreparedParameters& p, const Fn& fn) {
   if (p.weight.defined()) {
-    fn(WeightedShift<T>{p.weight.data_ptr<T>(), g.k2, g.padded_dim});
+    fn(WeightedShift<T>{p.weight.data_ptr<T>(), g.kernel_size, g.k2, g.padded_dim});
   } else {
-    fn(PureShift<T>{g.padded_dim});
+    fn(PureShift<T>{});
   }
 }
 
@@ -582,8 +705,8 @@ std::tuple<at::Tensor, at::Tensor> slide_attention_forward_cpu(
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty(q.sizes().slice(0, 4), q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_forward_cpu", [&] {
-    const Geometry g = make_geometry(q, kernel_size, dilation, border, scale,
-                                     Vectorized<scalar_t>::size());
+    const Geometry g =
+        make_geometry(q, kernel_size, dilation, border, scale, Chunk<scalar_t>::size());
     const PreparedParameters params =
         prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
     with_shift<scalar_t>(g, params, [&](const auto& shift) {
@@ -619,15 +742,13 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
   at::Tensor grad_key_bias, grad_shift_weight, grad_shift_bias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_backward_cpu", [&] {
     using T = scalar_t;
-    const Geometry g = make_geometry(q, kernel_size, dilation, border, scale,
-                                     Vectorized<T>::size());
+    const Geometry g = make_geometry(q, kernel_size, dilation, border, scale, Chunk<T>::size());
     const PreparedParameters params =
         prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
-    const BackwardMaps<T> maps{map_view<const T>(q),    map_view<const T>(k),
-                               map_view<const T>(v),    map_view<const T>(dout),
-                               lse.data_ptr<T>(),       grad_q.data_ptr<T>(),
+    const BackwardMaps<T> maps{map_view<const T>(q),    map_view<const T>(k), map_view<const T>(v),
+                               map_view<const T>(dout), lse.data_ptr<T>(),    grad_q.data_ptr<T>(),
                                grad_k.data_ptr<T>(),    grad_v.data_ptr<T>()};
-    at::Tensor partials;  // (chunks, ParamGrads size), summed in chunk order below
+    at::Tensor partials;  // (groups, ParamGrads size), summed in group order below
     with_shift<T>(g, params, [&](const auto& shift) {
       backward_kernel<T>(g, shift, bias_tables<T>(params), maps, want, partials);
     });
@@ -651,9 +772,12 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
   auto to_input_type = [&](const at::Tensor& grad) {
     return grad.defined() ? grad.to(query.scalar_type()).contiguous() : grad;
   };
-  return {to_input_type(grad_q),          to_input_type(grad_k),
-          to_input_type(grad_v),          to_input_type(grad_key_bias),
-          to_input_type(grad_shift_weight), to_input_type(grad_shift_bias)};
+  return {to_input_type(grad_q),
+          to_input_type(grad_k),
+          to_input_type(grad_v),
+          to_input_type(grad_key_bias),
+          to_input_type(grad_shift_weight),
+          to_input_type(grad_shift_bias)};
 }
 
 }  // namespace

@@ -18,9 +18,9 @@ std::tuple<at::Tensor, at::Tensor> slide_attention_forward_meta(
   check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
                                shift_bias, border);
   auto output = at::empty_symint(query.sym_sizes(), query.options());
-  auto logsumexp = at::empty_symint(
-      query.sym_sizes().slice(0, 4),
-      query.options().dtype(attention_accumulate_type(query.scalar_type())));
+  auto logsumexp =
+      at::empty_symint(query.sym_sizes().slice(0, 4),
+                       query.options().dtype(attention_accumulate_type(query.scalar_type())));
   return {output, logsumexp};
 }
 
@@ -31,14 +31,12 @@ at::Tensor parameter_grad_meta(const std::optional<at::Tensor>& parameter, bool 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-slide_attention_backward_meta(const at::Tensor& grad_output, const at::Tensor& query,
-                              const at::Tensor& key, const at::Tensor& value,
-                              const at::Tensor& output, const at::Tensor& logsumexp,
-                              int64_t kernel_size, int64_t dilation,
-                              const std::optional<at::Tensor>& key_bias,
-                              const std::optional<at::Tensor>& shift_weight,
-                              const std::optional<at::Tensor>& shift_bias, c10::string_view border,
-                              std::optional<double> scale, std::array<bool, 3> compute_param_grads) {
+slide_attention_backward_meta(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const at::Tensor& output, const at::Tensor& logsumexp,
+    int64_t kernel_size, int64_t dilation, const std::optional<at::Tensor>& key_bias,
+    const std::optional<at::Tensor>& shift_weight, const std::optional<at::Tensor>& shift_bias,
+    c10::string_view border, std::optional<double> scale, std::array<bool, 3> compute_param_grads) {
   check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
                                shift_bias, border);
   return {at::empty_symint(query.sym_sizes(), query.options()),
