@@ -28,7 +28,8 @@ log "CUDA GoogleTest cases"
 grep -q '^\[  SKIPPED \]' "$log_dir/gtest.log" && failures+=("gtest skipped CUDA tests on a GPU machine")
 
 log "CUDA pytest cases"
-(cd "$ROOT" && "$PYTHON" -m pytest -q -rs tests/python/test_cuda.py -p no:cacheprovider) 2>&1 \
+(cd "$ROOT" && "$PYTHON" -m pytest -q -rs tests/python/test_cuda.py tests/python/test_cuda_slide.py \
+  -p no:cacheprovider) 2>&1 \
   | tee "$log_dir/pytest.log"
 [ "${PIPESTATUS[0]}" = 0 ] || failures+=("pytest")
 tail -1 "$log_dir/pytest.log" | grep -q skipped && failures+=("pytest skipped CUDA tests on a GPU machine")
@@ -39,6 +40,8 @@ if [ -z "$sanitizer" ]; then
   failures+=("compute-sanitizer not found (/usr/local/cuda/bin or PATH)")
 else
   short_test='Shapes/AttentionCudaParity.*/B2H3Nq5Nk7D4Dv6Causal:Shapes/AttentionCudaParity.*/B1H1Nq70Nk40D40Dv72Full:AttentionCuda.BiasBroadcastGradientHasBiasShape'
+  # slide_attention: ragged tiles with dilation, short clamp sub-axes, a halo wider than the tile.
+  short_test+=':Shapes/SlideAttentionCudaParity.*/B2_H1_6x7_D9_k3_dil2_*:Shapes/SlideAttentionCudaParity.*/B1_H2_7x9_D4_k3_dil3_clamp_params:Shapes/SlideAttentionCudaParity.*/B1_H1_14x15_D2_k13_dil1_*'
   for tool in memcheck racecheck synccheck; do
     log "compute-sanitizer --tool $tool on $short_test"
     "$sanitizer" --tool "$tool" --error-exitcode 1 \
@@ -50,6 +53,7 @@ fi
 
 log "GPU benchmarks"
 "$BUILD/bin/bench_cuda" "$@" || failures+=("bench_cuda")
+"$BUILD/bin/bench_cuda_slide" "$@" || failures+=("bench_cuda_slide")
 
 if ((${#failures[@]})); then
   printf '[gpu-check] FAILED: %s\n' "${failures[@]}" >&2

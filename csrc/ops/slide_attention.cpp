@@ -76,22 +76,21 @@ using SlideForwardSignature = std::tuple<at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, c10::string_view, std::optional<double>);
 
-// Backend-independent forward of the public op; autograd has its own kernel.
-at::Tensor slide_attention_composite(const at::Tensor& query, const at::Tensor& key,
-                                     const at::Tensor& value, int64_t kernel_size, int64_t dilation,
-                                     const std::optional<at::Tensor>& key_bias,
-                                     const std::optional<at::Tensor>& shift_weight,
-                                     const std::optional<at::Tensor>& shift_bias,
-                                     c10::string_view border, std::optional<double> scale) {
+}  // namespace
+
+at::Tensor slide_attention_via_forward(const at::Tensor& query, const at::Tensor& key,
+                                       const at::Tensor& value, int64_t kernel_size,
+                                       int64_t dilation, const std::optional<at::Tensor>& key_bias,
+                                       const std::optional<at::Tensor>& shift_weight,
+                                       const std::optional<at::Tensor>& shift_bias,
+                                       c10::string_view border, std::optional<double> scale) {
   static auto forward = typed_op<SlideForwardSignature>("slideformer::_slide_attention_forward");
   return std::get<0>(forward.call(query, key, value, kernel_size, dilation, key_bias, shift_weight,
                                   shift_bias, border, scale));
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(slideformer, CompositeExplicitAutograd, m) {
-  m.impl("slide_attention", &slide_attention_composite);
+  m.impl("slide_attention", &slide_attention_via_forward);
 }
 
 }  // namespace ops

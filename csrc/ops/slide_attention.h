@@ -26,4 +26,13 @@ void check_slide_attention_inputs(const at::Tensor& query, const at::Tensor& key
 // 1/sqrt(D) unless the caller gave a scale.
 double slide_attention_scale(const at::Tensor& query, std::optional<double> scale);
 
+// The public op's forward through _slide_attention_forward (autograd has its own kernel);
+// registered for CompositeExplicitAutograd and, in CUDA builds, for CUDA.
+at::Tensor slide_attention_via_forward(const at::Tensor& query, const at::Tensor& key,
+                                       const at::Tensor& value, int64_t kernel_size,
+                                       int64_t dilation, const std::optional<at::Tensor>& key_bias,
+                                       const std::optional<at::Tensor>& shift_weight,
+                                       const std::optional<at::Tensor>& shift_bias,
+                                       c10::string_view border, std::optional<double> scale);
+
 }  // namespace slideformer::ops

@@ -147,12 +147,13 @@ TEST_F(AttentionCuda, LargeBatchTimesHeadsUsesManyBlocks) {
                1e-5);
 }
 
-// Runs without a GPU: a CUDA build registers a CUDA kernel for every attention operator.
-TEST(AttentionCudaRegistration, EveryAttentionOperatorHasACudaKernel) {
+// Runs without a GPU: a CUDA build registers a CUDA kernel for every slideformer operator.
+TEST(CudaRegistration, EveryOperatorHasACudaKernel) {
   if (!slideformer::built_with_cuda()) GTEST_SKIP() << "built without CUDA kernels";
   for (const char* name :
        {"slideformer::attention", "slideformer::_attention_forward",
-        "slideformer::_attention_backward"}) {
+        "slideformer::_attention_backward", "slideformer::slide_attention",
+        "slideformer::_slide_attention_forward", "slideformer::_slide_attention_backward"}) {
     const auto op = c10::Dispatcher::singleton().findOp({name, ""});
     ASSERT_TRUE(op.has_value()) << name;
     EXPECT_TRUE(op->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) << name;

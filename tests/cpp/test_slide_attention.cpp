@@ -1,257 +1,47 @@
-// slide_attention on CPU against two references written here with plain aten ops (DESIGN 2.2):
-// (a) the Slide-Transformer formulation for the "zeros" border: a frozen one-hot depthwise
-//     conv2d plus a learnable depthwise conv2d make the k*k shifted copies, then einsum+softmax;
-// (b) a brute-force gather of every window slot for the "clamp" border.
+// slide_attention on CPU: the cases of slide_attention_cases.h (parity with the conv2d and
+// brute-force gather references, optional inputs, strides, half types, finite differences,
+// determinism, errors) on CPU tensors, plus CPU-only checks: poisoned allocations, Meta, and the
+// index maps of ops/common/slide_math.h.
 #include <ATen/ATen.h>
 #include <c10/core/Allocator.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
 #include <array>
-#include <cmath>
 #include <cstring>
-#include <functional>
-#include <limits>
 #include <set>
-#include <sstream>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "ops/common/slide_math.h"
+#include "slide_attention_cases.h"
 #include "slideformer/ops.h"
 #include "test_helpers.h"
 
 namespace {
 
+using namespace slideformer::testing::slide;
 using slideformer::testing::expect_close;
+const at::Device kCpu(at::kCPU);
 
-double default_scale(const at::Tensor& q, std::optional<double> scale) {
-  return scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-}
-
-// (a) Output channel c*k2 + n of both convs is shifted copy n of channel c; the learnable conv
-// has weight (D*k2, 1, k, k) and bias (D*k2). Undefined tensors are absent terms.
-at::Tensor reference_slide_transformer(const at::Tensor& q, const at::Tensor& k,
-                                       const at::Tensor& v, int64_t ks, int64_t dilation,
-                                       const at::Tensor& key_bias, const at::Tensor& learned_weight,
-                                       const at::Tensor& learned_bias,
-                                       std::optional<double> scale = std::nullopt) {
-  const int64_t B = q.size(0), H = q.size(1), Y = q.size(2), X = q.size(3), D = q.size(4);
-  const int64_t k2 = ks * ks, pad = dilation * (ks / 2);
-  const at::Tensor one_hot = at::eye(k2, q.options()).view({k2, 1, ks, ks}).repeat({D, 1, 1, 1});
-  auto copies = [&](const at::Tensor& t) {
-    const at::Tensor planes = t.permute({0, 1, 4, 2, 3}).reshape({B * H, D, Y, X});
-    at::Tensor out = at::conv2d(planes, one_hot, {}, 1, pad, dilation, D);
-    if (learned_weight.defined()) {
-      const std::optional<at::Tensor> bias =
-          learned_bias.defined() ? std::optional<at::Tensor>(learned_bias) : std::nullopt;
-      out = out + at::conv2d(planes, learned_weight, bias, 1, pad, dilation, D);
-    } else if (learned_bias.defined()) {
-      out = out + learned_bias.view({1, -1, 1, 1});
-    }
-    return out.view({B, H, D, k2, Y, X});
-  };
-  at::Tensor keys = copies(k);
-  if (key_bias.defined()) keys = keys + key_bias.view({1, H, 1, k2, 1, 1});
-  const at::Tensor logits = at::einsum("bhyxc,bhcnyx->bhyxn", {q, keys}) * default_scale(q, scale);
-  return at::einsum("bhyxn,bhcnyx->bhyxc", {at::softmax(logits, -1), copies(v)});
-}
-
-// Per axis: the position slot j of pixel i reads in clamp mode, -1 past the end of a short axis.
-std::vector<std::vector<int64_t>> clamp_slot_positions(int64_t length, int64_t ks,
-                                                       int64_t dilation) {
-  std::vector<std::vector<int64_t>> table(length);
-  for (int64_t i = 0; i < length; ++i) {
-    const int64_t group = i % dilation, sub = i / dilation;
-    int64_t sub_length = 0;  // positions group, group + dilation, ... inside the axis
-    for (int64_t p = group; p < length; p += dilation) ++sub_length;
-    const int64_t start =
-        std::min(std::max<int64_t>(sub - ks / 2, 0), std::max<int64_t>(sub_length - ks, 0));
-    for (int64_t j = 0; j < ks; ++j) {
-      table[i].push_back(start + j < sub_length ? group + dilation * (start + j) : -1);
-    }
-  }
-  return table;
-}
-
-// (b) Gathers slot (jy, jx) of pixel (y, x) from rows[y][jy], cols[x][jx] (-1: reads 0 and is
-// masked out of the softmax), mixes the gathered copies with W, adds the biases.
-at::Tensor reference_clamp_gather(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  int64_t ks, int64_t dilation, const at::Tensor& key_bias,
-                                  const at::Tensor& shift_weight, const at::Tensor& shift_bias,
-                                  std::optional<double> scale = std::nullopt) {
-  const int64_t B = q.size(0), H = q.size(1), Y = q.size(2), X = q.size(3), D = q.size(4);
-  const int64_t k2 = ks * ks, P = Y * X;
-  const auto rows = clamp_slot_positions(Y, ks, dilation),
-             cols = clamp_slot_positions(X, ks, dilation);
-  at::Tensor index = at::empty({P, k2}, at::kLong);
-  at::Tensor missing = at::empty({P, k2}, at::kBool);
-  for (int64_t y = 0; y < Y; ++y) {
-    for (int64_t x = 0; x < X; ++x) {
-      for (int64_t n = 0; n < k2; ++n) {
-        const int64_t r = rows[y][n / ks], c = cols[x][n % ks];
-        missing[y * X + x][n] = r < 0 || c < 0;
-        index[y * X + x][n] = (r < 0 || c < 0) ? P : r * X + c;  // row P is all zeros
-      }
-    }
-  }
-  auto gather = [&](const at::Tensor& t) {
-    at::Tensor padded = at::cat({t.reshape({B, H, P, D}), at::zeros({B, H, 1, D}, t.options())}, 2);
-    at::Tensor g = padded.index_select(2, index.flatten()).view({B, H, P, k2, D});
-    if (shift_weight.defined()) g = at::einsum("cnm,bhpmc->bhpnc", {shift_weight, g});
-    if (shift_bias.defined()) g = g + shift_bias.t();
-    return g;
-  };
-  at::Tensor keys = gather(k);
-  if (key_bias.defined()) keys = keys + key_bias.view({1, H, 1, k2, 1});
-  at::Tensor logits =
-      at::einsum("bhpc,bhpnc->bhpn", {q.reshape({B, H, P, D}), keys}) * default_scale(q, scale);
-  logits = logits.masked_fill(missing, -std::numeric_limits<double>::infinity());
-  return at::einsum("bhpn,bhpnc->bhpc", {at::softmax(logits, -1), gather(v)}).view({B, H, Y, X, D});
-}
-
-// The op with undefined tensors left out of the options.
-at::Tensor slide(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t ks,
-                 int64_t dilation, const at::Tensor& key_bias, const at::Tensor& shift_weight,
-                 const at::Tensor& shift_bias, const std::string& border,
-                 std::optional<double> scale = std::nullopt) {
-  auto options =
-      slideformer::SlideAttentionFuncOptions(ks).dilation(dilation).border(border).scale(scale);
-  if (key_bias.defined()) options.key_bias(key_bias);
-  if (shift_weight.defined()) options.shift_weight(shift_weight);
-  if (shift_bias.defined()) options.shift_bias(shift_bias);
-  return slideformer::slide_attention(q, k, v, options);
-}
-
-struct Case {
-  int64_t b, h, y, x, d, ks, dilation;
-};
-
-std::ostream& operator<<(std::ostream& os, const Case& c) {
-  return os << "B" << c.b << "_H" << c.h << "_" << c.y << "x" << c.x << "_D" << c.d << "_k" << c.ks
-            << "_dil" << c.dilation;
-}
-
-// The leaves a test differentiates: q, k, v, key_bias, and the learnable depthwise conv of
-// Slide-Transformer (weight (D*k2, 1, k, k), bias (D*k2)), from which the op's
-// shift_weight = I + weight and shift_bias = bias are derived.
-struct Leaves {
-  at::Tensor q, k, v, key_bias, learned_weight, learned_bias;
-  std::vector<at::Tensor> all() const {
-    std::vector<at::Tensor> out;
-    for (const auto& t : {q, k, v, key_bias, learned_weight, learned_bias})
-      if (t.defined()) out.push_back(t);
-    return out;
-  }
-  at::Tensor shift_weight(const Case& c) const {
-    const int64_t k2 = c.ks * c.ks;
-    return learned_weight.defined()
-               ? at::eye(k2, learned_weight.options()) + learned_weight.view({c.d, k2, k2})
-               : at::Tensor();
-  }
-  at::Tensor shift_bias(const Case& c) const {
-    return learned_bias.defined() ? learned_bias.view({c.d, c.ks * c.ks}) : at::Tensor();
-  }
-};
-
-// present = which of (key_bias, learned weight, learned bias) exist.
-Leaves make_leaves(const Case& c, std::array<bool, 3> present, at::ScalarType dtype = at::kDouble,
-                   uint64_t seed = 0) {
-  at::manual_seed(seed);
-  const auto opts = at::TensorOptions().dtype(dtype);
-  const int64_t k2 = c.ks * c.ks;
-  Leaves l;
-  l.q = at::randn({c.b, c.h, c.y, c.x, c.d}, opts).requires_grad_();
-  l.k = at::randn({c.b, c.h, c.y, c.x, c.d}, opts).requires_grad_();
-  l.v = at::randn({c.b, c.h, c.y, c.x, c.d}, opts).requires_grad_();
-  if (present[0]) l.key_bias = (0.5 * at::randn({c.h, k2}, opts)).requires_grad_();
-  if (present[1])
-    l.learned_weight = (0.3 * at::randn({c.d * k2, 1, c.ks, c.ks}, opts)).requires_grad_();
-  if (present[2]) l.learned_bias = (0.3 * at::randn({c.d * k2}, opts)).requires_grad_();
-  return l;
-}
-
-at::Tensor ours(const Leaves& l, const Case& c, const std::string& border,
-                std::optional<double> scale = std::nullopt) {
-  return slide(l.q, l.k, l.v, c.ks, c.dilation, l.key_bias, l.shift_weight(c), l.shift_bias(c),
-               border, scale);
-}
-
-at::Tensor reference(const Leaves& l, const Case& c, const std::string& border,
-                     std::optional<double> scale = std::nullopt) {
-  if (border == "zeros") {
-    return reference_slide_transformer(l.q, l.k, l.v, c.ks, c.dilation, l.key_bias,
-                                       l.learned_weight, l.learned_bias, scale);
-  }
-  return reference_clamp_gather(l.q, l.k, l.v, c.ks, c.dilation, l.key_bias, l.shift_weight(c),
-                                l.shift_bias(c), scale);
-}
-
-// Output and the gradients of every leaf agree with the reference.
-void expect_matches_reference(const Leaves& l, const Case& c, const std::string& border, double tol,
-                              std::optional<double> scale = std::nullopt) {
-  const at::Tensor out = ours(l, c, border, scale);
-  const at::Tensor ref = reference(l, c, border, scale);
-  EXPECT_EQ(out.scalar_type(), l.q.scalar_type());
-  expect_close(out, ref.to(out.scalar_type()), tol, tol, "output");
-  if (out.numel() == 0) return;
-  const at::Tensor grad = at::randn_like(ref);
-  const auto theirs_inputs = l.all();
-  const auto ours_grads = torch::autograd::grad({out}, theirs_inputs, {grad.to(out.scalar_type())});
-  const auto ref_grads = torch::autograd::grad({ref}, theirs_inputs, {grad});
-  for (size_t i = 0; i < ours_grads.size(); ++i) {
-    expect_close(ours_grads[i], ref_grads[i], 4 * tol, 4 * tol,
-                 "gradient of leaf " + std::to_string(i));
-  }
-}
-
-class SlideAttentionParity : public ::testing::TestWithParam<std::tuple<Case, std::string, bool>> {
-};
+class SlideAttentionParity : public ::testing::TestWithParam<ParityParam> {};
 
 TEST_P(SlideAttentionParity, Float64ForwardAndGradientsMatchReference) {
-  const auto& [c, border, with_params] = GetParam();
-  const Leaves l = make_leaves(c, {with_params, with_params, with_params});
-  expect_matches_reference(l, c, border, 1e-10);
+  check_parity_float64(GetParam(), kCpu);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, SlideAttentionParity,
-    ::testing::Combine(
-        ::testing::Values(Case{2, 2, 5, 7, 4, 3, 1},     // odd, non-square
-                          Case{1, 3, 1, 1, 5, 3, 1},     // 1x1 map
-                          Case{1, 2, 2, 3, 3, 5, 1},     // map smaller than kernel
-                          Case{2, 1, 6, 7, 9, 3, 2},     // dilation 2, odd D
-                          Case{1, 2, 7, 9, 4, 3, 3},     // dilation 3, short sub-axes
-                          Case{1, 1, 9, 4, 2, 5, 2},     // k 5 with dilation 2
-                          Case{1, 2, 4, 6, 3, 1, 1},     // k 1
-                          Case{1, 1, 8, 9, 3, 7, 1},     // k 7
-                          Case{1, 1, 14, 15, 2, 13, 1},  // k 13
-                          Case{1, 1, 3, 20, 17, 3, 1},   // D past one chunk of channels
-                          Case{1, 2, 9, 8, 16, 3, 2},    // D = one chunk: windows read in place
-                          Case{2, 1, 7, 6, 16, 5, 1},    //   (where they lie inside the map)
-                          Case{0, 2, 4, 4, 4, 3, 1}),    // B = 0
-        ::testing::Values(std::string("zeros"), std::string("clamp")), ::testing::Bool()),
-    [](const auto& info) {
-      std::ostringstream name;
-      name << std::get<0>(info.param) << "_" << std::get<1>(info.param)
-           << (std::get<2>(info.param) ? "_params" : "_plain");
-      return name.str();
-    });
+INSTANTIATE_TEST_SUITE_P(Shapes, SlideAttentionParity,
+                         ::testing::Combine(::testing::ValuesIn(parity_cases()),
+                                            ::testing::Values(std::string("zeros"),
+                                                              std::string("clamp")),
+                                            ::testing::Bool()),
+                         parity_param_name);
 
 TEST(SlideAttention, EachOptionalInputAloneAndExplicitScale) {
-  const Case c{2, 2, 5, 6, 3, 3, 2};
-  for (const std::string border : {"zeros", "clamp"}) {
-    for (int mask = 0; mask < 8; ++mask) {
-      const Leaves l =
-          make_leaves(c, {bool(mask & 1), bool(mask & 2), bool(mask & 4)}, at::kDouble, mask);
-      SCOPED_TRACE(border + " optional-input mask " + std::to_string(mask));
-      expect_matches_reference(l, c, border, 1e-10,
-                               mask == 5 ? std::optional<double>(-0.7) : std::nullopt);
-    }
-  }
+  check_each_optional_input_alone_and_explicit_scale(kCpu);
 }
+
 
 // Fills every new CPU allocation with all-ones bytes (a NaN in float and double) while alive,
 // so a kernel that reads scratch or outputs it never wrote produces NaN.
@@ -287,123 +77,27 @@ TEST(SlideAttention, ReadsNoMemoryItDidNotWrite) {
 }
 
 TEST(SlideAttention, PermutedInputsAsAModulePassesThem) {
-  // qkv = Linear output (B, Y, X, 3, H, D), viewed as three (B, H, Y, X, D) tensors.
-  const Case c{2, 3, 5, 7, 4, 3, 1};
-  at::manual_seed(3);
-  const at::Tensor qkv = at::randn({c.b, c.y, c.x, 3, c.h, c.d}, at::kDouble);
-  auto part = [&](int64_t i) { return qkv.select(3, i).permute({0, 3, 1, 2, 4}); };
-  Leaves l = make_leaves(c, {true, true, true});
-  l.q = part(0).requires_grad_(false);
-  l.k = part(1);
-  l.v = part(2);
-  ASSERT_FALSE(l.q.is_contiguous());
-  // Also a channel stride other than 1.
-  const at::Tensor channels_strided =
-      at::randn({c.b, c.h, c.y, c.x, 2 * c.d}, at::kDouble).slice(4, 0, 2 * c.d, 2);
-  for (const std::string border : {"zeros", "clamp"}) {
-    expect_close(ours(l, c, border), reference(l, c, border), 1e-10, 1e-10, border);
-    Leaves strided = l;
-    strided.v = channels_strided;
-    expect_close(ours(strided, c, border), reference(strided, c, border), 1e-10, 1e-10, border);
-  }
+  check_permuted_inputs_as_a_module_passes_them(kCpu);
 }
 
-TEST(SlideAttention, HalfTypesCloseToFloat64) {
-  const Case c{2, 2, 9, 11, 16, 3, 1};
-  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
-    const double tol = dtype == at::kFloat ? 1e-5 : (dtype == at::kHalf ? 1e-2 : 5e-2);
-    for (const std::string border : {"zeros", "clamp"}) {
-      const Leaves exact = make_leaves(c, {true, true, true}, at::kDouble, 9);
-      Leaves low;
-      for (auto [dst, src] : std::vector<std::pair<at::Tensor*, const at::Tensor*>>{
-               {&low.q, &exact.q},
-               {&low.k, &exact.k},
-               {&low.v, &exact.v},
-               {&low.key_bias, &exact.key_bias},
-               {&low.learned_weight, &exact.learned_weight},
-               {&low.learned_bias, &exact.learned_bias}}) {
-        *dst = src->detach().to(dtype).requires_grad_();
-      }
-      const at::Tensor out = ours(low, c, border);
-      EXPECT_EQ(out.scalar_type(), dtype);
-      const at::Tensor ref = reference(exact, c, border);
-      expect_close(out, ref, tol, tol, std::string("output ") + c10::toString(dtype));
-      const at::Tensor grad = at::randn_like(ref);
-      const auto low_grads = torch::autograd::grad({out}, low.all(), {grad.to(dtype)});
-      const auto exact_grads = torch::autograd::grad({ref}, exact.all(), {grad});
-      for (size_t i = 0; i < low_grads.size(); ++i) {
-        EXPECT_EQ(low_grads[i].scalar_type(), dtype);
-        // Parameter gradients sum over every pixel: compare relative to their magnitude.
-        const double magnitude = std::max(1.0, exact_grads[i].abs().max().item<double>());
-        expect_close(low_grads[i], exact_grads[i], 4 * tol, 4 * tol * magnitude,
-                     std::string("gradient ") + std::to_string(i) + " " + c10::toString(dtype));
-      }
-    }
-  }
-}
+TEST(SlideAttention, HalfTypesCloseToFloat64) { check_half_types_close_to_float64(kCpu); }
 
 TEST(SlideAttention, FiniteDifferenceGradcheckAllSixInputs) {
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const int64_t ks = 3, k2 = 9, D = 3, H = 2;
-  for (const std::string border : {"zeros", "clamp"}) {
-    at::manual_seed(11);
-    slideformer::testing::expect_gradients_match_finite_differences(
-        [&](const std::vector<at::Tensor>& x) {
-          return slide(x[0], x[1], x[2], ks, 2, x[3], x[4], x[5], border);
-        },
-        {at::randn({1, H, 4, 5, D}, opts).requires_grad_(),
-         at::randn({1, H, 4, 5, D}, opts).requires_grad_(),
-         at::randn({1, H, 4, 5, D}, opts).requires_grad_(),
-         at::randn({H, k2}, opts).requires_grad_(),
-         (at::eye(k2, opts) + 0.3 * at::randn({D, k2, k2}, opts)).requires_grad_(),
-         at::randn({D, k2}, opts).requires_grad_()});
-  }
+  check_finite_difference_gradients_all_six_inputs(kCpu);
 }
 
 TEST(SlideAttention, EmptyMapsGiveEmptyOutputsAndZeroParameterGradients) {
-  for (const Case& c : {Case{1, 2, 0, 5, 4, 3, 1}, Case{2, 2, 3, 0, 4, 3, 2}}) {
-    for (const std::string border : {"zeros", "clamp"}) {
-      const Leaves l = make_leaves(c, {true, true, true});
-      const at::Tensor out = ours(l, c, border);
-      EXPECT_EQ(out.sizes(), l.q.sizes());
-      const auto grads = torch::autograd::grad({out.sum()}, l.all(), {}, false, false, true);
-      for (size_t i = 0; i < grads.size(); ++i) {
-        EXPECT_EQ(grads[i].sizes(), l.all()[i].sizes());
-        EXPECT_TRUE(grads[i].eq(0).all().item<bool>());
-      }
-    }
-  }
+  check_empty_maps(kCpu);
 }
 
 TEST(SlideAttention, ParameterGradientsOnlyWhereAsked) {
-  const Case c{1, 2, 4, 5, 3, 3, 1};
-  Leaves l = make_leaves(c, {true, true, true});
-  const at::Tensor weight = l.shift_weight(c).detach();  // given, but not a leaf
-  const at::Tensor out = slide(l.q, l.k, l.v, 3, 1, l.key_bias, weight, l.shift_bias(c), "zeros");
-  const auto grads = torch::autograd::grad({out.sum()}, {l.key_bias, l.learned_bias});
-  const at::Tensor ref = reference_slide_transformer(l.q, l.k, l.v, 3, 1, l.key_bias,
-                                                     l.learned_weight.detach(), l.learned_bias);
-  const auto ref_grads = torch::autograd::grad({ref.sum()}, {l.key_bias, l.learned_bias});
-  expect_close(grads[0], ref_grads[0], 1e-10, 1e-10, "key_bias");
-  expect_close(grads[1], ref_grads[1], 1e-10, 1e-10, "shift_bias");
+  check_parameter_gradients_only_where_asked(kCpu);
 }
 
-TEST(SlideAttention, BackwardIsDeterministic) {
-  const Case c{2, 3, 17, 19, 32, 3, 1};
-  const Leaves l = make_leaves(c, {true, true, true}, at::kFloat, 4);
-  auto run = [&] {
-    const at::Tensor out = ours(l, c, "zeros");
-    return torch::autograd::grad({out.square().sum()}, l.all());
-  };
-  const auto first = run(), second = run();
-  for (size_t i = 0; i < first.size(); ++i) EXPECT_TRUE(at::equal(first[i], second[i])) << i;
-}
+TEST(SlideAttention, BackwardIsDeterministic) { check_backward_deterministic(kCpu); }
 
 TEST(SlideAttention, DoubleBackwardSaysUnsupported) {
-  const Leaves l = make_leaves({1, 1, 3, 3, 2, 3, 1}, {false, false, false});
-  const at::Tensor out = ours(l, {1, 1, 3, 3, 2, 3, 1}, "zeros");
-  EXPECT_THROW_MSG(torch::autograd::grad({out.sum()}, {l.q}, {}, true, /*create_graph=*/true),
-                   "slideformer::slide_attention: double backward is not supported");
+  check_double_backward_says_unsupported(kCpu);
 }
 
 TEST(SlideAttentionMeta, ShapesWithoutData) {
@@ -415,151 +109,6 @@ TEST(SlideAttentionMeta, ShapesWithoutData) {
   EXPECT_EQ(out.sizes(), q.sizes());
 }
 
-// One bad input: the call (inputs are made when it runs) and the message after the op name.
-struct BadInput {
-  std::string name;
-  std::function<at::Tensor()> call;
-  std::string message;
-};
-
-void PrintTo(const BadInput& bad, std::ostream* os) { *os << bad.name; }
-
-// Valid inputs: q (2, 3, 5, 6, 4), k = 3; `change` replaces one of them.
-struct CallArgs {
-  at::Tensor query = at::randn({2, 3, 5, 6, 4}), key = query, value = query;
-  int64_t kernel_size = 3, dilation = 1;
-  at::Tensor key_bias, shift_weight, shift_bias;
-  std::string border = "zeros";
-};
-
-BadInput bad(std::string name, std::function<void(CallArgs&)> change, std::string message) {
-  auto call = [change] {
-    CallArgs a;
-    change(a);
-    return slide(a.query, a.key, a.value, a.kernel_size, a.dilation, a.key_bias, a.shift_weight,
-                 a.shift_bias, a.border);
-  };
-  return {std::move(name), call, std::move(message)};
-}
-
-std::vector<BadInput> bad_inputs() {
-  return {
-      bad(
-          "EvenKernelSize", [](CallArgs& a) { a.kernel_size = 4; },
-          "kernel_size must be odd and >= 1, got 4"),
-      bad(
-          "ZeroKernelSize", [](CallArgs& a) { a.kernel_size = 0; },
-          "kernel_size must be odd and >= 1, got 0"),
-      bad(
-          "NegativeKernelSize", [](CallArgs& a) { a.kernel_size = -3; },
-          "kernel_size must be odd and >= 1, got -3"),
-      bad(
-          "ZeroDilation", [](CallArgs& a) { a.dilation = 0; }, "dilation must be >= 1, got 0"),
-      bad(
-          "UnknownBorder", [](CallArgs& a) { a.border = "reflect"; },
-          "border must be \"zeros\" or \"clamp\", got \"reflect\""),
-      bad(
-          "QueryRank", [](CallArgs& a) { a.query = a.query[0]; },
-          "query must have 5 dimensions (B, H, Y, X, D), got 4"),
-      bad(
-          "KeyRank", [](CallArgs& a) { a.key = a.key[0]; },
-          "key must have 5 dimensions (B, H, Y, X, D), got 4"),
-      bad(
-          "ValueRank", [](CallArgs& a) { a.value = a.value.unsqueeze(0); },
-          "value must have 5 dimensions (B, H, Y, X, D), got 6"),
-      bad(
-          "IntegerQuery", [](CallArgs& a) { a.query = a.query.to(at::kInt); },
-          "query must be float32, float64, float16 or bfloat16, got Int"),
-      bad(
-          "KeyDtype", [](CallArgs& a) { a.key = a.key.to(at::kDouble); },
-          "key must have the dtype of query (Float), got Double"),
-      bad(
-          "ValueDtype", [](CallArgs& a) { a.value = a.value.to(at::kHalf); },
-          "value must have the dtype of query (Float), got Half"),
-      bad(
-          "KeyDevice", [](CallArgs& a) { a.key = a.key.to(at::kMeta); },
-          "key must be on the device of query (cpu), got meta"),
-      bad(
-          "KeyBatch",
-          [](CallArgs& a) {
-            a.key = at::randn({1, 3, 5, 6, 4});
-          },
-          "key must have the batch size B of query = 2 in dimension 0, got 1"),
-      bad(
-          "KeyHeads",
-          [](CallArgs& a) {
-            a.key = at::randn({2, 2, 5, 6, 4});
-          },
-          "key must have the head count H of query = 3 in dimension 1, got 2"),
-      bad(
-          "KeyHeight",
-          [](CallArgs& a) {
-            a.key = at::randn({2, 3, 4, 6, 4});
-          },
-          "key must have the height Y of query = 5 in dimension 2, got 4"),
-      bad(
-          "ValueWidth",
-          [](CallArgs& a) {
-            a.value = at::randn({2, 3, 5, 7, 4});
-          },
-          "value must have the width X of query = 6 in dimension 3, got 7"),
-      bad(
-          "ValueHeadDim",
-          [](CallArgs& a) {
-            a.value = at::randn({2, 3, 5, 6, 8});
-          },
-          "value must have the head dim D of query = 4 in dimension 4, got 8"),
-      bad(
-          "KeyBiasSlots",
-          [](CallArgs& a) {
-            a.key_bias = at::randn({3, 8});
-          },
-          "key_bias must have shape (H, k*k) = [3, 9], got [3, 8]"),
-      bad(
-          "KeyBiasForOtherKernel",
-          [](CallArgs& a) {
-            a.kernel_size = 5;
-            a.key_bias = at::randn({3, 9});
-          },
-          "key_bias must have shape (H, k*k) = [3, 25], got [3, 9]"),
-      bad(
-          "KeyBiasDtype",
-          [](CallArgs& a) {
-            a.key_bias = at::randn({3, 9}, at::kDouble);
-          },
-          "key_bias must have the dtype of query (Float), got Double"),
-      bad(
-          "ShiftWeightShape",
-          [](CallArgs& a) {
-            a.shift_weight = at::randn({4, 9, 8});
-          },
-          "shift_weight must have shape (D, k*k, k*k) = [4, 9, 9], got [4, 9, 8]"),
-      bad(
-          "ShiftWeightRank",
-          [](CallArgs& a) {
-            a.shift_weight = at::randn({9, 9});
-          },
-          "shift_weight must have shape (D, k*k, k*k) = [4, 9, 9], got [9, 9]"),
-      bad(
-          "ShiftWeightDevice",
-          [](CallArgs& a) {
-            a.shift_weight = at::empty({4, 9, 9}, at::TensorOptions(at::kMeta));
-          },
-          "shift_weight must be on the device of query (cpu), got meta"),
-      bad(
-          "ShiftBiasShape",
-          [](CallArgs& a) {
-            a.shift_bias = at::randn({9, 4});
-          },
-          "shift_bias must have shape (D, k*k) = [4, 9], got [9, 4]"),
-      bad(
-          "ShiftBiasDtype",
-          [](CallArgs& a) {
-            a.shift_bias = at::randn({4, 9}, at::kBFloat16);
-          },
-          "shift_bias must have the dtype of query (Float), got BFloat16"),
-  };
-}
 
 class SlideAttentionBadInput : public ::testing::TestWithParam<BadInput> {};
 
@@ -567,8 +116,10 @@ TEST_P(SlideAttentionBadInput, MessageNamesOpArgumentExpectedAndActual) {
   EXPECT_THROW_MSG(GetParam().call(), "slideformer::slide_attention: " + GetParam().message);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, SlideAttentionBadInput, ::testing::ValuesIn(bad_inputs()),
+INSTANTIATE_TEST_SUITE_P(Cases, SlideAttentionBadInput,
+                         ::testing::ValuesIn(bad_inputs(kCpu, at::Device(at::kMeta))),
                          [](const auto& info) { return info.param.name; });
+
 
 // The inverse maps that backward gathers over list exactly the (pixel, slot) pairs whose forward
 // map reads each position, for both borders and every geometry up to these sizes.
@@ -624,6 +175,36 @@ TEST(SlideMath, ClampWindowsStayInsideAndHoldTheirPixel) {
           // Every slot is valid unless the sub-axis is shorter than the window.
           const int64_t sub_length = (length - i % dilation + dilation - 1) / dilation;
           EXPECT_EQ(valid, std::min(ks, sub_length));
+        }
+      }
+    }
+  }
+}
+
+// The CUDA kernel stages a tile plus a halo of (k / 2) * dilation (zeros) or (k - 1) * dilation
+// (clamp) positions and reads slot j at window_first_position + j * dilation there: every slot,
+// even one past the map, must lie inside that halo, and the in-map ones must agree with
+// neighbor_position.
+TEST(SlideMath, WindowSlotsStepByDilationFromTheFirstPositionInsideTheHalo) {
+  using namespace slideformer::ops::math;
+  for (SlideBorder border : {SlideBorder::kZeros, SlideBorder::kClamp}) {
+    for (int64_t length = 1; length <= 17; ++length) {
+      for (int64_t ks = 1; ks <= 9; ks += 2) {
+        for (int64_t dilation = 1; dilation <= 4; ++dilation) {
+          const SlideAxis axis{length, ks, dilation};
+          const int64_t halo = (border == SlideBorder::kZeros ? ks / 2 : ks - 1) * dilation;
+          for (int64_t i = 0; i < length; ++i) {
+            const int64_t first = window_first_position(border, i, axis);
+            EXPECT_GE(first, i - halo);
+            EXPECT_LE(first + (ks - 1) * dilation, i + halo);
+            for (int64_t j = 0; j < ks; ++j) {
+              const int64_t position = first + j * dilation;
+              EXPECT_EQ(neighbor_position(border, i, j, axis),
+                        position >= 0 && position < length ? position : -1)
+                  << "border " << int(border) << " L=" << length << " k=" << ks
+                  << " dilation=" << dilation << " i=" << i << " j=" << j;
+            }
+          }
         }
       }
     }

@@ -1,6 +1,6 @@
-"""The CUDA kernels from Python: registration (checked without a GPU), then the parity, opcheck,
-gradcheck, reduced-precision and bad-input cases of test_attention.py on a GPU, CPU-vs-CUDA
-agreement and determinism (skipped without one)."""
+"""The CUDA kernels from Python: registration of every op (checked without a GPU), then the
+parity, opcheck, gradcheck, reduced-precision and bad-input cases of test_attention.py on a GPU,
+CPU-vs-CUDA agreement and determinism (skipped without one). slide_attention: test_cuda_slide.py."""
 import pytest
 import torch
 
@@ -9,7 +9,8 @@ from test_attention import assert_matches_reference, make_inputs, reference
 
 OPS = torch.ops.slideformer
 BUILT_WITH_CUDA = "cuda sm_80;sm_90" in OPS.build_info()
-ATTENTION_OPS = ["attention", "_attention_forward", "_attention_backward"]
+SLIDEFORMER_OPS = ["attention", "_attention_forward", "_attention_backward",
+                   "slide_attention", "_slide_attention_forward", "_slide_attention_backward"]
 
 
 def on_cuda(*tensors):
@@ -18,7 +19,7 @@ def on_cuda(*tensors):
 
 
 @pytest.mark.skipif(not BUILT_WITH_CUDA, reason="built without CUDA kernels")
-@pytest.mark.parametrize("name", ATTENTION_OPS)
+@pytest.mark.parametrize("name", SLIDEFORMER_OPS)
 def test_dispatch_dump_lists_a_cuda_kernel(name):
     dump = torch._C._dispatch_dump(f"slideformer::{name}")
     assert any(line.startswith("CUDA:") for line in dump.splitlines()), dump

@@ -101,7 +101,7 @@ def make_inputs(b=2, h=2, y=5, x=7, d=4, kernel_size=3, dtype=torch.float64, par
 
 def merged_shift(learned_weight, learned_bias, d, k2):
     """(shift_weight, shift_bias) of the op equal to one-hot conv + learnable conv."""
-    weight = torch.eye(k2, dtype=learned_weight.dtype) + learned_weight.reshape(d, k2, k2)
+    weight = torch.eye(k2, dtype=learned_weight.dtype, device=learned_weight.device) + learned_weight.reshape(d, k2, k2)
     return weight, learned_bias.reshape(d, k2)
 
 

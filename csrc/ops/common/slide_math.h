@@ -39,13 +39,20 @@ C10_HOST_DEVICE inline int64_t clamp_window_start(int64_t i, const SlideAxis& a)
   return start < 0 ? 0 : (start > last_start ? last_start : start);
 }
 
+// Where slot 0 of pixel i's window lies along the axis, before clipping to the map: slot j sits
+// at this + j * dilation. It lies within (k - 1) * dilation of i in clamp mode (the window holds
+// i), within (k / 2) * dilation in zeros mode.
+C10_HOST_DEVICE inline int64_t window_first_position(SlideBorder border, int64_t i,
+                                                     const SlideAxis& a) {
+  return border == SlideBorder::kZeros ? i - window_radius(a) * a.dilation
+                                       : i % a.dilation + a.dilation * clamp_window_start(i, a);
+}
+
 // Position along the axis that slot j (0 <= j < k) of pixel i reads, or -1 when the slot reads
 // nothing: outside the map (zeros) or past the end of a sub-axis shorter than k (clamp).
 C10_HOST_DEVICE inline int64_t neighbor_position(SlideBorder border, int64_t i, int64_t j,
                                                  const SlideAxis& a) {
-  const int64_t position = border == SlideBorder::kZeros
-                               ? i + (j - window_radius(a)) * a.dilation
-                               : i % a.dilation + a.dilation * (clamp_window_start(i, a) + j);
+  const int64_t position = window_first_position(border, i, a) + j * a.dilation;
   return position >= 0 && position < a.length ? position : -1;
 }
 
