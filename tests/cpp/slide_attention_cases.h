@@ -228,9 +228,13 @@ inline std::vector<Case> parity_cases() {
           Case{1, 2, 4, 6, 3, 1, 1},     // k 1
           Case{1, 1, 8, 9, 3, 7, 1},     // k 7
           Case{1, 1, 14, 15, 2, 13, 1},  // k 13
-          Case{1, 1, 3, 20, 17, 3, 1},   // D past one chunk of channels
-          Case{1, 2, 9, 8, 16, 3, 2},    // D = one chunk: windows read in place
-          Case{2, 1, 7, 6, 16, 5, 1},    //   (where they lie inside the map)
+          // Chunks of 1, 2 or 4 vectors (AVX-512 float: D <= 16, <= 32, more), padded or not;
+          // a window whose channels fill whole chunks is read in place inside the map.
+          Case{1, 1, 3, 20, 17, 3, 1},
+          Case{1, 2, 9, 8, 16, 3, 2},
+          Case{2, 1, 7, 6, 16, 5, 1},
+          Case{1, 2, 6, 7, 32, 3, 1},
+          Case{1, 1, 5, 6, 40, 3, 1},
           Case{0, 2, 4, 4, 4, 3, 1}};    // B = 0
 }
 

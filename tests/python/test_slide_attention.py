@@ -115,7 +115,10 @@ PARITY_SHAPES = [
     (1, 1, 9, 4, 2, 5, 2),
     (1, 2, 4, 6, 3, 1, 1),  # kernel_size 1
     (1, 1, 14, 15, 2, 13, 1),  # the largest kernel
-    (1, 2, 9, 8, 16, 3, 2),  # D = one chunk of channels: interior windows read in place
+    # channel chunks of 1, 2, 4 vectors (AVX-512 float): interior windows read in place
+    (1, 2, 9, 8, 16, 3, 2),
+    (1, 2, 6, 7, 32, 3, 1),
+    (1, 1, 5, 6, 40, 3, 1),
     (0, 2, 4, 4, 4, 3, 1),  # B = 0
 ]
 

@@ -7,8 +7,9 @@
 // and its halo rows, the pixels whose windows reach into the band) and produces dq and the
 // parameter gradients; pass B gathers dK and dV of every band position from the pixels that read it
 // (the inverse neighbourhood), so no two threads write the same element and no atomics are needed.
-// Vectorised over D (at::vec, in chunks of several vectors so that the mixing chains overlap;
-// channels padded to whole chunks in scratch), parallel over (B, H, rows).
+// Vectorised over D (at::vec, in chunks of up to four vectors so that the mixing chains overlap,
+// as wide as D needs: one AVX-512 vector for D = 16; channels padded to whole chunks in scratch),
+// parallel over (B, H, rows).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -30,9 +31,9 @@ namespace slideformer::ops {
 
 namespace math {
 // The shared mixing math on chunks of channels.
-template <typename T>
-struct SlideLanes<cpu::ChannelChunk<T>> {
-  using V = cpu::ChannelChunk<T>;
+template <typename T, int kVectors>
+struct SlideLanes<cpu::ChannelChunk<T, kVectors>> {
+  using V = cpu::ChannelChunk<T, kVectors>;
   static V load(const T* p) { return V::loadu(p); }
   static V multiply_add(const V& a, const V& b, const V& c) { return V::fmadd(a, b, c); }
 };
@@ -40,11 +41,10 @@ struct SlideLanes<cpu::ChannelChunk<T>> {
 
 namespace {
 
-template <typename T>
-using Chunk = cpu::ChannelChunk<T>;
-
 struct Geometry {
   int64_t batch, heads, height, width, head_dim;
+  // Vectors per chunk: the fewest that cover head_dim, at most four (enough FMAs in flight).
+  int chunk_vectors;
   int64_t padded_dim;  // head_dim rounded up to whole chunks: the channel stride of scratch
   int64_t kernel_size, k2;
   math::SlideBorder border;
@@ -70,21 +70,20 @@ MapView<T> map_view(const at::Tensor& t) {
 }
 
 // Channels [c, c + chunk) of a D-channel row; those past D read as 0 / are not written.
-template <typename T>
-Chunk<T> load_channels(const T* row, int64_t c, int64_t head_dim) {
-  return Chunk<T>::load_partial(row + c, head_dim - c);
+template <typename V, typename T>
+V load_channels(const T* row, int64_t c, int64_t head_dim) {
+  return V::load_partial(row + c, head_dim - c);
 }
-template <typename T>
-void store_channels(const Chunk<T>& v, T* row, int64_t c, int64_t head_dim) {
+template <typename V, typename T>
+void store_channels(const V& v, T* row, int64_t c, int64_t head_dim) {
   v.store_partial(row + c, head_dim - c);
 }
 
 // dst[0, padded) = src[0, head_dim) followed by zeros.
 template <typename T>
 void copy_padded(const T* src, int64_t head_dim, int64_t padded, T* dst) {
-  for (int64_t c = 0; c < padded; c += Chunk<T>::size()) {
-    load_channels(src, c, head_dim).store(dst + c);
-  }
+  std::copy_n(src, head_dim, dst);
+  std::fill(dst + head_dim, dst + padded, T(0));
 }
 
 template <typename T>
@@ -97,13 +96,14 @@ struct Slot {
 
 // The deformed shift with its weight, laid out [n][m][padded D]. Both operations run on kSets
 // windows or coefficient sets at once, reading the weight once for all of them.
-template <typename T>
+template <typename T, int kVectors>
 struct WeightedShift {
+  using Chunk = cpu::ChannelChunk<T, kVectors>;
   const T* weight;
   int64_t kernel_size, k2, padded_dim;
   // out[s] += shifted copy n of window s, channels [c, c + chunk) (out holds the bias on entry).
   template <int kSets>
-  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk<T>* out) const {
+  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk* out) const {
     Slots<T> at_channel[kSets];
     for (int s = 0; s < kSets; ++s) at_channel[s] = windows[s].at_channel(c);
     math::mix_shifted_sets<kSets>(weight + slot.n * k2 * padded_dim + c, padded_dim, at_channel,
@@ -111,24 +111,25 @@ struct WeightedShift {
   }
   // out[s] = sum_n coeffs[s][n] * W[c, n, m] for the channels [c, c + chunk).
   template <int kSets>
-  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
+  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk* out) const {
     math::mix_shifted_adjoint_sets<kSets>(weight + m * padded_dim + c, k2 * padded_dim, coeffs, k2,
                                           out);
   }
 };
 
 // No shift_weight: shifted copy n is gathered neighbour n itself (the fast path).
-template <typename T>
+template <typename T, int kVectors>
 struct PureShift {
+  using Chunk = cpu::ChannelChunk<T, kVectors>;
   template <int kSets>
-  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk<T>* out) const {
+  void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk* out) const {
     for (int s = 0; s < kSets; ++s) {
-      out[s] = out[s] + Chunk<T>::loadu(windows[s].slot(slot.row, slot.col) + c);
+      out[s] = out[s] + Chunk::loadu(windows[s].slot(slot.row, slot.col) + c);
     }
   }
   template <int kSets>
-  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk<T>* out) const {
-    for (int s = 0; s < kSets; ++s) out[s] = Chunk<T>(coeffs[s][m]);
+  void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk* out) const {
+    for (int s = 0; s < kSets; ++s) out[s] = Chunk(coeffs[s][m]);
   }
 };
 
@@ -219,6 +220,7 @@ struct Contraction {
 template <typename T, typename Shift, size_t kSets>
 void contract_shifted(const Geometry& g, const Shift& shift, const Window& w,
                       const std::array<Contraction<T>, kSets>& sets) {
+  using V = typename Shift::Chunk;
   Slots<T> windows[kSets];
   for (size_t i = 0; i < kSets; ++i) windows[i] = sets[i].window;
   for (int64_t row = 0; row < g.kernel_size; ++row) {
@@ -231,16 +233,16 @@ void contract_shifted(const Geometry& g, const Shift& shift, const Window& w,
         }
         continue;
       }
-      Chunk<T> acc[kSets], copy[kSets];
-      for (auto& a : acc) a = Chunk<T>(T(0));
-      for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
+      V acc[kSets], copy[kSets];
+      for (auto& a : acc) a = V(T(0));
+      for (int64_t c = 0; c < g.padded_dim; c += V::size()) {
         for (size_t i = 0; i < kSets; ++i) {
-          copy[i] = Chunk<T>::loadu(sets[i].bias + slot.n * g.padded_dim + c);
+          copy[i] = V::loadu(sets[i].bias + slot.n * g.padded_dim + c);
         }
         shift.template shifted<kSets>(slot, c, windows, copy);
         for (size_t i = 0; i < kSets; ++i) {
           if (sets[i].shifted) copy[i].store(sets[i].shifted + slot.n * g.padded_dim + c);
-          acc[i] = Chunk<T>::fmadd(Chunk<T>::loadu(sets[i].u + c), copy[i], acc[i]);
+          acc[i] = V::fmadd(V::loadu(sets[i].u + c), copy[i], acc[i]);
         }
       }
       for (size_t i = 0; i < kSets; ++i) sets[i].contracted[slot.n] = acc[i].sum();
@@ -259,14 +261,15 @@ void finish_logits(const Geometry& g, const Window& w, T* logits) {
 // sum_n coeffs[n] * (shifted value n) for the channels [c, c + chunk), through the adjoint of
 // the mixing: sum_m gathered[m] * (sum_n coeffs[n] W[c,n,m]) + sum_n coeffs[n] shift_bias[c,n].
 template <typename T, typename Shift>
-Chunk<T> combine_shifted(const Geometry& g, const Shift& shift, const T* bias,
-                         const Slots<T>& window, const T* coeffs, int64_t c) {
-  Chunk<T> acc = math::mix_shifted_adjoint<Chunk<T>>(bias + c, g.padded_dim, coeffs, g.k2);
+typename Shift::Chunk combine_shifted(const Geometry& g, const Shift& shift, const T* bias,
+                                      const Slots<T>& window, const T* coeffs, int64_t c) {
+  using V = typename Shift::Chunk;
+  V acc = math::mix_shifted_adjoint<V>(bias + c, g.padded_dim, coeffs, g.k2);
   for (int64_t row = 0; row < g.kernel_size; ++row) {
     for (int64_t col = 0; col < g.kernel_size; ++col) {
-      Chunk<T> adjoint;
+      V adjoint;
       shift.template adjoint<1>(row * g.kernel_size + col, c, &coeffs, &adjoint);
-      acc = Chunk<T>::fmadd(Chunk<T>::loadu(window.slot(row, col) + c), adjoint, acc);
+      acc = V::fmadd(V::loadu(window.slot(row, col) + c), adjoint, acc);
     }
   }
   return acc;
@@ -364,7 +367,7 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
         cpu::scale_inplace(s.probs, math::output_normalizer(sum), g.k2);
         const int64_t pixel = task * g.width + x;
         lse[pixel] = math::finish_logsumexp(row_max, sum);
-        for (int64_t c = 0; c < g.padded_dim; c += Chunk<T>::size()) {
+        for (int64_t c = 0; c < g.padded_dim; c += Shift::Chunk::size()) {
           store_channels(combine_shifted(g, shift, biases.value, values, s.probs, c),
                          out + pixel * g.head_dim, c, g.head_dim);
         }
@@ -476,7 +479,7 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
                     const BackwardMaps<T>& maps, BackwardScratch<T>& s, const Window& w, int64_t b,
                     int64_t h, int64_t y, int64_t x, T* probs, T* dlogits, bool in_band,
                     const ParamGrads<T>& grads) {
-  using V = Chunk<T>;
+  using V = typename Shift::Chunk;
   const int64_t dp = g.padded_dim;
   copy_padded(maps.q.pixel(b, h, y, x), g.head_dim, dp, s.q);
   copy_padded(maps.dout.pixel(b, h, y, x), g.head_dim, dp, s.dout);
@@ -551,7 +554,7 @@ void gather_key_value_grads(const Geometry& g, const Shift& shift, const Backwar
                             const BackwardScratch<T>& s, const AxisReaderTable& row_readers,
                             const AxisReaderTable& col_readers, const Band& band, int64_t b,
                             int64_t h, int64_t y, int64_t x) {
-  using V = Chunk<T>;
+  using V = typename Shift::Chunk;
   const int64_t pixel = (((b * g.heads + h) * g.height + y) * g.width + x) * g.head_dim;
   for (int64_t c = 0; c < g.padded_dim; c += V::size()) {
     V grad_key(T(0)), grad_value(T(0));
@@ -562,10 +565,10 @@ void gather_key_value_grads(const Geometry& g, const Shift& shift, const Backwar
         const T* coeffs[2] = {s.dlogits + reader, s.probs + reader};
         V adjoints[2];
         shift.template adjoint<2>(slot, c, coeffs, adjoints);
-        grad_key = V::fmadd(load_channels(maps.q.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
+        grad_key = V::fmadd(load_channels<V>(maps.q.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
                             adjoints[0], grad_key);
         grad_value =
-            V::fmadd(load_channels(maps.dout.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
+            V::fmadd(load_channels<V>(maps.dout.pixel(b, h, ry->pixel, rx->pixel), c, g.head_dim),
                      adjoints[1], grad_value);
       }
     }
@@ -634,13 +637,15 @@ at::Tensor prepare(const at::Tensor& t) {
 }
 
 Geometry make_geometry(const at::Tensor& query, int64_t kernel_size, int64_t dilation,
-                       c10::string_view border, std::optional<double> scale, int64_t chunk_size) {
+                       c10::string_view border, std::optional<double> scale, int64_t lanes) {
   Geometry g;
   g.batch = query.size(0);
   g.heads = query.size(1);
   g.height = query.size(2);
   g.width = query.size(3);
   g.head_dim = query.size(4);
+  g.chunk_vectors = g.head_dim <= lanes ? 1 : g.head_dim <= 2 * lanes ? 2 : 4;
+  const int64_t chunk_size = g.chunk_vectors * lanes;
   g.padded_dim = (g.head_dim + chunk_size - 1) / chunk_size * chunk_size;
   g.kernel_size = kernel_size;
   g.k2 = kernel_size * kernel_size;
@@ -684,13 +689,21 @@ BiasTables<T> bias_tables(const PreparedParameters& p) {
   return {p.key_bias.data_ptr<T>(), p.value_bias.data_ptr<T>()};
 }
 
-// Calls fn with the shift policy the parameters ask for.
+// Calls fn with the shift policy the parameters ask for, at the geometry's chunk width.
+template <typename T, int kVectors, typename Fn>
+void with_shift_of_width(const Geometry& g, const PreparedParameters& p, const Fn& fn) {
+  if (p.weight.defined()) {
+    fn(WeightedShift<T, kVectors>{p.weight.data_ptr<T>(), g.kernel_size, g.k2, g.padded_dim});
+  } else {
+    fn(PureShift<T, kVectors>{});
+  }
+}
 template <typename T, typename Fn>
 void with_shift(const Geometry& g, const PreparedParameters& p, const Fn& fn) {
-  if (p.weight.defined()) {
-    fn(WeightedShift<T>{p.weight.data_ptr<T>(), g.kernel_size, g.k2, g.padded_dim});
-  } else {
-    fn(PureShift<T>{});
+  switch (g.chunk_vectors) {
+    case 1: return with_shift_of_width<T, 1>(g, p, fn);
+    case 2: return with_shift_of_width<T, 2>(g, p, fn);
+    default: return with_shift_of_width<T, 4>(g, p, fn);
   }
 }
 
@@ -706,7 +719,7 @@ std::tuple<at::Tensor, at::Tensor> slide_attention_forward_cpu(
   at::Tensor lse = at::empty(q.sizes().slice(0, 4), q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_forward_cpu", [&] {
     const Geometry g =
-        make_geometry(q, kernel_size, dilation, border, scale, Chunk<scalar_t>::size());
+        make_geometry(q, kernel_size, dilation, border, scale, at::vec::Vectorized<scalar_t>::size());
     const PreparedParameters params =
         prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
     with_shift<scalar_t>(g, params, [&](const auto& shift) {
@@ -742,7 +755,7 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
   at::Tensor grad_key_bias, grad_shift_weight, grad_shift_bias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_backward_cpu", [&] {
     using T = scalar_t;
-    const Geometry g = make_geometry(q, kernel_size, dilation, border, scale, Chunk<T>::size());
+    const Geometry g = make_geometry(q, kernel_size, dilation, border, scale, at::vec::Vectorized<T>::size());
     const PreparedParameters params =
         prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
     const BackwardMaps<T> maps{map_view<const T>(q),    map_view<const T>(k), map_view<const T>(v),
