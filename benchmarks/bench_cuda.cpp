@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_common.h"
 #include "slideformer/ops.h"
 #include "slideformer/version.h"
 
@@ -30,21 +31,8 @@ namespace {
 
 int g_reps = 20;
 
-// Median wall time of fn in milliseconds, the device synchronised around every call.
 double median_ms(const std::function<void()>& fn) {
-  for (int i = 0; i < 3; ++i) fn();
-  torch::cuda::synchronize();
-  std::vector<double> times;
-  for (int i = 0; i < g_reps; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    torch::cuda::synchronize();
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+  return slideformer::bench::median_cuda_ms(fn, g_reps);
 }
 
 enum class Peer { kFlash, kDefault };

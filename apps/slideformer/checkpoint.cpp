@@ -46,6 +46,7 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   archive.write("lr", c10::IValue(c.lr));
   archive.write("weight_decay", c10::IValue(c.weight_decay));
   archive.write("label_smoothing", c10::IValue(c.label_smoothing));
+  archive.write("augment", c10::IValue(c.augment));
   archive.write("limit", c10::IValue(c.limit));
   archive.write("seed", c10::IValue(c.seed));
   archive.write("epoch", c10::IValue(state.progress.epoch));
@@ -78,6 +79,7 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   c.lr = read_value<double>(archive, path, "lr");
   c.weight_decay = read_value<double>(archive, path, "weight_decay");
   c.label_smoothing = read_value<double>(archive, path, "label_smoothing");
+  c.augment = read_value<bool>(archive, path, "augment");
   c.limit = read_value<int64_t>(archive, path, "limit");
   c.seed = read_value<int64_t>(archive, path, "seed");
   state.progress.epoch = read_value<int64_t>(archive, path, "epoch");

@@ -32,6 +32,9 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--epochs", config.epochs, "epochs of the schedule")->capture_default_str()->check(CLI::PositiveNumber);
   train_cmd->add_option("--batch-size", config.batch_size, "images per step")->capture_default_str()->check(CLI::PositiveNumber);
   train_cmd->add_option("--lr", config.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_option("--weight-decay", config.weight_decay, "AdamW weight decay of linear and conv weights")->capture_default_str()->check(CLI::NonNegativeNumber);
+  train_cmd->add_option("--label-smoothing", config.label_smoothing, "label smoothing of the loss")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  train_cmd->add_flag("--augment,!--no-augment", config.augment, "random crop and flip (default off)");
   train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
   train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(CLI::NonNegativeNumber);
   train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str();

@@ -220,7 +220,8 @@ int train(TrainRun run) {
     for (int64_t step = progress.step_in_epoch; step < steps_per_epoch; ++step) {
       const int64_t start = step * config.batch_size;
       const at::Tensor index = permutation.narrow(0, start, std::min(config.batch_size, n - start));
-      const at::Tensor images = normalise(options, augment(unit_images(train_data, index)));
+      const at::Tensor unit = unit_images(train_data, index);
+      const at::Tensor images = normalise(options, config.augment ? augment(unit) : unit);
       const at::Tensor labels = train_data.labels.index_select(0, index);
       const double lr = learning_rate(config, progress.global_step, total_steps);
       for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);

@@ -149,17 +149,32 @@ torch::jit::Module to_torchscript(const SlideTransformer& model) {
   Module root("SlideTransformer");
   root.register_buffer("input_mean", torch::tensor(options.input_mean(), at::kFloat).view({1, channels, 1, 1}));
   root.register_buffer("input_std", torch::tensor(options.input_std(), at::kFloat).view({1, channels, 1, 1}));
-  add_parameter(root, "embed_weight", model->patch_embed->projection->weight);
-  add_parameter(root, "embed_bias", model->patch_embed->projection->bias);
-  add_layer_norm(root, "embed_norm", model->patch_embed->norm);
+  const PatchEmbedImpl& embed = *model->patch_embed;
+  if (embed.stem) {
+    for (int i : {0, 2}) {  // the two convolutions of Sequential(conv, GELU, conv, GELU)
+      const auto& conv = *embed.stem->ptr(i)->as<torch::nn::Conv2d>();
+      add_parameter(root, "stem" + std::to_string(i / 2) + "_weight", conv.weight);
+      add_parameter(root, "stem" + std::to_string(i / 2) + "_bias", conv.bias);
+    }
+  }
+  add_parameter(root, "embed_weight", embed.projection->weight);
+  add_parameter(root, "embed_bias", embed.projection->bias);
+  add_layer_norm(root, "embed_norm", embed.norm);
   add_layer_norm(root, "norm", model->norm);
   add_linear(root, "head", model->head);
 
   std::ostringstream code;
   code << "def forward(self, images: Tensor) -> Tensor:\n"
-       << "    x = (images - self.input_mean) / self.input_std\n"
-       << "    x = torch.conv2d(x, self.embed_weight, self.embed_bias, [" << options.patch_size()
-       << ", " << options.patch_size() << "])\n"
+       << "    x = (images - self.input_mean) / self.input_std\n";
+  if (embed.stem) {
+    for (const char* conv : {"stem0", "stem1"}) {
+      code << "    x = torch.gelu(torch.conv2d(x, self." << conv << "_weight, self." << conv
+           << "_bias, [1, 1], [1, 1]))\n";
+    }
+  }
+  const int64_t patch = options.patch_size(), padding = embed.options.overlapping() ? patch - 1 : 0;
+  code << "    x = torch.conv2d(x, self.embed_weight, self.embed_bias, [" << patch << ", " << patch
+       << "], [" << padding << ", " << padding << "])\n"
        << "    x = torch.layer_norm(x.permute(0, 2, 3, 1), [" << options.embed_dim()
        << "], self.embed_norm_weight, self.embed_norm_bias, 1e-05)\n";
   for (size_t s = 0; s < model->stages->size(); ++s) {

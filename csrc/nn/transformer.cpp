@@ -75,23 +75,39 @@ PatchEmbedImpl::PatchEmbedImpl(PatchEmbedOptions options_) : options(std::move(o
 }
 
 void PatchEmbedImpl::reset() {
+  int64_t channels = options.in_channels();
+  if (options.stem_channels() > 0) {
+    const int64_t width = options.stem_channels();
+    auto conv = [](int64_t in, int64_t out) {
+      return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
+    };
+    stem = register_module("stem", torch::nn::Sequential(conv(channels, width), torch::nn::GELU(),
+                                                         conv(width, width), torch::nn::GELU()));
+    channels = width;
+  }
+  const int64_t patch = options.patch_size();
   projection = register_module(
-      "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.in_channels(), options.dim(),
-                                                         options.patch_size())
-                                    .stride(options.patch_size())));
+      "proj", torch::nn::Conv2d(
+                  torch::nn::Conv2dOptions(channels, options.dim(),
+                                           options.overlapping() ? 2 * patch - 1 : patch)
+                      .stride(patch)
+                      .padding(options.overlapping() ? patch - 1 : 0)));
   norm = register_module("norm", layer_norm(options.dim()));
 }
 
 void PatchEmbedImpl::pretty_print(std::ostream& stream) const {
   stream << "slideformer::nn::PatchEmbed(in_channels=" << options.in_channels()
-         << ", dim=" << options.dim() << ", patch_size=" << options.patch_size() << ")";
+         << ", dim=" << options.dim() << ", patch_size=" << options.patch_size()
+         << ", stem_channels=" << options.stem_channels()
+         << ", overlapping=" << options.overlapping() << ")";
 }
 
 at::Tensor PatchEmbedImpl::forward(const at::Tensor& images) {
   TORCH_CHECK(images.dim() == 4 && images.size(1) == options.in_channels(),
               "slideformer::PatchEmbed: input must be (B, ", options.in_channels(),
               ", H, W), got shape ", images.sizes());
-  return norm(projection(images).permute({0, 2, 3, 1}));
+  const at::Tensor x = stem ? stem->forward(images) : images;
+  return norm(projection(x).permute({0, 2, 3, 1}));
 }
 
 PatchMergingImpl::PatchMergingImpl(PatchMergingOptions options_) : options(std::move(options_)) {
@@ -128,7 +144,9 @@ void SlideTransformerImpl::reset() {
               " must be a multiple of patch_size ", options.patch_size());
   patch_embed = register_module(
       "patch_embed",
-      PatchEmbed(PatchEmbedOptions(options.in_channels(), options.embed_dim(), options.patch_size())));
+      PatchEmbed(PatchEmbedOptions(options.in_channels(), options.embed_dim(), options.patch_size())
+                     .stem_channels(options.stem_channels())
+                     .overlapping(options.overlapping_patches())));
   stages = register_module("stages", torch::nn::ModuleList());
   mergings = register_module("mergings", torch::nn::ModuleList());
 

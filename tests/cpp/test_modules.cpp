@@ -39,6 +39,9 @@ TEST(Modules, OutputShapes) {
   EXPECT_EQ(global_block(torch::randn({2, 4, 4, 16})).sizes(), at::IntArrayRef({2, 4, 4, 16}));
   PatchEmbed embed(PatchEmbedOptions(1, 16, 2));
   EXPECT_EQ(embed(torch::randn({2, 1, 28, 28})).sizes(), at::IntArrayRef({2, 14, 14, 16}));
+  PatchEmbed stem_embed(PatchEmbedOptions(3, 16, 4).stem_channels(8).overlapping(true));
+  EXPECT_EQ(stem_embed->projection->weight.sizes(), at::IntArrayRef({16, 8, 7, 7}));
+  EXPECT_EQ(stem_embed(torch::randn({2, 3, 28, 20})).sizes(), at::IntArrayRef({2, 7, 5, 16}));
   PatchMerging merge(PatchMergingOptions(16));
   EXPECT_EQ(merge(torch::randn({2, 7, 5, 16})).sizes(), at::IntArrayRef({2, 4, 3, 32}));
   SlideTransformer model(fashion());
@@ -109,7 +112,10 @@ at::Tensor normalise(const SlideTransformerOptions& options, const at::Tensor& i
 
 TEST(Export, TorchScriptModuleReproducesTheModelAfterSaveAndLoad) {
   torch::manual_seed(4);
-  for (auto options : {fashion(), fashion().image_size(30).patch_size(3).border("clamp")}) {
+  // With and without the convolutional stem.
+  for (auto options :
+       {fashion(), fashion().image_size(30).patch_size(3).stem_channels(0).border("clamp")
+                       .overlapping_patches(false)}) {
     SlideTransformer model(options);
     model->eval();
     const at::Tensor images = torch::rand({3, options.in_channels(), options.image_size(), options.image_size()});

@@ -2,7 +2,9 @@
 // torch::nn modules built on the slideformer operators, composed into the Slide-Transformer.
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
@@ -100,6 +102,7 @@ class PatchEmbedImpl : public torch::nn::Cloneable<PatchEmbedImpl> {
   at::Tensor forward(const at::Tensor& images);
 
   PatchEmbedOptions options;
+  torch::nn::Sequential stem{nullptr};  // only with options.stem_channels() > 0
   torch::nn::Conv2d projection{nullptr};
   torch::nn::LayerNorm norm{nullptr};
 };

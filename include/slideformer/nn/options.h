@@ -63,6 +63,12 @@ struct PatchEmbedOptions {
   TORCH_ARG(int64_t, in_channels);
   TORCH_ARG(int64_t, dim);
   TORCH_ARG(int64_t, patch_size);
+  // > 0: a convolutional stem first, two Conv2d(3x3, padding 1) + GELU to stem_channels at full
+  // resolution (small images and short trainings learn much faster with it); 0: none.
+  TORCH_ARG(int64_t, stem_channels) = 0;
+  // Overlapping patches: the projection's kernel is 2 * patch - 1 (padding patch - 1), still
+  // with stride patch.
+  TORCH_ARG(bool, overlapping) = false;
 };
 
 // 2x2 neighbours concatenated, LayerNorm(4C), Linear(4C, 2C, no bias). Odd maps are padded.
@@ -78,6 +84,8 @@ struct SlideTransformerOptions {
   TORCH_ARG(int64_t, in_channels) = 3;
   TORCH_ARG(int64_t, num_classes) = 1000;
   TORCH_ARG(int64_t, patch_size) = 4;
+  TORCH_ARG(int64_t, stem_channels) = 0;  // see PatchEmbedOptions
+  TORCH_ARG(bool, overlapping_patches) = false;  // PatchEmbedOptions::overlapping
   TORCH_ARG(int64_t, embed_dim) = 96;
   TORCH_ARG(std::vector<int64_t>, depths) = std::vector<int64_t>{2, 2, 6, 2};
   TORCH_ARG(std::vector<int64_t>, heads) = std::vector<int64_t>{3, 6, 12, 24};
