@@ -52,6 +52,19 @@ void add_linear(Module& module, const std::string& prefix, const torch::nn::Line
   if (linear->bias.defined()) add_parameter(module, prefix + "_bias", linear->bias);
 }
 
+// Registers a convolution's weight and bias as `name`_weight / `name`_bias and returns the
+// TorchScript call applying it to x, with the stride and padding the layer itself was built with.
+std::string add_conv2d(Module& module, const std::string& name, const torch::nn::Conv2dImpl& conv) {
+  add_parameter(module, name + "_weight", conv.weight);
+  add_parameter(module, name + "_bias", conv.bias);
+  const auto& stride = *conv.options.stride();
+  const auto& padding = *std::get<torch::ExpandingArray<2>>(conv.options.padding());
+  std::ostringstream call;
+  call << "torch.conv2d(x, self." << name << "_weight, self." << name << "_bias, [" << stride[0]
+       << ", " << stride[1] << "], [" << padding[0] << ", " << padding[1] << "])";
+  return call.str();
+}
+
 // The residual MLP half of a block, shared by both block kinds.
 constexpr const char* kMlpHalf = R"(
     h = torch.layer_norm(x, [self.dim], self.norm2_weight, self.norm2_bias, 1e-05)
@@ -149,34 +162,25 @@ torch::jit::Module to_torchscript(const SlideTransformer& model) {
   Module root("SlideTransformer");
   root.register_buffer("input_mean", torch::tensor(options.input_mean(), at::kFloat).view({1, channels, 1, 1}));
   root.register_buffer("input_std", torch::tensor(options.input_std(), at::kFloat).view({1, channels, 1, 1}));
-  const PatchEmbedImpl& embed = *model->patch_embed;
-  if (embed.stem) {
-    for (int i : {0, 2}) {  // the two convolutions of Sequential(conv, GELU, conv, GELU)
-      const auto& conv = *embed.stem->ptr(i)->as<torch::nn::Conv2d>();
-      add_parameter(root, "stem" + std::to_string(i / 2) + "_weight", conv.weight);
-      add_parameter(root, "stem" + std::to_string(i / 2) + "_bias", conv.bias);
-    }
-  }
-  add_parameter(root, "embed_weight", embed.projection->weight);
-  add_parameter(root, "embed_bias", embed.projection->bias);
-  add_layer_norm(root, "embed_norm", embed.norm);
-  add_layer_norm(root, "norm", model->norm);
-  add_linear(root, "head", model->head);
-
   std::ostringstream code;
   code << "def forward(self, images: Tensor) -> Tensor:\n"
        << "    x = (images - self.input_mean) / self.input_std\n";
-  if (embed.stem) {
-    for (const char* conv : {"stem0", "stem1"}) {
-      code << "    x = torch.gelu(torch.conv2d(x, self." << conv << "_weight, self." << conv
-           << "_bias, [1, 1], [1, 1]))\n";
+  const PatchEmbedImpl& embed = *model->patch_embed;
+  if (embed.stem) {  // Sequential(conv, GELU, conv, GELU)
+    int convs = 0;
+    for (const auto& layer : embed.stem->children()) {
+      if (const auto* conv = layer->as<torch::nn::Conv2d>()) {
+        const std::string call = add_conv2d(root, "stem" + std::to_string(convs++), *conv);
+        code << "    x = torch.gelu(" << call << ")\n";
+      }
     }
   }
-  const int64_t patch = options.patch_size(), padding = embed.options.overlapping() ? patch - 1 : 0;
-  code << "    x = torch.conv2d(x, self.embed_weight, self.embed_bias, [" << patch << ", " << patch
-       << "], [" << padding << ", " << padding << "])\n"
+  code << "    x = " << add_conv2d(root, "embed", *embed.projection) << "\n"
        << "    x = torch.layer_norm(x.permute(0, 2, 3, 1), [" << options.embed_dim()
        << "], self.embed_norm_weight, self.embed_norm_bias, 1e-05)\n";
+  add_layer_norm(root, "embed_norm", embed.norm);
+  add_layer_norm(root, "norm", model->norm);
+  add_linear(root, "head", model->head);
   for (size_t s = 0; s < model->stages->size(); ++s) {
     const auto& stage = *model->stages->ptr(s)->as<torch::nn::ModuleList>();
     for (size_t i = 0; i < stage.size(); ++i) {
