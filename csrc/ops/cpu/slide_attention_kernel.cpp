@@ -10,13 +10,14 @@
 // Vectorised over D (at::vec, in chunks of up to four vectors so that the mixing chains overlap,
 // as wide as D needs: one AVX-512 vector for D = 16; channels padded to whole chunks in scratch),
 // parallel over (B, H, rows).
+// The Slide-Transformer configuration (zeros border, 3x3, learnable shift) takes the faster
+// kernels of ops/cpu/slide_zeros_kernel.cpp instead; these serve every other configuration.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <type_traits>
 #include <vector>
 
@@ -24,7 +25,9 @@
 #include "ops/common/online_softmax.h"
 #include "ops/common/slide_math.h"
 #include "ops/cpu/channel_chunk.h"
+#include "ops/cpu/slide_zeros_kernel.h"
 #include "ops/cpu/vec_utils.h"
+#include "ops/cpu/work_split.h"
 #include "ops/slide_attention.h"
 
 namespace slideformer::ops {
@@ -278,50 +281,8 @@ typename Shift::Chunk combine_shifted(const Geometry& g, const Shift& shift, con
 // ---------------------------------------------------------------------------------------------
 // Scratch and work split.
 
-// Tasks dealt out as `groups` fixed contiguous slices of [0, tasks), handed to the threads one
-// group at a time as they come free, so a thread slowed by other load on the machine simply
-// takes fewer. Partial sums kept per group and added in group order are deterministic for a
-// given thread count, whichever thread ran which group.
-class WorkSplit {
- public:
-  explicit WorkSplit(int64_t tasks)
-      : tasks_(tasks),
-        workers_(std::min<int64_t>(at::get_num_threads(), tasks)),
-        groups_(std::min<int64_t>(8 * at::get_num_threads(), tasks)) {}
-  int64_t workers() const { return workers_; }
-  int64_t groups() const { return groups_; }
-  int64_t begin(int64_t group) const { return group * tasks_ / groups_; }
-  int64_t end(int64_t group) const { return (group + 1) * tasks_ / groups_; }
-
-  // Runs fn(group, worker) once for every group; `worker` < workers() indexes per-thread scratch.
-  template <typename Fn>
-  void run(const Fn& fn) const {
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, workers_, 1, [&](int64_t first, int64_t last) {
-      for (int64_t worker = first; worker < last; ++worker) {
-        for (int64_t group = next++; group < groups_; group = next++) fn(group, worker);
-      }
-    });
-  }
-
- private:
-  int64_t tasks_, workers_, groups_;
-};
-
-// Carves one worker's scratch into named buffers.
-template <typename T>
-class ScratchCursor {
- public:
-  explicit ScratchCursor(T* base) : next_(base) {}
-  T* take(int64_t n) {
-    T* p = next_;
-    next_ += n;
-    return p;
-  }
-
- private:
-  T* next_;
-};
+using cpu::ScratchCursor;
+using cpu::WorkSplit;
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
@@ -661,6 +622,30 @@ at::Tensor pad_channels(const at::Tensor& t, const Geometry& g) {
   return at::constant_pad_nd(t, {0, g.padded_dim - g.head_dim}).contiguous();
 }
 
+bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+bool takes_zeros_path(int64_t kernel_size, c10::string_view border,
+                      const std::optional<at::Tensor>& shift_weight) {
+  return cpu::slide_zeros_kernel_applies(kernel_size, parse_slide_border(border),
+                                         given(shift_weight));
+}
+
+// The parameters in the layouts of the zeros-border fast path (ops/cpu/slide_zeros_kernel.h).
+cpu::SlideZerosParameters zeros_path_parameters(const at::Tensor& q, int64_t dilation,
+                                                std::optional<double> scale,
+                                                const std::optional<at::Tensor>& key_bias,
+                                                const std::optional<at::Tensor>& shift_weight,
+                                                const std::optional<at::Tensor>& shift_bias) {
+  const int64_t heads = q.size(1), head_dim = q.size(4), k2 = shift_weight->size(1);
+  const at::Tensor bias = given(shift_bias) ? shift_bias->to(q.options())
+                                            : at::zeros({head_dim, k2}, q.options());  // (D, k2)
+  at::Tensor keys = bias.unsqueeze(0).expand({heads, head_dim, k2});
+  if (given(key_bias)) keys = keys + key_bias->to(q.options()).unsqueeze(1);
+  return {dilation, slide_attention_scale(q, scale),
+          shift_weight->to(q.options()).transpose(1, 2).contiguous(), keys.contiguous(),
+          bias.contiguous()};
+}
+
 // Everything the kernels need from the optional parameters, in scratch layout.
 struct PreparedParameters {
   at::Tensor weight;      // (k2, k2, padded D) or undefined (pure shift)
@@ -672,7 +657,6 @@ PreparedParameters prepare_parameters(const Geometry& g, const at::TensorOptions
                                       const std::optional<at::Tensor>& key_bias,
                                       const std::optional<at::Tensor>& shift_weight,
                                       const std::optional<at::Tensor>& shift_bias) {
-  auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
   PreparedParameters p;
   at::Tensor bias = given(shift_bias) ? shift_bias->to(options).t()
                                       : at::zeros({g.k2, g.head_dim}, options);  // (k2, D)
@@ -717,6 +701,12 @@ std::tuple<at::Tensor, at::Tensor> slide_attention_forward_cpu(
   const at::Tensor q = prepare(query), k = prepare(key), v = prepare(value);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty(q.sizes().slice(0, 4), q.options());
+  if (takes_zeros_path(kernel_size, border, shift_weight)) {
+    cpu::slide_zeros_forward(
+        q, k, v, zeros_path_parameters(q, dilation, scale, key_bias, shift_weight, shift_bias), out,
+        lse);
+    return {out.to(query.scalar_type()), lse};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_forward_cpu", [&] {
     const Geometry g =
         make_geometry(q, kernel_size, dilation, border, scale, at::vec::Vectorized<scalar_t>::size());
@@ -742,12 +732,22 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
                              std::optional<double> scale, std::array<bool, 3> compute_param_grads) {
   check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
                                shift_bias, border);
-  auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
   const std::array<bool, 3> want = {compute_param_grads[0] && given(key_bias),
                                     compute_param_grads[1] && given(shift_weight),
                                     compute_param_grads[2] && given(shift_bias)};
   const at::Tensor q = prepare(query), k = prepare(key), v = prepare(value);
   const at::Tensor dout = prepare(grad_output);
+  auto to_input_type = [&](const at::Tensor& grad) {
+    return grad.defined() ? grad.to(query.scalar_type()).contiguous() : grad;
+  };
+  if (takes_zeros_path(kernel_size, border, shift_weight)) {
+    const cpu::SlideZerosGrads grads = cpu::slide_zeros_backward(
+        dout, q, k, v, logsumexp,
+        zeros_path_parameters(q, dilation, scale, key_bias, shift_weight, shift_bias), want);
+    return {to_input_type(grads.query),        to_input_type(grads.key),
+            to_input_type(grads.value),        to_input_type(grads.key_bias),
+            to_input_type(grads.shift_weight), to_input_type(grads.shift_bias)};
+  }
   const at::Tensor lse = logsumexp.to(q.scalar_type()).contiguous();
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   at::Tensor grad_k = at::empty(q.sizes(), q.options());
@@ -782,9 +782,6 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
                             .t();
     }
   });
-  auto to_input_type = [&](const at::Tensor& grad) {
-    return grad.defined() ? grad.to(query.scalar_type()).contiguous() : grad;
-  };
   return {to_input_type(grad_q),
           to_input_type(grad_k),
           to_input_type(grad_v),
