@@ -61,8 +61,13 @@ at::Tensor MultiHeadAttentionImpl::forward(const at::Tensor& x) {
               bias.defined() ? bias.size(-1) : 0, " tokens (a ", options.relative_position_size(),
               "x", options.relative_position_size(), " map), got ", tokens, " tokens");
   // (B, N, 3C) -> 3 x (B, heads, N, d), strided views straight into the operator.
-  const at::Tensor qkv_out =
-      qkv(x).view({batch, tokens, 3, heads, options.dim() / heads}).permute({2, 0, 3, 1, 4});
+  // unbind, not three selects: its backward stacks the three gradients in one copy, where each
+  // select would zero a full-size buffer and the three would then be added.
+  const int64_t head_dim = options.dim() / heads;
+  const std::vector<at::Tensor> qkv_out = qkv(x)
+                                              .view({batch, tokens, 3, heads, head_dim})
+                                              .permute({2, 0, 3, 1, 4})
+                                              .unbind();
   const at::Tensor out = slideformer::attention(qkv_out[0], qkv_out[1], qkv_out[2],
                                                 bias.defined() ? std::optional<at::Tensor>(bias)
                                                                : std::nullopt);
@@ -124,9 +129,13 @@ at::Tensor SlideAttentionImpl::forward(const at::Tensor& x) {
               "slideformer::SlideAttention: input must be (B, Y, X, ", options.dim(),
               "), got shape ", x.sizes());
   const int64_t batch = x.size(0), rows = x.size(1), cols = x.size(2), heads = options.heads();
-  // Head-major channels (head, {q, k, v}, d) -> 3 x (B, heads, Y, X, d) strided views.
-  const at::Tensor qkv_out =
-      qkv(x).view({batch, rows, cols, heads, 3, options.dim() / heads}).permute({4, 0, 3, 1, 2, 5});
+  // Head-major channels (head, {q, k, v}, d) -> 3 x (B, heads, Y, X, d) strided views (unbind:
+  // see MultiHeadAttentionImpl::forward).
+  const int64_t head_dim = options.dim() / heads;
+  const std::vector<at::Tensor> qkv_out = qkv(x)
+                                              .view({batch, rows, cols, heads, 3, head_dim})
+                                              .permute({4, 0, 3, 1, 2, 5})
+                                              .unbind();
   const at::Tensor out = slideformer::slide_attention(
       qkv_out[0], qkv_out[1], qkv_out[2],
       SlideAttentionFuncOptions(options.kernel_size())
