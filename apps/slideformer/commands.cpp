@@ -56,12 +56,16 @@ int summary(const std::string& preset_name, int64_t image_size) {
   model->eval();
   torch::NoGradGuard no_grad;
   fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
-  auto row = [](const std::string& name, const at::Tensor& out, const torch::nn::Module& module) {
-    fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out),
-               nn::count_parameters(module, false));
+  auto row = [](const std::string& name, const at::Tensor& out, int64_t parameters) {
+    fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out), parameters);
   };
+  auto count = [](const torch::nn::Module& module) { return nn::count_parameters(module, false); };
   at::Tensor x = model->patch_embed(at::zeros({1, options.in_channels(), options.image_size(), options.image_size()}));
-  row("patch_embed", x, *model->patch_embed);
+  row("patch_embed", x, count(*model->patch_embed));
+  if (model->absolute_position.defined()) {
+    x = x + model->absolute_position;
+    row("absolute_position", x, model->absolute_position.numel());
+  }
   for (size_t s = 0; s < model->stages->size(); ++s) {
     const auto& stage = *model->stages[s]->as<torch::nn::ModuleList>();
     for (size_t i = 0; i < stage.size(); ++i) {
@@ -69,18 +73,18 @@ int summary(const std::string& preset_name, int64_t image_size) {
       x = block->forward(x);
       row(fmt::format("stage{}.block{} ({})", s + 1, i,
                       block->options.kind() == nn::AttentionKind::kSlide ? "slide" : "global"),
-          x, *block);
+          x, count(*block));
     }
     if (s < model->mergings->size()) {
       auto* merging = model->mergings[s]->as<nn::PatchMerging>();
       x = merging->forward(x);
-      row(fmt::format("stage{}.merge", s + 1), x, *merging);
+      row(fmt::format("stage{}.merge", s + 1), x, count(*merging));
     }
   }
   x = model->norm(x);
-  row("norm", x, *model->norm);
+  row("norm", x, count(*model->norm));
   x = model->head(x.mean({1, 2}));
-  row("head", x, *model->head);
+  row("head", x, count(*model->head));
   fmt::print("total_params {}\ntrainable_params {}\n", nn::count_parameters(*model, false),
              nn::count_parameters(*model, true));
   return 0;

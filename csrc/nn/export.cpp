@@ -179,6 +179,10 @@ torch::jit::Module to_torchscript(const SlideTransformer& model) {
        << "    x = torch.layer_norm(x.permute(0, 2, 3, 1), [" << options.embed_dim()
        << "], self.embed_norm_weight, self.embed_norm_bias, 1e-05)\n";
   add_layer_norm(root, "embed_norm", embed.norm);
+  if (model->absolute_position.defined()) {
+    add_parameter(root, "absolute_position", model->absolute_position);
+    code << "    x = x + self.absolute_position\n";
+  }
   add_layer_norm(root, "norm", model->norm);
   add_linear(root, "head", model->head);
   for (size_t s = 0; s < model->stages->size(); ++s) {

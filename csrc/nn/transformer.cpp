@@ -147,13 +147,19 @@ void SlideTransformerImpl::reset() {
       PatchEmbed(PatchEmbedOptions(options.in_channels(), options.embed_dim(), options.patch_size())
                      .stem_channels(options.stem_channels())
                      .overlapping(options.overlapping_patches())));
+  const int64_t patches = options.image_size() / options.patch_size();
+  if (options.absolute_position_embedding()) {
+    absolute_position = register_parameter(
+        "absolute_position", torch::empty({1, patches, patches, options.embed_dim()}));
+    init::trunc_normal_(absolute_position, 0.02);
+  }
   stages = register_module("stages", torch::nn::ModuleList());
   mergings = register_module("mergings", torch::nn::ModuleList());
 
   int64_t total_blocks = 0;
   for (int64_t depth : options.depths()) total_blocks += depth;
   int64_t block_index = 0, dim = options.embed_dim();
-  int64_t map_size = options.image_size() / options.patch_size();
+  int64_t map_size = patches;
   for (size_t s = 0; s < num_stages; ++s) {
     torch::nn::ModuleList stage;
     for (int64_t i = 0; i < options.depths()[s]; ++i, ++block_index) {
@@ -186,6 +192,7 @@ void SlideTransformerImpl::pretty_print(std::ostream& stream) const {
 
 at::Tensor SlideTransformerImpl::forward_features(const at::Tensor& images) {
   at::Tensor x = patch_embed(images);
+  if (absolute_position.defined()) x = x + absolute_position;
   for (size_t s = 0; s < stages->size(); ++s) {
     for (const auto& block : *stages[s]->as<torch::nn::ModuleList>()) {
       x = block->as<TransformerBlock>()->forward(x);

@@ -136,6 +136,7 @@ class SlideTransformerImpl : public torch::nn::Cloneable<SlideTransformerImpl> {
 
   SlideTransformerOptions options;
   PatchEmbed patch_embed{nullptr};
+  at::Tensor absolute_position;  // (1, Y, X, embed_dim); undefined unless the option is on
   torch::nn::ModuleList stages{nullptr};   // ModuleList of ModuleList<TransformerBlock>
   torch::nn::ModuleList mergings{nullptr}; // PatchMerging after every stage but the last
   torch::nn::LayerNorm norm{nullptr};

@@ -87,6 +87,9 @@ struct SlideTransformerOptions {
   TORCH_ARG(int64_t, stem_channels) = 0;  // see PatchEmbedOptions
   TORCH_ARG(bool, overlapping_patches) = false;  // PatchEmbedOptions::overlapping
   TORCH_ARG(int64_t, embed_dim) = 96;
+  // A learned (Y, X, embed_dim) table added to the patch embedding (Swin's "ape"): where a
+  // patch lies, which the relative-position tables and slide windows do not see.
+  TORCH_ARG(bool, absolute_position_embedding) = false;
   TORCH_ARG(std::vector<int64_t>, depths) = std::vector<int64_t>{2, 2, 6, 2};
   TORCH_ARG(std::vector<int64_t>, heads) = std::vector<int64_t>{3, 6, 12, 24};
   TORCH_ARG(std::vector<AttentionKind>, stage_kinds) = std::vector<AttentionKind>{
