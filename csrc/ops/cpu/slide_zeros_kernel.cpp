@@ -168,6 +168,26 @@ Vec<T> lse_of_tile(const PlaneGeometry& g, const T* lse_plane, int64_t t) {
   return Vec<T>::loadu(lse_plane + g.row(t) * g.width + g.x0(t), g.valid(t));
 }
 
+// What both passes read of one (b, h) plane: q, k and v in the plane layouts (in the worker's
+// buffers) and the head's parameters.
+template <typename T>
+struct PlaneInputs {
+  T *q, *k, *v;
+  const T *weight, *key_bias, *value_bias;
+  PlaneInputs(PlaneBuffers<T>& buffers, const SlideZerosParameters& p, const at::Tensor& query,
+              const at::Tensor& key, const at::Tensor& value, int64_t b, int64_t h)
+      : q(buffers.pixel_planes()),
+        k(buffers.window_planes()),
+        v(buffers.window_planes()),
+        weight(p.weight.data_ptr<T>()),
+        key_bias(p.key_bias.data_ptr<T>() + h * buffers.g.head_dim * kSlots),
+        value_bias(p.value_bias.data_ptr<T>()) {
+    buffers.load_pixels(query, b, h, q);
+    buffers.load_window(key, b, h, k);
+    buffers.load_window(value, b, h, v);
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -176,16 +196,10 @@ void forward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const 
                    const at::Tensor& k, const at::Tensor& v, int64_t b, int64_t h, T* scratch,
                    T* out, T* lse) {
   PlaneBuffers<T> buffers{g, scratch};
-  T* qt = buffers.pixel_planes();
-  T* kt = buffers.window_planes();
-  T* vt = buffers.window_planes();
+  const PlaneInputs<T> in(buffers, p, q, k, v, b, h);
+  const T *qt = in.q, *kt = in.k, *vt = in.v;
+  const T *weight = in.weight, *key_bias = in.key_bias, *value_bias = in.value_bias;
   T* out_tile = buffers.take(g.head_dim * g.lanes);
-  buffers.load_pixels(q, b, h, qt);
-  buffers.load_window(k, b, h, kt);
-  buffers.load_window(v, b, h, vt);
-  const T* weight = p.weight.data_ptr<T>();
-  const T* key_bias = p.key_bias.data_ptr<T>() + h * g.head_dim * kSlots;
-  const T* value_bias = p.value_bias.data_ptr<T>();
   const int64_t plane = b * g.heads + h;
   T* lse_plane = lse + plane * g.height * g.width;
   T* out_plane = out + plane * g.height * g.width * g.head_dim;
@@ -274,22 +288,16 @@ void backward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const
                     int64_t b, int64_t h, std::array<bool, 3> want, const ParamLayout& layout,
                     T* lane_partials, T* scratch, SlideZerosGrads& grads) {
   PlaneBuffers<T> buffers{g, scratch};
-  T* qt = buffers.pixel_planes();
+  const PlaneInputs<T> in(buffers, p, q, k, v, b, h);
+  const T *qt = in.q, *kt = in.k, *vt = in.v;
+  const T *weight = in.weight, *key_bias = in.key_bias, *value_bias = in.value_bias;
   T* dot = buffers.pixel_planes();
   T* dqt = buffers.pixel_planes();
-  T* kt = buffers.window_planes();
-  T* vt = buffers.window_planes();
   T* dkt = buffers.window_planes();
   T* dvt = buffers.window_planes();
   T* probs = buffers.take(kSlots * g.plane());    // [tile][n][lane]
   T* dlogits = buffers.take(kSlots * g.plane());  // same, scaled by the softmax scale
-  buffers.load_pixels(q, b, h, qt);
   buffers.load_pixels(dout, b, h, dot);
-  buffers.load_window(k, b, h, kt);
-  buffers.load_window(v, b, h, vt);
-  const T* weight = p.weight.data_ptr<T>();
-  const T* key_bias = p.key_bias.data_ptr<T>() + h * g.head_dim * kSlots;
-  const T* value_bias = p.value_bias.data_ptr<T>();
   const T* lse_plane = lse + (b * g.heads + h) * g.height * g.width;
   const Vec<T> scale(T(p.scale));
 
