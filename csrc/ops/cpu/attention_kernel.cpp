@@ -1,4 +1,4 @@
-// attention, CPU kernels (DESIGN 2.1, 2.4): flash-style forward with an online softmax over key
+// attention, CPU kernels (docs/operators.md): flash-style forward with an online softmax over key
 // blocks, and a backward that recomputes the probabilities block by block from the saved
 // log-sum-exp. Only (query block x key block) scratch is ever allocated, per thread.
 #include <ATen/ATen.h>
