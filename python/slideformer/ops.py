@@ -1,0 +1,59 @@
+"""Typed Python entry points of the slideformer operators (torch.ops.slideformer.*).
+
+They call the registered operators directly, so they work in eager mode, under torch.compile and
+torch.export, and with autograd. The contracts (shapes, masking, borders, gradients, errors) are
+in docs/operators.md.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def attention(query: Tensor, key: Tensor, value: Tensor, attn_bias: Optional[Tensor] = None,
+              is_causal: bool = False, scale: Optional[float] = None) -> Tensor:
+    """Multi-head scaled dot-product attention, fused (flash-style online softmax).
+
+    Args:
+        query: (B, H, Nq, D).
+        key: (B, H, Nk, D).
+        value: (B, H, Nk, Dv).
+        attn_bias: added to the logits; broadcastable to (B, H, Nq, Nk); differentiable (its
+            gradient comes back in its own shape); -inf entries mask.
+        is_causal: masks key j for query i when j > i + (Nk - Nq) (bottom-right aligned).
+        scale: logit scale; None means 1 / sqrt(D).
+
+    Returns:
+        (B, H, Nq, Dv), the dtype of query. A query whose keys are all masked gets zeros.
+    """
+    return torch.ops.slideformer.attention(query, key, value, attn_bias, is_causal, scale)
+
+
+def slide_attention(query: Tensor, key: Tensor, value: Tensor, kernel_size: int,
+                    dilation: int = 1, key_bias: Optional[Tensor] = None,
+                    shift_weight: Optional[Tensor] = None, shift_bias: Optional[Tensor] = None,
+                    border: str = "zeros", scale: Optional[float] = None) -> Tensor:
+    """Local attention of Slide-Transformer: each pixel attends to its k x k neighbours.
+
+    Args:
+        query, key, value: (B, H, Y, X, D), any strides.
+        kernel_size: odd window size k >= 1 (k*k = K2 slots, numbered row-major).
+        dilation: spacing between neighbours, >= 1.
+        key_bias: (H, K2), added to every channel of key slot n of head h (not to values).
+        shift_weight: (D, K2, K2), the deformed-shift mixing W of the K2 shifted copies of keys
+            and values, shared by all heads; None means the identity (a pure shift).
+        shift_bias: (D, K2), added to the mixed keys and values; None means 0.
+        border: "zeros" (positions outside the map read zeros and stay in the softmax) or
+            "clamp" (neighbourhood attention: windows move inside the map).
+        scale: logit scale; None means 1 / sqrt(D).
+
+    Returns:
+        (B, H, Y, X, D), the dtype of query.
+    """
+    return torch.ops.slideformer.slide_attention(query, key, value, kernel_size, dilation, key_bias,
+                                                 shift_weight, shift_bias, border, scale)
+
+
+def build_info() -> str:
+    """What the loaded library was built with: version, torch, CUDA, CPU ISA, compiler."""
+    return torch.ops.slideformer.build_info()
