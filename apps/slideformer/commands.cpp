@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
 #include <cstdio>
@@ -125,19 +126,42 @@ int export_model(const std::string& checkpoint, const std::string& out) {
   return 0;
 }
 
+namespace {
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// An exported model as a function of [0, 1] images: a TorchScript module, or an AOTInductor
+// package (.pt2, python -m slideformer export --format aoti) run by AOTIModelPackageLoader.
+std::function<at::Tensor(const at::Tensor&)> load_exported_model(const std::string& path) {
+  if (ends_with(path, ".pt2")) {
+    std::shared_ptr<torch::inductor::AOTIModelPackageLoader> package;
+    try {
+      package = std::make_shared<torch::inductor::AOTIModelPackageLoader>(path);
+    } catch (const c10::Error& e) {
+      throw std::runtime_error(path + ": not a loadable AOTInductor package");
+    }
+    return [package](const at::Tensor& images) { return package->run({images}).at(0); };
+  }
+  auto model = std::make_shared<torch::jit::Module>();
+  try {
+    *model = torch::jit::load(path);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(path + ": not a loadable TorchScript model");
+  }
+  model->eval();
+  return [model](const at::Tensor& images) { return model->forward({images}).toTensor(); };
+}
+
+}  // namespace
+
 int predict(const std::string& model_path, const std::string& data_dir, int64_t limit,
             const TestSetOutputs& outputs) {
-  torch::jit::Module model;
-  try {
-    model = torch::jit::load(model_path);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(model_path + ": not a loadable TorchScript model");
-  }
-  model.eval();
+  const auto model = load_exported_model(model_path);
   const Dataset test = load_fashion_mnist(data_dir, false, limit);
-  const at::Tensor predictions = classify_test_set(
-      [&](const at::Tensor& unit) { return model.forward({unit}).toTensor(); }, test, outputs);
-  fmt::print("scripted model {}: test accuracy {:.2f}% ({} images)\n", model_path,
+  const at::Tensor predictions = classify_test_set(model, test, outputs);
+  fmt::print("exported model {}: test accuracy {:.2f}% ({} images)\n", model_path,
              100 * accuracy_of(predictions, test), test.labels.numel());
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "python_export.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
 
@@ -51,12 +52,17 @@ int main(int argc, char** argv) {
   };
   add_output_options(eval_cmd);
 
-  auto* export_cmd = app.add_subcommand("export", "write a TorchScript model of a checkpoint");
+  std::string export_format = "torchscript", python;
+  auto* export_cmd = app.add_subcommand("export", "write a deployable model of a checkpoint");
   export_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
-  export_cmd->add_option("--out", out, "output .pt file")->required();
+  export_cmd->add_option("--out", out, "output file (.pt, .onnx or .pt2)")->required();
+  export_cmd->add_option("--format", export_format, "torchscript (C++), or onnx / aoti (run by the Python package)")
+      ->check(CLI::IsMember({"torchscript", "onnx", "aoti"}))->capture_default_str();
+  export_cmd->add_option("--python", python, "Python interpreter for onnx / aoti (default: $SLIDEFORMER_PYTHON, "
+                                             "else the build's Python, else python3)");
 
-  auto* predict_cmd = app.add_subcommand("predict", "test accuracy of an exported TorchScript model");
-  predict_cmd->add_option("--model", model_path, "exported .pt file")->required();
+  auto* predict_cmd = app.add_subcommand("predict", "test accuracy of an exported model");
+  predict_cmd->add_option("--model", model_path, "exported .pt (TorchScript) or .pt2 (AOTInductor) file")->required();
   predict_cmd->add_option("--data", data_dir, "directory of the IDX .gz files")->capture_default_str();
   predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
   add_output_options(predict_cmd);
@@ -72,7 +78,11 @@ int main(int argc, char** argv) {
       return evaluate(checkpoint, eval_cmd->count("--data") ? data_dir : "", limit,
                       outputs);
     }
-    if (*export_cmd) return export_model(checkpoint, out);
+    if (*export_cmd) {
+      if (export_format == "torchscript") return export_model(checkpoint, out);
+      export_with_python(checkpoint, out, export_format, python_interpreter(python));
+      return 0;
+    }
     if (*predict_cmd) return predict(model_path, data_dir, limit, outputs);
   } catch (const c10::Error& e) {
     fmt::print(stderr, "slideformer: error: {}\n", e.what_without_backtrace());

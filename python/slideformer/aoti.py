@@ -1,0 +1,56 @@
+"""AOTInductor packages of models that call the slideformer operators (docs/export.md).
+
+torch.export traces the whole model (the operators' Meta kernels give the shapes) and
+AOTInductor compiles it ahead of time into a .pt2 package: a shared library of generated C++
+kernels plus the weights. The slideformer operators stay calls into the op library, so a process
+that runs the package must have it loaded: `import slideformer` in Python, or a C++ program
+linked against libslideformer (torch::inductor::AOTIModelPackageLoader; `slideformer predict
+--model model.pt2`).
+"""
+import os
+from typing import Callable, Optional, Union
+
+import torch
+
+from . import nn as snn
+
+__all__ = ["export", "load"]
+
+
+def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input: Optional[torch.Tensor] = None,
+           dynamic_batch: bool = True) -> str:
+    """Compiles `model` (in eval mode) into an AOTInductor package at `path` (a .pt2 file).
+
+    Args:
+        model: a module taking one image batch, e.g. slideformer.nn.SlideTransformer or
+            slideformer.nn.InputNormalization(model).
+        path: the .pt2 file to write (written to a temporary file, then renamed).
+        example_input: an input of the shape to compile for (batch size aside); by default a
+            (2, C, S, S) batch from the model's config.
+        dynamic_batch: the package takes any batch size (otherwise only the example's).
+
+    Returns:
+        The path written. The compilation runs a C++ compiler: expect a minute or more.
+    """
+    if example_input is None:
+        config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
+        if not isinstance(config, snn.SlideTransformerConfig):
+            raise ValueError("slideformer.aoti.export: pass example_input for a model without a SlideTransformerConfig")
+        example_input = torch.rand(2, config.in_channels, config.image_size, config.image_size)
+    was_training = model.training
+    model.eval()
+    try:
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
+        program = torch.export.export(model, (example_input,), dynamic_shapes=dynamic_shapes)
+    finally:
+        model.train(was_training)
+    path = os.fspath(path)
+    temporary = path + ".tmp.pt2"
+    torch._inductor.aoti_compile_and_package(program, package_path=temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def load(path: Union[str, os.PathLike]) -> Callable[..., torch.Tensor]:
+    """The compiled model of a .pt2 package, callable like the module it came from."""
+    return torch._inductor.aoti_load_package(os.fspath(path))
