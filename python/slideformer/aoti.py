@@ -12,7 +12,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from . import nn as snn
+from ._export import batch_dynamic_shapes, eval_mode, example_images, replaced_on_success
 
 __all__ = ["export", "load"]
 
@@ -32,23 +32,12 @@ def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input:
     Returns:
         The path written. The compilation runs a C++ compiler: expect a minute or more.
     """
-    if example_input is None:
-        config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
-        if not isinstance(config, snn.SlideTransformerConfig):
-            raise ValueError("slideformer.aoti.export: pass example_input for a model without a SlideTransformerConfig")
-        example_input = torch.rand(2, config.in_channels, config.image_size, config.image_size)
-    was_training = model.training
-    model.eval()
-    try:
-        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
-        program = torch.export.export(model, (example_input,), dynamic_shapes=dynamic_shapes)
-    finally:
-        model.train(was_training)
-    path = os.fspath(path)
-    temporary = path + ".tmp.pt2"
-    torch._inductor.aoti_compile_and_package(program, package_path=temporary)
-    os.replace(temporary, path)
-    return path
+    example_input = example_images(model, example_input, "slideformer.aoti.export")
+    with eval_mode(model):
+        program = torch.export.export(model, (example_input,), dynamic_shapes=batch_dynamic_shapes(dynamic_batch))
+    with replaced_on_success(path, ".pt2") as temporary:
+        torch._inductor.aoti_compile_and_package(program, package_path=temporary)
+    return os.fspath(path)
 
 
 def load(path: Union[str, os.PathLike]) -> Callable[..., torch.Tensor]:

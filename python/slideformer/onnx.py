@@ -14,7 +14,7 @@ import onnx_ir as ir
 import torch
 from onnxscript import opset18 as op
 
-from . import nn as snn
+from ._export import batch_dynamic_shapes, eval_mode, example_images, replaced_on_success
 
 __all__ = ["export", "translation_table"]
 
@@ -194,21 +194,10 @@ def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input:
         dynamic_batch: the batch dimension stays free in the ONNX graph.
         opset_version: ONNX opset (default: the exporter's).
     """
-    if example_input is None:
-        config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
-        if not isinstance(config, snn.SlideTransformerConfig):
-            raise ValueError("slideformer.onnx.export: pass example_input for a model without a SlideTransformerConfig")
-        example_input = torch.rand(2, config.in_channels, config.image_size, config.image_size)
-    was_training = model.training
-    model.eval()
-    try:
-        dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    example_input = example_images(model, example_input, "slideformer.onnx.export")
+    with eval_mode(model):
         program = torch.onnx.export(model, (example_input,), dynamo=True, custom_translation_table=translation_table(),
-                                    dynamic_shapes=dynamic_shapes, input_names=["images"], output_names=["logits"],
-                                    opset_version=opset_version, verbose=False)
-    finally:
-        model.train(was_training)
-    path = os.fspath(path)
-    temporary = path + ".tmp"
-    program.save(temporary)
-    os.replace(temporary, path)
+                                    dynamic_shapes=batch_dynamic_shapes(dynamic_batch), input_names=["images"],
+                                    output_names=["logits"], opset_version=opset_version, verbose=False)
+    with replaced_on_success(path, ".onnx") as temporary:
+        program.save(temporary)

@@ -9,21 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LIBRARY
+from conftest import PROGRAM as BIN
+from conftest import program_result as run
+from conftest import run_program as checked
 
-BIN = LIBRARY.parent.parent / "bin" / "slideformer"
 DATA = "/usr/share/datasets/fashion-mnist"
 QUICK = ["--preset", "fashion", "--limit", "256", "--batch-size", "64", "--threads", "1"]
-
-
-def run(*args):
-    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=600)
-
-
-def checked(*args):
-    result = run(*args)
-    assert result.returncode == 0, result.stderr + result.stdout
-    return result.stdout
 
 
 def digest(path):
