@@ -4,11 +4,9 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include <algorithm>
-#include <chrono>
-#include <functional>
 #include <vector>
 
+#include "bench_common.h"
 #include "slideformer/nn/modules.h"
 
 namespace slideformer::app {
@@ -23,28 +21,6 @@ int64_t conv_output(int64_t size, int64_t kernel, int64_t stride, int64_t paddin
 // 2 * multiply-adds of a k x k convolution producing an out x out map.
 double conv_flops(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t out) {
   return 2.0 * in_channels * out_channels * kernel * kernel * out * out;
-}
-
-// Median seconds of each step, run round-robin (one warm-up round first) so that a background
-// load slows every contender alike.
-std::vector<double> interleaved_medians(const std::vector<std::function<void()>>& steps,
-                                        int64_t rounds) {
-  for (const auto& step : steps) step();
-  std::vector<std::vector<double>> times(steps.size());
-  for (int64_t r = 0; r < rounds; ++r) {
-    for (size_t i = 0; i < steps.size(); ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      steps[i]();
-      times[i].push_back(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
-  }
-  std::vector<double> medians;
-  for (auto& t : times) {
-    std::sort(t.begin(), t.end());
-    medians.push_back(t[t.size() / 2]);
-  }
-  return medians;
 }
 
 }  // namespace
@@ -105,7 +81,8 @@ int bench(const BenchConfig& config) {
   torch::optim::AdamW optimizer(training->parameters(), torch::optim::AdamWOptions(1e-4));
   const at::Tensor a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
 
-  const std::vector<double> seconds = interleaved_medians(
+  // Round-robin after one warm-up round, so that a background load slows each step alike.
+  const std::vector<double> seconds = slideformer::bench::interleaved_median_seconds(
       {[&] { at::mm(a, b); },
        [&] {
          torch::NoGradGuard no_grad;
@@ -116,7 +93,7 @@ int bench(const BenchConfig& config) {
          torch::nn::functional::cross_entropy(training(images), labels).backward();
          optimizer.step();
        }},
-      config.rounds);
+      1, static_cast<int>(config.rounds));
 
   const FlopCount flops = forward_flops(options);
   const double mm_rate = 2.0 * 1024 * 1024 * 1024 / seconds[0];
@@ -135,7 +112,7 @@ int bench(const BenchConfig& config) {
   }
   fmt::print("{}: batch {}, {} threads, {}x{} images, medians of {} rounds (round-robin)\n",
              config.preset, n, config.threads, options.image_size(), options.image_size(),
-             config.rounds);
+             1, static_cast<int>(config.rounds));
   fmt::print("FLOPs per image (forward)  {:.3f} G: linear {:.3f}, convolution {:.3f}, global "
              "attention {:.3f}, slide attention {:.3f}\n",
              flops.total() / 1e9, flops.linear / 1e9, flops.convolution / 1e9,
