@@ -8,7 +8,7 @@ Every figure is a median over the rounds. timm is an optional benchmark dependen
 only our figures are printed.
 
     python benchmarks/bench_model.py [--preset slide_swin_tiny] [--batch-size 8] [--threads N]
-                                     [--rounds 3] [--binary build/bin/slideformer]
+                                     [--rounds 3] [--binary build/bin/slideformer] [--quick]
 """
 
 import argparse
@@ -96,7 +96,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two models")
     parser.add_argument("--inner-rounds", type=int, default=3, help="timed steps per alternation")
     parser.add_argument("--binary", default=default_binary())
+    parser.add_argument("--quick", action="store_true", help="one alternation of one step each")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = args.inner_rounds = 1
     torch.set_num_threads(args.threads)
 
     try:
