@@ -1,10 +1,11 @@
 #pragma once
-// attention, CUDA kernels and their launches: a flash-style forward (online softmax over key
-// tiles, log-sum-exp saved) and a backward that recomputes the probabilities tile by tile from
-// it. No (Nq, Nk) tensor is ever stored. Inputs keep their dtype in global memory; everything is
-// staged and accumulated in at::opmath_type (float32 for the half types, float64 for float64).
-// nvcc compiles this header for the GPU (attention_kernel.cu); the test build compiles it for the
-// host execution of ops/cuda/host_runtime.h (see ops/cuda/launch.h).
+// attention, CUDA kernels and their launches (docs/operators.md, docs/cuda.md): a flash-style
+// forward (online softmax over key tiles, log-sum-exp saved) and a backward that recomputes the
+// probabilities tile by tile from it. No (Nq, Nk) tensor is ever stored. Inputs keep their dtype
+// in global memory; everything is staged and accumulated in at::opmath_type (float32 for the half
+// types, float64 for float64). nvcc compiles this header for the GPU (attention_kernel.cu); the
+// test build compiles it for the host execution of ops/cuda/host_runtime.h (see
+// ops/cuda/launch.h).
 //
 // Tiling: a block of 128 threads works on 32 x 32 tiles of (queries x keys). Thread t owns row
 // t / 4 of a tile and its 8 columns (t % 4) + 4u; the 4 threads of a row are adjacent lanes of

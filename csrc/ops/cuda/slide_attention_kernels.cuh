@@ -1,7 +1,7 @@
 #pragma once
-// slide_attention, CUDA kernels and their launches. nvcc compiles this header for the GPU
-// (slide_attention_kernel.cu); the test build compiles it for the host execution of
-// ops/cuda/host_runtime.h (see ops/cuda/launch.h). Every per-element computation (window slots,
+// slide_attention, CUDA kernels and their launches (docs/operators.md, docs/cuda.md). nvcc
+// compiles this header for the GPU (slide_attention_kernel.cu); the test build compiles it for
+// the host execution of ops/cuda/host_runtime.h (see ops/cuda/launch.h). Every per-element computation (window slots,
 // masks, inverse neighbourhood, deformed-shift mixing and its adjoint, softmax pieces) comes from
 // ops/common/slide_math.h and ops/common/online_softmax.h, which the CPU kernel and its tests use.
 //
