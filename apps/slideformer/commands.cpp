@@ -49,10 +49,15 @@ at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>&
 
 }  // namespace
 
-int summary(const std::string& preset_name, int64_t image_size) {
-  nn::SlideTransformerOptions options = nn::preset(preset_name);
-  if (image_size > 0) options.image_size(image_size);
-  nn::SlideTransformer model(options);
+int summary(ModelConfig config, int64_t image_size) {
+  if (image_size > 0) {
+    config.options.image_size(image_size);
+    check_model_config(config, "--image-size " + std::to_string(image_size));
+  }
+  const nn::SlideTransformerOptions& options = config.options;
+  nn::SlideTransformer model = build_model(config);
+  fmt::print("model {} ({}, {}x{}x{} images, {} classes)\n", model_name(config), config.family,
+             options.in_channels(), options.image_size(), options.image_size(), options.num_classes());
   model->eval();
   torch::NoGradGuard no_grad;
   fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
@@ -101,8 +106,8 @@ int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t
   const int64_t classes = options.num_classes();
   const at::Tensor confusion =
       at::bincount(test.labels * classes + predictions, {}, classes * classes).view({classes, classes});
-  fmt::print("test accuracy {:.2f}% ({} images)\n", 100 * accuracy_of(predictions, test),
-             test.labels.numel());
+  fmt::print("model {}: test accuracy {:.2f}% ({} images)\n", model_name(loaded.model_config),
+             100 * accuracy_of(predictions, test), test.labels.numel());
   fmt::print("confusion matrix (rows: true class, columns: predicted)\n{:>10}", "");
   for (int64_t c = 0; c < classes; ++c) fmt::print("{:>9}", c < 10 ? kClasses[c] : std::to_string(c));
   fmt::print("\n");
@@ -120,7 +125,7 @@ int export_model(const std::string& checkpoint, const std::string& out) {
   nn::to_torchscript(loaded.model).save(temporary);
   if (std::rename(temporary.c_str(), out.c_str()) != 0) throw std::runtime_error(out + ": cannot write");
   fmt::print("exported {} ({}) to {}: input (N, {}, {}, {}) floats in [0, 1], output logits\n",
-             checkpoint, loaded.config.preset, out, loaded.model->options.in_channels(),
+             checkpoint, model_name(loaded.model_config), out, loaded.model->options.in_channels(),
              loaded.model->options.image_size(), loaded.model->options.image_size());
   return 0;
 }

@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "checkpoint.h"
 #include "commands.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
@@ -13,7 +14,7 @@ int main(int argc, char** argv) {
   CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer models"};
   app.require_subcommand(1);
 
-  std::string preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path;
+  std::string preset, train_preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path;
   TestSetOutputs outputs;
   int64_t image_size = 0, limit = 0;
   TrainRun run;
@@ -22,11 +23,14 @@ int main(int argc, char** argv) {
   const auto presets = slideformer::nn::preset_names();
 
   auto* summary_cmd = app.add_subcommand("summary", "layers, output shapes and parameter counts");
-  summary_cmd->add_option("--preset", preset, "model preset")->required()->check(CLI::IsMember(presets));
-  summary_cmd->add_option("--image-size", image_size, "input size (default: the preset's)");
+  auto* summary_model = summary_cmd->add_option_group("model", "one of");
+  summary_model->add_option("--preset", preset, "model preset")->check(CLI::IsMember(presets));
+  auto* summary_checkpoint = summary_model->add_option("--checkpoint", checkpoint, "the model of this checkpoint.pt");
+  summary_model->require_option(1);
+  summary_cmd->add_option("--image-size", image_size, "input size (default: the model's)")->check(CLI::PositiveNumber);
 
   auto* train_cmd = app.add_subcommand("train", "train a preset on Fashion-MNIST");
-  train_cmd->add_option("--preset", config.preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
+  train_cmd->add_option("--preset", train_preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
   train_cmd->add_option("--out", run.out_dir, "output directory (checkpoint.pt, metrics.jsonl, curves.png)")->required();
   train_cmd->add_option("--data", config.data_dir, "directory of the IDX .gz files")->capture_default_str();
   train_cmd->add_option("--epochs", config.epochs, "epochs of the schedule")->capture_default_str()->check(CLI::PositiveNumber);
@@ -63,9 +67,15 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*summary_cmd) return summary(preset, image_size);
+    if (*summary_cmd) {
+      return summary(*summary_checkpoint ? read_checkpoint_state(checkpoint).model : preset_model(preset),
+                     image_size);
+    }
     if (*train_cmd) {
-      run.data_dir_given = train_cmd->count("--data") > 0;
+      run.model = preset_model(train_preset);
+      for (const CLI::Option* option : train_cmd->get_options()) {
+        if (option->count() > 0) run.given_options.insert(option->get_name());
+      }
       return train(run);
     }
     if (*eval_cmd) {
