@@ -127,12 +127,12 @@ inline void check_fully_masked_rows(at::Device device) {
   EXPECT_FALSE(out2.narrow(2, 4, 2).eq(0).all().item<bool>());
 }
 
-// Logits that rise from one key block to the next exercise the forward's lazy rescaling: a jump
-// of 30 moves the running max, a jump of 150 overflows exp in float32 and recomputes the row,
+// Logits that rise from one key block to the next exercise the forward's rescaling of the running
+// max: a jump of 30 moves it, a jump of 150 would overflow exp in float32 against a stale max,
 // and a first block masked with -inf starts the row late. Checked in float64 and float32.
 inline void check_logits_rising_across_key_blocks(at::Device device) {
   at::manual_seed(13);
-  const int64_t nk = 1300;  // three key blocks of the CPU kernel
+  const int64_t nk = 1300;  // several key blocks of the CPU kernel
   for (auto dtype : {at::kDouble, at::kFloat}) {
     const auto opts = at::TensorOptions().dtype(dtype).device(device);
     at::Tensor q = at::randn({1, 2, 5, 8}, opts), k = at::randn({1, 2, nk, 8}, opts),

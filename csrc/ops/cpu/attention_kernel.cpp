@@ -1,6 +1,12 @@
-// attention, CPU kernels (DESIGN 2.1, 2.4): flash-style forward with an online softmax over key
-// blocks, and a backward that recomputes the probabilities block by block from the saved
-// log-sum-exp. Only (query block x key block) scratch is ever allocated, per thread.
+// attention, CPU kernels: flash-style forward with an online softmax over key blocks, and a
+// backward that recomputes the probabilities block by block from the saved log-sum-exp. Only
+// (key block x query block) scratch is ever allocated, per thread.
+//
+// Queries lie in the vector lanes: a block of up to kMaxTileVectors vectors of queries is packed
+// transposed (D x queries), and every block product keeps queries in the lanes: S^T = K Q^T,
+// O^T += V^T P^T, dP^T = V dO^T, dV += P dO, dK += dS^T Q, dQ^T += K^T dS^T. K, V, Q and dO
+// are then read in place (broadcast_product.h broadcasts their elements), the running max and
+// sum of the softmax are per lane, and no step needs a horizontal sum.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,24 +18,20 @@
 #include "ops/attention.h"
 #include "ops/common/attention_math.h"
 #include "ops/common/online_softmax.h"
-#include "ops/cpu/blas.h"
+#include "ops/cpu/broadcast_product.h"
 #include "ops/cpu/vec_utils.h"
+#include "ops/cpu/work_split.h"
 
 namespace slideformer::ops {
 namespace {
 
-using cpu::gemm;
+using cpu::broadcast_product;
+using cpu::Layout;
 using cpu::Vectorized;
 
-constexpr int64_t kQueryBlock = 256;
-constexpr int64_t kKeyBlock = 512;
-// Lazy rescaling of the online softmax (forward): the running max moves only when a block's
-// logits exceed it by more than this, so exp(logit - max) <= e^16 and the accumulators stay far
-// from overflow. Beyond kExpOverflowGuard an exp may have overflowed and the row is recomputed.
-constexpr double kLazyRescaleMargin = 16.0;
-constexpr double kExpOverflowGuard = 80.0;
+constexpr int64_t kKeyBlock = 256;
 
-// Problem geometry plus the additive bias seen as a (B, H, Nq, Nk) strided view.
+// Problem geometry and the strides of the inputs (last dimension contiguous).
 struct Geometry {
   int64_t batch, heads, num_queries, num_keys, head_dim, value_dim;
   bool causal;
@@ -38,7 +40,44 @@ struct Geometry {
   int64_t visible_keys(int64_t i) const {
     return math::visible_keys(i, num_queries, num_keys, causal);
   }
-  int64_t query_blocks() const { return (num_queries + kQueryBlock - 1) / kQueryBlock; }
+};
+
+// A (B, H, N, D) tensor with a contiguous last dimension, seen per (b, h) as N rows.
+template <typename T>
+struct Rows {
+  T* data;
+  int64_t stride_b, stride_h, stride_n;
+  explicit Rows(const at::Tensor& t)
+      : data(t.data_ptr<T>()), stride_b(t.stride(0)), stride_h(t.stride(1)), stride_n(t.stride(2)) {}
+  T* head(int64_t b, int64_t h) const { return data + b * stride_b + h * stride_h; }
+};
+
+// Queries [begin, end) of one block; `width` lanes (whole vectors) hold them, padded.
+struct QueryBlock {
+  int64_t begin, end, width;
+  int64_t rows() const { return end - begin; }
+  int64_t vectors(int64_t lanes) const { return width / lanes; }
+};
+
+// The queries split into blocks of whole vectors, as even as possible, each at most
+// kMaxTileVectors vectors wide (196 queries in 16 lanes: 64, 48, 48, 36 padded to 48).
+template <typename T>
+class QueryBlocks {
+ public:
+  static constexpr int64_t kLanes = Vectorized<T>::size();
+  static constexpr int64_t kMaxWidth = cpu::kMaxTileVectors * kLanes;
+  explicit QueryBlocks(int64_t num_queries)
+      : num_queries_(num_queries),
+        vectors_((num_queries + kLanes - 1) / kLanes),
+        count_((vectors_ + cpu::kMaxTileVectors - 1) / cpu::kMaxTileVectors) {}
+  int64_t count() const { return count_; }
+  QueryBlock operator[](int64_t i) const {
+    const int64_t first = i * vectors_ / count_, last = (i + 1) * vectors_ / count_;
+    return {first * kLanes, std::min(last * kLanes, num_queries_), (last - first) * kLanes};
+  }
+
+ private:
+  int64_t num_queries_, vectors_, count_;
 };
 
 // Uninitialised per-thread scratch, allocated once per call outside the parallel region and
@@ -57,13 +96,12 @@ class ThreadScratch {
   at::Tensor buffer_;
 };
 
+// The additive bias expanded to (B, H, Nq, Nk), stored with queries contiguous (stride 1, or 0
+// when broadcast over queries), so a key's row of the transposed logits adds one vector load.
 template <typename T>
 struct BiasView {
   const T* data = nullptr;
-  int64_t stride[4] = {0, 0, 0, 0};  // strides of the bias expanded to (B, H, Nq, Nk)
-  const T* row(int64_t b, int64_t h, int64_t i) const {
-    return data + b * stride[0] + h * stride[1] + i * stride[2];
-  }
+  int64_t stride[4] = {0, 0, 0, 0};
 };
 
 template <typename T>
@@ -76,26 +114,54 @@ BiasView<T> make_bias_view(const at::Tensor& expanded_bias) {
   return view;
 }
 
-// scores[r][jj] for one (query block, key block): scale * q k^T + bias, then -inf past the causal
-// limit. Returns nothing; `visible[r]` receives the count of keys of this block row r may see.
+// Block-transposes `rows` rows of `src` (row stride ld, `cols` contiguous columns) into
+// dst[c * width + i], times `scale`, zero-filling lanes rows..width.
+template <typename T>
+void pack_transposed(const T* src, int64_t ld, int64_t rows, int64_t cols, int64_t width, T scale,
+                     T* dst) {
+  for (int64_t c = 0; c < cols; ++c) {
+    T* d = dst + c * width;
+    for (int64_t i = 0; i < rows; ++i) d[i] = scale * src[i * ld + c];
+    std::fill(d + rows, d + width, T(0));
+  }
+}
+
+// The logits of one (key block x query block), queries in lanes: scale * K Q^T (the scale is
+// in the packed Q^T), plus the bias, -inf past the causal limit.
 template <typename T>
 void block_logits(const Geometry& g, const BiasView<T>& bias, int64_t b, int64_t h,
-                  const T* q_block, const T* k_block, int64_t i0, int64_t rows, int64_t j0,
-                  int64_t cols, T* scores, int64_t* visible) {
-  gemm<T>(false, true, rows, cols, g.head_dim, T(g.scale), q_block, g.head_dim, k_block, g.head_dim,
-          T(0), scores, cols);
-  for (int64_t r = 0; r < rows; ++r) {
-    T* s = scores + r * cols;
-    if (bias.data) {
-      const T* bias_row = bias.row(b, h, i0 + r) + j0 * bias.stride[3];
-      const int64_t sj = bias.stride[3];
-      if (sj == 1) {
-        for (int64_t jj = 0; jj < cols; ++jj) s[jj] += bias_row[jj];
-      } else {
-        for (int64_t jj = 0; jj < cols; ++jj) s[jj] += bias_row[jj * sj];
+                  const QueryBlock& qb, const T* q_packed, const T* k_head, int64_t k_stride,
+                  int64_t j0, int64_t cols, T* logits) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t width = qb.width, rows = qb.rows();
+  broadcast_product<T, Layout::kRowMajor>(cols, width, g.head_dim, T(1), k_head + j0 * k_stride,
+                                          k_stride, q_packed, width, false, logits, width);
+  if (bias.data) {
+    const T* block = bias.data + b * bias.stride[0] + h * bias.stride[1] +
+                     qb.begin * bias.stride[2] + j0 * bias.stride[3];
+    for (int64_t jj = 0; jj < cols; ++jj) {
+      T* s = logits + jj * width;
+      const T* row = block + jj * bias.stride[3];
+      for (int64_t i = 0; i < width; i += L) {
+        const V add = bias.stride[2] == 0 ? V(row[0]) : V::loadu(row + i, std::clamp<int64_t>(rows - i, 0, L));
+        (V::loadu(s + i) + add).store(s + i);
       }
     }
-    visible[r] = std::clamp<int64_t>(g.visible_keys(i0 + r) - j0, 0, cols);
+  }
+  if (g.causal) {
+    const V lane = V::arange(T(qb.begin), T(1));
+    constexpr T kInf = std::numeric_limits<T>::infinity();
+    for (int64_t jj = 0; jj < cols; ++jj) {
+      const int64_t first = math::first_query_seeing(j0 + jj, g.num_queries, g.num_keys, true);
+      if (first <= qb.begin) continue;
+      T* s = logits + jj * width;
+      const V first_v(static_cast<T>(first));
+      for (int64_t i = 0; i < width; i += L) {
+        const V x = V::loadu(s + i);
+        V::blendv(x, V(-kInf), (lane + V(T(i))) < first_v).store(s + i);
+      }
+    }
   }
 }
 
@@ -103,84 +169,87 @@ template <typename T>
 void forward_kernel(const Geometry& g, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v, const BiasView<T>& bias, at::Tensor& out,
                     at::Tensor& lse) {
-  const T* q_data = q.data_ptr<T>();
-  const T* k_data = k.data_ptr<T>();
-  const T* v_data = v.data_ptr<T>();
-  T* out_data = out.data_ptr<T>();
-  T* lse_data = lse.data_ptr<T>();
-  const int64_t D = g.head_dim, Dv = g.value_dim, Nq = g.num_queries, Nk = g.num_keys;
-  const int64_t key_block = std::max<int64_t>(1, std::min(kKeyBlock, Nk));
-  const int64_t num_qb = g.query_blocks();
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
   constexpr T kInf = std::numeric_limits<T>::infinity();
+  const Rows<T> qs(q), ks(k), vs(v), os(out);
+  T* lse_data = lse.data_ptr<T>();
+  const int64_t D = g.head_dim, Dv = g.value_dim, Nq = g.num_queries;
+  const int64_t key_block = std::max<int64_t>(1, std::min(kKeyBlock, g.num_keys));
+  const QueryBlocks<T> blocks(Nq);
+  constexpr int64_t W = QueryBlocks<T>::kMaxWidth;
 
-  const ThreadScratch<T> scratch(kQueryBlock * (key_block + Dv + 2));
-  at::parallel_for(0, g.batch * g.heads * num_qb, 1, [&](int64_t begin, int64_t end) {
-    T* const scores = scratch.local();
-    T* const acc = scores + kQueryBlock * key_block;
-    T* const row_max = acc + kQueryBlock * Dv;
-    T* const row_sum = row_max + kQueryBlock;
-    int64_t visible[kQueryBlock];
+  const ThreadScratch<T> scratch(W * (D + key_block + Dv + 3));
+  at::parallel_for(0, g.batch * g.heads * blocks.count(), 1, [&](int64_t begin, int64_t end) {
+    cpu::ScratchCursor<T> cursor(scratch.local());
+    T* const q_packed = cursor.take(W * D);
+    T* const probs = cursor.take(W * key_block);
+    T* const acc = cursor.take(W * Dv);  // O^T, unnormalised
+    T* const row_max = cursor.take(W);
+    T* const row_sum = cursor.take(W);
+    T* const shift = cursor.take(W);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / num_qb, b = bh / g.heads, h = bh % g.heads;
-      const int64_t i0 = (task % num_qb) * kQueryBlock;
-      const int64_t rows = std::min(kQueryBlock, Nq - i0);
-      const T* q_block = q_data + (bh * Nq + i0) * D;
-      std::fill_n(acc, rows * Dv, T(0));
-      std::fill_n(row_max, rows, -kInf);
-      std::fill_n(row_sum, rows, T(0));
-      const int64_t keys_end = g.visible_keys(i0 + rows - 1);
+      const int64_t bh = task / blocks.count(), b = bh / g.heads, h = bh % g.heads;
+      const QueryBlock qb = blocks[task % blocks.count()];
+      const int64_t width = qb.width, rows = qb.rows();
+      const T* k_head = ks.head(b, h);
+      const T* v_head = vs.head(b, h);
+      pack_transposed(qs.head(b, h) + qb.begin * qs.stride_n, qs.stride_n, rows, D, width,
+                      T(g.scale), q_packed);
+      std::fill_n(acc, width * Dv, T(0));
+      std::fill_n(row_max, width, -kInf);
+      std::fill_n(row_sum, width, T(0));
+      const int64_t keys_end = g.visible_keys(qb.end - 1);
       for (int64_t j0 = 0; j0 < keys_end; j0 += key_block) {
         const int64_t cols = std::min(key_block, keys_end - j0);
-        const T* k_block = k_data + (bh * Nk + j0) * D;
-        block_logits<T>(g, bias, b, h, q_block, k_block, i0, rows, j0, cols, scores, visible);
-        for (int64_t r = 0; r < rows; ++r) {
-          T* s = scores + r * cols;
-          const int64_t n = visible[r];
-          T block_sum = 0;
-          if (row_max[r] == -kInf) {  // nothing seen yet: exact max, then exp against it
-            row_max[r] = cpu::max_of(s, n);
-            if (row_max[r] != -kInf) block_sum = cpu::exp_shifted_sum_inplace(s, n, row_max[r]);
-            else std::fill_n(s, n, T(0));  // every visible logit is -inf
-          } else {
-            // Lazy rescaling: exponentiate against the running max in the pass that finds this
-            // block's max; move the max only when the block exceeds it by more than
-            // kLazyRescaleMargin (so every exp stays below e^margin and saves a pass).
-            T block_max;
-            std::tie(block_sum, block_max) =
-                cpu::exp_shifted_sum_and_max_inplace(s, n, row_max[r]);
-            if (block_max > row_max[r] + kLazyRescaleMargin) {
-              const T correction = math::rescale_factor(row_max[r], block_max);
-              if (block_max - row_max[r] > kExpOverflowGuard) {  // an exp overflowed: redo row
-                block_logits<T>(g, bias, b, h, q_block + r * D, k_block, i0 + r, 1, j0, cols, s,
-                                &visible[r]);
-                block_sum = cpu::exp_shifted_sum_inplace(s, n, block_max);
-              } else {  // e^(s - old) * e^(old - new) = e^(s - new)
-                cpu::scale_inplace(s, correction, n);
-                block_sum *= correction;
-              }
-              cpu::scale_inplace(acc + r * Dv, correction, Dv);
-              row_sum[r] *= correction;
-              row_max[r] = block_max;
-            }
+        block_logits<T>(g, bias, b, h, qb, q_packed, k_head, ks.stride_n, j0, cols, probs);
+        // Per lane: the new running max; exp against it (0 where no logit was finite yet);
+        // rescale the sum and the accumulator by exp(old max - new max).
+        for (int64_t i = 0; i < width; i += L) {
+          V block_max(-kInf);
+          for (int64_t jj = 0; jj < cols; ++jj) {
+            block_max = at::vec::maximum(block_max, V::loadu(probs + jj * width + i));
           }
-          std::fill(s + n, s + cols, T(0));
-          row_sum[r] += block_sum;
+          const V old_max = V::loadu(row_max + i);
+          const V new_max = at::vec::maximum(old_max, block_max);
+          const V zero(T(0)), neg_inf(-kInf);
+          const V lane_shift = V::blendv(new_max, zero, new_max == neg_inf);
+          const V correction =
+              V::blendv(cpu::fast_exp(old_max - lane_shift), zero, old_max == neg_inf);
+          new_max.store(row_max + i);
+          lane_shift.store(shift + i);
+          (V::loadu(row_sum + i) * correction).store(row_sum + i);
+          for (int64_t c = 0; c < Dv; ++c) (V::loadu(acc + c * width + i) * correction).store(acc + c * width + i);
         }
-        gemm<T>(false, false, rows, Dv, cols, 1.0, scores, cols,
-                v_data + (bh * Nk + j0) * Dv, Dv, 1.0, acc, Dv);
+        for (int64_t i = 0; i < width; i += L) {
+          const V lane_shift = V::loadu(shift + i);
+          V sum(T(0));
+          for (int64_t jj = 0; jj < cols; ++jj) {
+            T* p = probs + jj * width + i;
+            const V e = cpu::fast_exp(V::loadu(p) - lane_shift);
+            e.store(p);
+            sum = sum + e;
+          }
+          (V::loadu(row_sum + i) + sum).store(row_sum + i);
+        }
+        // O^T += V^T P^T
+        broadcast_product<T, Layout::kColMajor>(Dv, width, cols, T(1),
+                                                v_head + j0 * vs.stride_n, vs.stride_n, probs,
+                                                width, true, acc, width);
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        T* o = out_data + (bh * Nq + i0 + r) * Dv;
-        const T inv = math::output_normalizer(row_sum[r]);
-        for (int64_t c = 0; c < Dv; ++c) o[c] = acc[r * Dv + c] * inv;
-        lse_data[bh * Nq + i0 + r] = math::finish_logsumexp(row_max[r], row_sum[r]);
+      T* o_block = os.head(b, h) + qb.begin * os.stride_n;
+      T* lse_block = lse_data + bh * Nq + qb.begin;
+      for (int64_t i = 0; i < rows; ++i) {
+        const T inv = math::output_normalizer(row_sum[i]);
+        for (int64_t c = 0; c < Dv; ++c) o_block[i * os.stride_n + c] = acc[c * width + i] * inv;
+        lse_block[i] = math::finish_logsumexp(row_max[i], row_sum[i]);
       }
     }
   });
 }
 
-// Where dS of (b, h, i, j) accumulates: a contiguous buffer of the bias's own 4-d shape with
-// zero strides on its broadcast dimensions.
+// Where dS of (b, h, i, j) accumulates: a buffer of the bias's own 4-d shape, queries
+// contiguous, with zero strides on its broadcast dimensions.
 template <typename T>
 struct BiasGradTarget {
   T* data = nullptr;
@@ -188,18 +257,25 @@ struct BiasGradTarget {
 };
 
 template <typename T>
-void accumulate_bias_grad(const BiasGradTarget<T>& target, int64_t b, int64_t h, int64_t i0,
-                          int64_t rows, int64_t j0, int64_t cols, const T* ds) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* dst = target.data + b * target.stride[0] + h * target.stride[1] +
-             (i0 + r) * target.stride[2] + j0 * target.stride[3];
-    const T* src = ds + r * cols;
-    if (target.stride[3] == 1) {
-      cpu::axpy(T(1), src, dst, cols);
-    } else {  // bias broadcast over keys: the row sums into one entry
+void accumulate_bias_grad(const BiasGradTarget<T>& target, int64_t b, int64_t h,
+                          const QueryBlock& qb, int64_t j0, int64_t cols, const T* ds) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  T* const block = target.data + b * target.stride[0] + h * target.stride[1] +
+                   qb.begin * target.stride[2] + j0 * target.stride[3];
+  const int64_t rows = qb.rows();
+  for (int64_t jj = 0; jj < cols; ++jj) {
+    T* dst = block + jj * target.stride[3];
+    const T* src = ds + jj * qb.width;
+    if (target.stride[2] == 0) {  // bias broadcast over queries: the lanes sum into one entry
       T sum = 0;
-      for (int64_t jj = 0; jj < cols; ++jj) sum += src[jj];
+      for (int64_t i = 0; i < rows; ++i) sum += src[i];
       *dst += sum;
+    } else {
+      for (int64_t i = 0; i < rows; i += L) {
+        const int64_t lanes = std::min(L, rows - i);
+        (V::loadu(dst + i, lanes) + V::loadu(src + i, lanes)).store(dst + i, lanes);
+      }
     }
   }
 }
@@ -210,14 +286,17 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
                      const at::Tensor& out, const at::Tensor& lse, at::Tensor& grad_q,
                      at::Tensor& grad_k, at::Tensor& grad_v, at::Tensor& grad_bias4,
                      bool bias_shared_across_heads) {
-  const T *q_data = q.data_ptr<T>(), *k_data = k.data_ptr<T>(), *v_data = v.data_ptr<T>();
-  const T *do_data = grad_out.data_ptr<T>(), *out_data = out.data_ptr<T>();
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  const Rows<T> qs(q), ks(k), vs(v), dos(grad_out), os(out), gqs(grad_q), gks(grad_k), gvs(grad_v);
   const T* lse_data = lse.data_ptr<T>();
-  T *gq = grad_q.data_ptr<T>(), *gk = grad_k.data_ptr<T>(), *gv = grad_v.data_ptr<T>();
-  const int64_t D = g.head_dim, Dv = g.value_dim, Nq = g.num_queries, Nk = g.num_keys;
-  const int64_t key_block = std::max<int64_t>(1, std::min(kKeyBlock, Nk));
+  const int64_t D = g.head_dim, Dv = g.value_dim, Nq = g.num_queries;
+  const int64_t key_block = std::max<int64_t>(1, std::min(kKeyBlock, g.num_keys));
   const int64_t num_bh = g.batch * g.heads;
   if (num_bh == 0) return;
+  const QueryBlocks<T> blocks(Nq);
+  constexpr int64_t W = QueryBlocks<T>::kMaxWidth;
 
   // Work is split into a fixed number of chunks of (b, h) pairs. When several pairs share one
   // bias slice, each chunk accumulates into its own copy, summed in chunk order afterwards:
@@ -237,55 +316,74 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
     return target;
   };
 
-  const ThreadScratch<T> scratch(kQueryBlock * (2 * key_block + 1));
+  const ThreadScratch<T> scratch(W * (2 * D + Dv + 2 * key_block + 2));
   at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    T* const probs = scratch.local();
-    T* const dscores = probs + kQueryBlock * key_block;
-    T* const delta = dscores + kQueryBlock * key_block;
-    int64_t visible[kQueryBlock];
+    cpu::ScratchCursor<T> cursor(scratch.local());
+    T* const q_packed = cursor.take(W * D);
+    T* const do_packed = cursor.take(W * Dv);
+    T* const grad_q_acc = cursor.take(W * D);  // dQ^T
+    T* const probs = cursor.take(W * key_block);
+    T* const dscores = cursor.take(W * key_block);
+    T* const lse_lanes = cursor.take(W);
+    T* const delta = cursor.take(W);
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       const BiasGradTarget<T> bias_target = target_for_chunk(chunk);
       const int64_t bh_begin = chunk * num_bh / num_chunks;
       const int64_t bh_end = (chunk + 1) * num_bh / num_chunks;
       for (int64_t bh = bh_begin; bh < bh_end; ++bh) {
         const int64_t b = bh / g.heads, h = bh % g.heads;
-        for (int64_t i0 = 0; i0 < Nq; i0 += kQueryBlock) {
-          const int64_t rows = std::min(kQueryBlock, Nq - i0);
-          const T* q_block = q_data + (bh * Nq + i0) * D;
-          const T* do_block = do_data + (bh * Nq + i0) * Dv;
-          T* gq_block = gq + (bh * Nq + i0) * D;
-          for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO * O)
-            delta[r] = cpu::dot(do_block + r * Dv, out_data + (bh * Nq + i0 + r) * Dv, Dv);
+        const T *q_head = qs.head(b, h), *k_head = ks.head(b, h), *v_head = vs.head(b, h);
+        const T *do_head = dos.head(b, h), *o_head = os.head(b, h);
+        T *gk_head = gks.head(b, h), *gv_head = gvs.head(b, h);
+        for (int64_t block = 0; block < blocks.count(); ++block) {
+          const QueryBlock qb = blocks[block];
+          const int64_t width = qb.width, rows = qb.rows();
+          const T* q_rows = q_head + qb.begin * qs.stride_n;
+          const T* do_rows = do_head + qb.begin * dos.stride_n;
+          pack_transposed(q_rows, qs.stride_n, rows, D, width, T(g.scale), q_packed);
+          pack_transposed(do_rows, dos.stride_n, rows, Dv, width, T(1), do_packed);
+          std::fill_n(grad_q_acc, width * D, T(0));
+          // Padding lanes get lse = +inf: probabilities and gradients 0.
+          std::fill_n(lse_lanes, width, kInf);
+          std::fill_n(delta, width, T(0));
+          for (int64_t i = 0; i < rows; ++i) {  // delta_i = rowsum(dO * O)
+            lse_lanes[i] = lse_data[bh * Nq + qb.begin + i];
+            delta[i] = cpu::dot(do_rows + i * dos.stride_n,
+                                o_head + (qb.begin + i) * os.stride_n, Dv);
           }
-          const int64_t keys_end = g.visible_keys(i0 + rows - 1);
+          const int64_t keys_end = g.visible_keys(qb.end - 1);
           for (int64_t j0 = 0; j0 < keys_end; j0 += key_block) {
             const int64_t cols = std::min(key_block, keys_end - j0);
-            const T* k_block = k_data + (bh * Nk + j0) * D;
-            const T* v_block = v_data + (bh * Nk + j0) * Dv;
-            block_logits<T>(g, bias, b, h, q_block, k_block, i0, rows, j0, cols, probs,
-                            visible);
-            // dP = dO V^T; then P = exp(S - lse) and dS = P * (dP - delta) in one pass per row
-            // (both 0 past the causal limit); then dV += P^T dO.
-            gemm<T>(false, true, rows, cols, Dv, 1.0, do_block, Dv, v_block, Dv, 0.0, dscores,
-                    cols);
-            for (int64_t r = 0; r < rows; ++r) {
-              T* p = probs + r * cols;
-              T* ds = dscores + r * cols;
-              cpu::probabilities_and_logit_grads_inplace(p, ds, visible[r],
-                                                         lse_data[bh * Nq + i0 + r], delta[r]);
-              std::fill(p + visible[r], p + cols, T(0));
-              std::fill(ds + visible[r], ds + cols, T(0));
+            block_logits<T>(g, bias, b, h, qb, q_packed, k_head, ks.stride_n, j0, cols, probs);
+            // dP^T = V dO^T; then P = exp(S - lse) and dS = P * (dP - delta) in one pass.
+            broadcast_product<T, Layout::kRowMajor>(cols, width, Dv, T(1),
+                                                    v_head + j0 * vs.stride_n, vs.stride_n,
+                                                    do_packed, width, false, dscores, width);
+            for (int64_t i = 0; i < width; i += L) {
+              const V lane_lse = V::loadu(lse_lanes + i), lane_delta = V::loadu(delta + i);
+              for (int64_t jj = 0; jj < cols; ++jj) {
+                T* p = probs + jj * width + i;
+                T* ds = dscores + jj * width + i;
+                const V pv = cpu::fast_exp(V::loadu(p) - lane_lse);
+                pv.store(p);
+                math::logit_grad(pv, V::loadu(ds), lane_delta).store(ds);
+              }
             }
-            gemm<T>(true, false, cols, Dv, rows, 1.0, probs, cols, do_block, Dv, 1.0,
-                    gv + (bh * Nk + j0) * Dv, Dv);
-            if (want_bias_grad) {
-              accumulate_bias_grad(bias_target, b, h, i0, rows, j0, cols, dscores);
-            }
-            // dQ += scale dS K ; dK += scale dS^T Q
-            gemm<T>(false, false, rows, D, cols, g.scale, dscores, cols, k_block, D, 1.0,
-                    gq_block, D);
-            gemm<T>(true, false, cols, D, rows, g.scale, dscores, cols, q_block, D, 1.0,
-                    gk + (bh * Nk + j0) * D, D);
+            // dV += P dO;  dK += scale dS^T Q;  dQ^T += scale K^T dS^T
+            broadcast_product<T, Layout::kRowMajor>(cols, Dv, rows, T(1), probs, width, do_rows,
+                                                    dos.stride_n, true,
+                                                    gv_head + j0 * gvs.stride_n, gvs.stride_n);
+            broadcast_product<T, Layout::kRowMajor>(cols, D, rows, T(g.scale), dscores, width,
+                                                    q_rows, qs.stride_n, true,
+                                                    gk_head + j0 * gks.stride_n, gks.stride_n);
+            broadcast_product<T, Layout::kColMajor>(D, width, cols, T(g.scale),
+                                                    k_head + j0 * ks.stride_n, ks.stride_n,
+                                                    dscores, width, true, grad_q_acc, width);
+            if (want_bias_grad) accumulate_bias_grad(bias_target, b, h, qb, j0, cols, dscores);
+          }
+          T* gq_rows = gqs.head(b, h) + qb.begin * gqs.stride_n;
+          for (int64_t i = 0; i < rows; ++i) {
+            for (int64_t c = 0; c < D; ++c) gq_rows[i * gqs.stride_n + c] = grad_q_acc[c * width + i];
           }
         }
       }
@@ -294,10 +392,11 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
   for (const auto& partial : chunk_bias_grads) grad_bias4.add_(partial);
 }
 
-// Inputs as the kernels want them: contiguous, float32 for the half types.
+// Inputs as the kernels want them: float32 for the half types, last dimension contiguous (any
+// other strides are read in place).
 at::Tensor prepare(const at::Tensor& t) {
-  const auto type = attention_accumulate_type(t.scalar_type());
-  return t.to(type).contiguous();
+  at::Tensor x = t.to(attention_accumulate_type(t.scalar_type()));
+  return x.stride(-1) == 1 ? x : x.contiguous();
 }
 
 Geometry make_geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -306,9 +405,22 @@ Geometry make_geometry(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                   attention_scale(q, scale)};
 }
 
+// The bias's own shape, padded to 4 dimensions with leading 1s.
+std::vector<int64_t> bias_shape4(const at::Tensor& bias) {
+  std::vector<int64_t> shape(4 - bias.dim(), 1);
+  for (int64_t s : bias.sizes()) shape.push_back(s);
+  return shape;
+}
+
+// The bias expanded to (B, H, Nq, Nk) over storage with queries contiguous (a bias that is a
+// transposed view already, as the modules pass it, is not copied).
 at::Tensor expanded_bias(const std::optional<at::Tensor>& attn_bias, const Geometry& g) {
   if (!attn_bias.has_value() || !attn_bias->defined()) return {};
   return attn_bias->to(attention_accumulate_type(attn_bias->scalar_type()))
+      .reshape(bias_shape4(*attn_bias))
+      .transpose(2, 3)
+      .contiguous()
+      .transpose(2, 3)
       .expand({g.batch, g.heads, g.num_queries, g.num_keys});
 }
 
@@ -338,15 +450,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   const at::Tensor dout = prepare(grad_output), out = prepare(output);
   const at::Tensor lse = logsumexp.to(q.scalar_type()).contiguous();
   const at::Tensor bias = expanded_bias(attn_bias, g);
-  at::Tensor grad_q = at::zeros_like(q), grad_k = at::zeros_like(k), grad_v = at::zeros_like(v);
+  const auto layout = q.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor grad_q = at::empty(q.sizes(), layout);
+  at::Tensor grad_k = at::zeros(k.sizes(), layout), grad_v = at::zeros(v.sizes(), layout);
 
-  // The bias gradient accumulates in the bias's own shape, padded to 4 dimensions.
+  // The bias gradient accumulates in the bias's own shape, padded to 4 dimensions, with
+  // queries contiguous like the logits of the kernel.
   at::Tensor grad_bias4;
   bool shared_across_heads = false;
   if (compute_bias_grad && bias.defined()) {
-    std::vector<int64_t> shape(4 - attn_bias->dim(), 1);
-    for (int64_t s : attn_bias->sizes()) shape.push_back(s);
-    grad_bias4 = at::zeros(shape, q.options());
+    const std::vector<int64_t> shape = bias_shape4(*attn_bias);
+    grad_bias4 = at::zeros({shape[0], shape[1], shape[3], shape[2]}, q.options()).transpose(2, 3);
     shared_across_heads = (shape[0] == 1 && g.batch > 1) || (shape[1] == 1 && g.heads > 1);
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_attention_backward_cpu", [&] {
