@@ -4,7 +4,7 @@
 //
 //   bench_cuda [--reps N]
 //
-// Shapes: DESIGN 5's attention shape (B=4, H=8, N=1024, D=64) and the global-attention stages of
+// Shapes: the attention bar's shape (docs/benchmarks.md) (B=4, H=8, N=1024, D=64) and the global-attention stages of
 // Slide-Swin-T at B=64 (stage 3: 14x14 tokens, 12 heads; stage 4: 7x7 tokens, 24 heads; D=32,
 // with a relative-position bias (1, H, N, N)). The flash backend takes neither float32 nor a
 // bias, so it is the peer only for the half-type, bias-free rows; the other rows compare with

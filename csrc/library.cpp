@@ -5,7 +5,7 @@
 #include "slideformer/version.h"
 
 TORCH_LIBRARY(slideformer, m) {
-  // Multi-head attention (DESIGN 2.1).
+  // Multi-head attention (docs/operators.md).
   m.def("attention(Tensor query, Tensor key, Tensor value, Tensor? attn_bias=None, "
         "bool is_causal=False, float? scale=None) -> Tensor");
   // Saves only the output and the per-row log-sum-exp (+inf for a fully masked row).
@@ -17,7 +17,7 @@ TORCH_LIBRARY(slideformer, m) {
         "bool compute_bias_grad) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value, "
         "Tensor grad_attn_bias)");
 
-  // Slide attention (DESIGN 2.2).
+  // Slide attention (docs/operators.md).
   m.def("slide_attention(Tensor query, Tensor key, Tensor value, int kernel_size, "
         "int dilation=1, Tensor? key_bias=None, Tensor? shift_weight=None, "
         "Tensor? shift_bias=None, str border=\"zeros\", float? scale=None) -> Tensor");

@@ -1,5 +1,5 @@
 #pragma once
-// Weight initialisation shared by the modules (DESIGN 3).
+// Weight initialisation shared by the modules (docs/modules.md).
 #include <ATen/ATen.h>
 #include <torch/nn/modules/linear.h>
 

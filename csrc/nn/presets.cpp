@@ -1,4 +1,4 @@
-// Model presets (DESIGN 3). Parameter counts are checked by tests/cpp/test_modules.cpp.
+// Model presets (docs/modules.md). Parameter counts are checked by tests/cpp/test_modules.cpp.
 #include <c10/util/Exception.h>
 
 #include "slideformer/nn/options.h"

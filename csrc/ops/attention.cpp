@@ -1,4 +1,4 @@
-// attention: C++ wrapper, shared input check and the composite forward (DESIGN 2.1).
+// attention: C++ wrapper, shared input check and the composite forward (docs/operators.md).
 #include "ops/attention.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>

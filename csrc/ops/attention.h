@@ -8,7 +8,7 @@ namespace slideformer::ops {
 
 inline constexpr const char* kAttentionOp = "slideformer::attention";
 
-// The one input check of `attention`, run by the CPU, CUDA and Meta kernels (DESIGN 2.3).
+// The one input check of `attention`, run by the CPU, CUDA and Meta kernels (docs/operators.md).
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value, const std::optional<at::Tensor>& attn_bias);
 

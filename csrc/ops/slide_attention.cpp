@@ -1,4 +1,4 @@
-// slide_attention: C++ wrapper, shared input check and the composite forward (DESIGN 2.2).
+// slide_attention: C++ wrapper, shared input check and the composite forward (docs/operators.md).
 #include "ops/slide_attention.h"
 
 #include <torch/library.h>

@@ -14,7 +14,7 @@ inline constexpr const char* kSlideAttentionOp = "slideformer::slide_attention";
 // "zeros" or "clamp"; anything else is an error naming the op.
 math::SlideBorder parse_slide_border(c10::string_view border);
 
-// The one input check of `slide_attention`, run by the CPU, CUDA and Meta kernels (DESIGN 2.3).
+// The one input check of `slide_attention`, run by the CPU, CUDA and Meta kernels (docs/operators.md).
 // Uses symbolic sizes, so Meta kernels under dynamic shapes check without specialising.
 void check_slide_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                                   const at::Tensor& value, int64_t kernel_size, int64_t dilation,

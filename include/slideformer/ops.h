@@ -10,7 +10,7 @@
 
 namespace slideformer {
 
-// Multi-head scaled dot-product attention (DESIGN 2.1).
+// Multi-head scaled dot-product attention (contract: docs/operators.md).
 // query (B, H, Nq, D), key (B, H, Nk, D), value (B, H, Nk, Dv) -> (B, H, Nq, Dv).
 // attn_bias broadcasts to (B, H, Nq, Nk) and is differentiable; -inf entries mask.
 // is_causal masks key j for query i when j > i + (Nk - Nq). scale defaults to 1/sqrt(D).
@@ -37,7 +37,7 @@ struct SlideAttentionFuncOptions {
   TORCH_ARG(std::optional<double>, scale) = std::nullopt;
 };
 
-// Local "slide" attention of Slide-Transformer (DESIGN 2.2).
+// Local "slide" attention of Slide-Transformer (contract: docs/operators.md).
 // query, key, value (B, H, Y, X, D) with any strides -> (B, H, Y, X, D).
 at::Tensor slide_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                            const SlideAttentionFuncOptions& options);

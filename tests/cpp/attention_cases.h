@@ -1,6 +1,6 @@
 #pragma once
 // The attention test cases, written once and run per device: test_attention.cpp runs them on
-// the CPU, test_attention_cuda.cpp on a GPU (DESIGN 2.1).
+// the CPU, test_attention_cuda.cpp on a GPU (docs/operators.md).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>

@@ -1,7 +1,7 @@
 #pragma once
 // The slide_attention test cases, written once and run per device: test_slide_attention.cpp runs
 // them on the CPU, test_slide_attention_cuda.cpp on a GPU. References in plain aten ops
-// (DESIGN 2.2):
+// (docs/operators.md):
 // (a) the Slide-Transformer formulation for the "zeros" border: a frozen one-hot depthwise
 //     conv2d plus a learnable depthwise conv2d make the k*k shifted copies, then einsum+softmax;
 // (b) a brute-force gather of every window slot for the "clamp" border.

@@ -1,4 +1,4 @@
-// attention on the CPU against a composite of plain aten ops (DESIGN 2.1). The cases live in
+// attention on the CPU against a composite of plain aten ops (docs/operators.md). The cases live in
 // attention_cases.h and also run on a GPU in test_attention_cuda.cpp.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Shapes, parameter counts and reparameterisation of the slideformer modules (DESIGN 3).
+// Shapes, parameter counts and reparameterisation of the slideformer modules (docs/modules.md).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

@@ -1,5 +1,5 @@
 """slideformer::slide_attention from Python: parity with two independent references, opcheck,
-gradcheck, bad inputs, TorchScript, export, compile (DESIGN 2.2)."""
+gradcheck, bad inputs, TorchScript, export, compile (contract: docs/operators.md)."""
 import math
 import re
 import subprocess

@@ -1,5 +1,5 @@
 #pragma once
-// Per-element rules of `attention` shared by the CPU and CUDA kernels (DESIGN 2.1).
+// Per-element rules of `attention` shared by the CPU and CUDA kernels (docs/operators.md).
 #include <c10/macros/Macros.h>
 
 #include <cstdint>

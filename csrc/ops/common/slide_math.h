@@ -1,5 +1,5 @@
 #pragma once
-// Per-element math of slide_attention shared by the CPU and CUDA kernels (DESIGN 2.2, 2.4):
+// Per-element math of slide_attention shared by the CPU and CUDA kernels (docs/operators.md):
 // - which key/value position each window slot of a pixel reads, in both border modes, one
 //   spatial axis at a time (slot n = (n / k, n % k) combines a row slot and a column slot);
 // - the inverse maps: which pixels read a given position, and through which slot (backward

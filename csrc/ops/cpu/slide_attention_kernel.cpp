@@ -1,4 +1,4 @@
-// slide_attention, CPU kernels (DESIGN 2.2, 2.4).
+// slide_attention, CPU kernels (docs/operators.md).
 // Forward, per pixel and head: gather the k*k neighbours of K and V once into scratch
 // (k*k x D, zeros where a slot reads nothing; read in place when the whole window lies inside
 // the map), mix them with W on the fly through the shared math of ops/common/slide_math.h,

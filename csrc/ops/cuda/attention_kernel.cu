@@ -1,4 +1,4 @@
-// attention, CUDA kernels (DESIGN 2.1, 2.4): a flash-style forward (online softmax over key
+// attention, CUDA kernels (docs/operators.md): a flash-style forward (online softmax over key
 // tiles, log-sum-exp saved) and a backward that recomputes the probabilities tile by tile from
 // it. No (Nq, Nk) tensor is ever stored. Inputs keep their dtype in global memory; everything is
 // staged and accumulated in at::opmath_type (float32 for the half types, float64 for float64).

@@ -1,4 +1,4 @@
-// slide_attention, CUDA kernels (DESIGN 2.2-2.4). Every per-element computation (window slots,
+// slide_attention, CUDA kernels (docs/operators.md). Every per-element computation (window slots,
 // masks, inverse neighbourhood, deformed-shift mixing and its adjoint, softmax pieces) comes from
 // ops/common/slide_math.h and ops/common/online_softmax.h, which the CPU kernel and its tests use.
 //
