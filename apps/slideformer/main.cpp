@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "bench.h"
 #include "checkpoint.h"
 #include "commands.h"
 #include "slideformer/nn/options.h"
@@ -65,6 +66,15 @@ int main(int argc, char** argv) {
   predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
   add_output_options(predict_cmd);
 
+  BenchConfig bench_config;
+  bench_config.threads = run.threads;
+  auto* bench_cmd = app.add_subcommand("bench", "forward and training-step throughput, FLOPs, fraction of the at::mm rate");
+  bench_cmd->add_option("--preset", bench_config.preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
+  bench_cmd->add_option("--batch-size", bench_config.batch_size, "images per step")->capture_default_str()->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--threads", bench_config.threads, "intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--rounds", bench_config.rounds, "timed rounds (medians)")->capture_default_str()->check(CLI::PositiveNumber);
+  bench_cmd->add_flag("--json", bench_config.json, "print one JSON line");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*summary_cmd) {
@@ -83,6 +93,7 @@ int main(int argc, char** argv) {
                       outputs);
     }
     if (*export_cmd) return export_model(checkpoint, out);
+    if (*bench_cmd) return bench(bench_config);
     if (*predict_cmd) return predict(model_path, data_dir, limit, outputs);
   } catch (const c10::Error& e) {
     fmt::print(stderr, "slideformer: error: {}\n", e.what_without_backtrace());

@@ -246,3 +246,28 @@ def test_bad_inputs_fail_with_one_line_errors_and_keep_the_checkpoint(trained, t
     assert len(result.stderr.strip().splitlines()) == 1
     not_a_model = run("predict", "--model", truncated)
     assert not_a_model.returncode != 0 and f"{truncated}: not a loadable TorchScript model" in not_a_model.stderr
+
+
+def test_bench_reports_throughput_flops_and_gemm_fraction():
+    import json
+
+    report = json.loads(checked("bench", "--preset", "fashion", "--batch-size", "4", "--threads",
+                                "1", "--rounds", "1", "--json"))
+    # The fashion preset by hand (2 FLOPs per multiply-add): stem 1->24->24 (3x3, 28x28),
+    # overlapping patches 24->48 (3x3 stride 2, 14x14); two slide blocks at 14x14 (dim 48, MLP 96,
+    # 3x3 window: QK^T and PV 2 x 9, shift mixing 2 x 81 per channel); merging 4*48->96 at 7x7;
+    # two global blocks at 7x7 (dim 96, MLP 192); head 96->10.
+    convolutions = 2 * 784 * 9 * (1 * 24 + 24 * 24) + 2 * 196 * 9 * 24 * 48
+    stage1 = 2 * (2 * 196 * 48 * (3 * 48 + 48 + 2 * 96) + 2 * 196 * 48 * (2 * 9 + 2 * 81))
+    merging = 2 * 49 * (4 * 48) * 96
+    stage2 = 2 * (2 * 49 * 96 * (3 * 96 + 96 + 2 * 192) + 4 * 49 * 49 * 96)
+    expected = convolutions + stage1 + merging + stage2 + 2 * 96 * 10
+    assert report["flops_per_image"] == pytest.approx(expected, rel=1e-9)
+    assert report["preset"] == "fashion" and report["batch_size"] == 4 and report["threads"] == 1
+    for key in ("forward_img_s", "train_img_s", "mm_flop_s"):
+        assert report[key] > 0, key
+    rate = report["mm_flop_s"]
+    assert report["forward_mm_fraction"] == pytest.approx(
+        expected * report["forward_img_s"] / rate, rel=1e-3)
+    assert report["train_mm_fraction"] == pytest.approx(
+        3 * expected * report["train_img_s"] / rate, rel=1e-3)
