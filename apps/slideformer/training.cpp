@@ -90,16 +90,6 @@ std::vector<torch::optim::OptimizerParamGroup> parameter_groups(const torch::nn:
   return groups;
 }
 
-void check_data_fits(const ModelConfig& model, const Dataset& data) {
-  const nn::SlideTransformerOptions& options = model.options;
-  if (data.images.size(1) != options.in_channels() || data.images.size(2) != options.image_size() ||
-      data.images.size(3) != options.image_size()) {
-    throw std::runtime_error(fmt::format(
-        "model '{}' expects {}x{}x{} images, the data has {}x{}x{}", model_name(model),
-        options.in_channels(), options.image_size(), options.image_size(), data.images.size(1),
-        data.images.size(2), data.images.size(3)));
-  }
-}
 
 // Creates `out_dir` if needed and makes sure a checkpoint can be written there before any work;
 // removes a temporary checkpoint a killed run left behind (never a valid one: see checkpoint.h).
@@ -253,6 +243,17 @@ void write_plot(const std::string& out_dir) {
 
 }  // namespace
 
+void check_data_fits(const ModelConfig& model, const Dataset& data) {
+  const nn::SlideTransformerOptions& options = model.options;
+  if (data.images.size(1) != options.in_channels() || data.images.size(2) != options.image_size() ||
+      data.images.size(3) != options.image_size()) {
+    throw std::runtime_error(fmt::format(
+        "model '{}' expects {}x{}x{} images, the data has {}x{}x{}", model_name(model),
+        options.in_channels(), options.image_size(), options.image_size(), data.images.size(1),
+        data.images.size(2), data.images.size(3)));
+  }
+}
+
 at::Tensor normalise(const nn::SlideTransformerOptions& options, const at::Tensor& unit) {
   const int64_t c = options.in_channels();
   const at::Tensor mean = torch::tensor(options.input_mean(), at::kFloat).view({1, c, 1, 1});
@@ -359,9 +360,11 @@ int train(TrainRun run) {
     const int64_t epoch = progress.epoch;
     // Data order and (at an epoch's start) the random stream are functions of (seed, epoch), so
     // a resumed run draws exactly what an uninterrupted one would.
-    at::Generator order = at::detail::createCPUGenerator(static_cast<uint64_t>(config.seed * 1000003 + epoch));
+    // (Unsigned arithmetic: any seed, no overflow.)
+    const auto seed = static_cast<uint64_t>(config.seed), index = static_cast<uint64_t>(epoch);
+    at::Generator order = at::detail::createCPUGenerator(seed * 1000003 + index);
     const at::Tensor permutation = at::randperm(n, order, at::kLong);
-    if (progress.step_in_epoch == 0) torch::manual_seed(static_cast<uint64_t>(config.seed * 7919 + epoch + 1));
+    if (progress.step_in_epoch == 0) torch::manual_seed(seed * 7919 + index + 1);
     model->train();
     const auto epoch_start = Clock::now();
     // The epoch's loss and time so far, carried over an interrupted run.

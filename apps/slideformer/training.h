@@ -67,6 +67,9 @@ struct LoadedModel {
 };
 LoadedModel load_model(const std::string& checkpoint_path);
 
+// Throws std::runtime_error unless the images have the model's channels and size.
+void check_data_fits(const ModelConfig& model, const Dataset& data);
+
 // [0, 1] float images normalised as the model expects.
 at::Tensor normalise(const slideformer::nn::SlideTransformerOptions& options, const at::Tensor& unit_images);
 

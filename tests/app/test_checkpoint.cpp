@@ -179,34 +179,35 @@ TEST_F(CheckpointTest, LeftoverTemporaryFileNeverMatters) {
   expect_same_tensors(*restored.model, *trainee.model);
 }
 
-// A checkpoint as format v1 wrote it: the preset's name, no model description, no metrics.
-void save_v1_checkpoint(const std::string& file, const std::string& preset, const Trainee& trainee) {
+// The values of a checkpoint as format v1 wrote them: the preset's name, no model description,
+// no metrics.
+std::vector<std::pair<std::string, c10::IValue>> v1_values(const std::string& preset) {
   const CheckpointState state = sample_state();
-  torch::serialize::OutputArchive archive;
-  archive.write("format", c10::IValue(std::string("slideformer-checkpoint-v1")));
-  archive.write("preset", c10::IValue(preset));
   const TrainConfig& c = state.config;
-  archive.write("data_dir", c10::IValue(c.data_dir));
-  archive.write("epochs", c10::IValue(c.epochs));
-  archive.write("batch_size", c10::IValue(c.batch_size));
-  archive.write("lr", c10::IValue(c.lr));
-  archive.write("weight_decay", c10::IValue(c.weight_decay));
-  archive.write("label_smoothing", c10::IValue(c.label_smoothing));
-  archive.write("augment", c10::IValue(c.augment));
-  archive.write("limit", c10::IValue(c.limit));
-  archive.write("seed", c10::IValue(c.seed));
-  archive.write("epoch", c10::IValue(state.progress.epoch));
-  archive.write("step_in_epoch", c10::IValue(state.progress.step_in_epoch));
-  archive.write("global_step", c10::IValue(state.progress.global_step));
-  archive.write("epoch_loss_sum", c10::IValue(state.progress.epoch_loss_sum));
-  archive.write("epoch_seconds", c10::IValue(state.progress.epoch_seconds));
-  archive.write("rng_state", state.rng_state);
+  const TrainProgress& p = state.progress;
+  return {{"format", std::string("slideformer-checkpoint-v1")}, {"preset", preset},
+          {"data_dir", c.data_dir}, {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
+          {"weight_decay", c.weight_decay}, {"label_smoothing", c.label_smoothing},
+          {"augment", c.augment}, {"limit", c.limit}, {"seed", c.seed}, {"epoch", p.epoch},
+          {"step_in_epoch", p.step_in_epoch}, {"global_step", p.global_step},
+          {"epoch_loss_sum", p.epoch_loss_sum}, {"epoch_seconds", p.epoch_seconds},
+          {"rng_state", state.rng_state}};
+}
+
+void save_archive(const std::string& file, const std::vector<std::pair<std::string, c10::IValue>>& values,
+                  const Trainee& trainee) {
+  torch::serialize::OutputArchive archive;
+  for (const auto& [key, value] : values) archive.write(key, value);
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   trainee.model->save(model_archive);
   trainee.optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
   archive.save_to(file);
+}
+
+void save_v1_checkpoint(const std::string& file, const std::string& preset, const Trainee& trainee) {
+  save_archive(file, v1_values(preset), trainee);
 }
 
 // The fashion preset as it was while v1 checkpoints were written: first without a stem, then
@@ -247,6 +248,21 @@ TEST_F(CheckpointTest, V1CheckpointsOfUnknownPresetsOrOtherWeightsAreRefused) {
   save_v1_checkpoint(file, "fashion", custom);
   EXPECT_RUNTIME_ERROR(read_checkpoint_state(file),
                        file + ": v1 checkpoint of preset 'fashion' whose weights fit none of that preset's 3 versions");
+}
+
+TEST_F(CheckpointTest, ValuesOfTheWrongTypeOrMissingAreNamed) {
+  const std::string file = path("odd.pt");
+  Trainee trainee;
+  auto values = v1_values("fashion");
+  for (auto& [key, value] : values) {
+    if (key == "epochs") value = 7.0;
+  }
+  save_archive(file, values, trainee);
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file), file + ": checkpoint's 'epochs' has the wrong type (Double)");
+  values = v1_values("fashion");
+  values.pop_back();  // rng_state
+  save_archive(file, values, trainee);
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file), file + ": checkpoint lacks 'rng_state'");
 }
 
 }  // namespace
