@@ -4,12 +4,38 @@
 
 namespace slideformer::nn::functional {
 
+namespace {
+// The slice set by GlobalBatchSlice on this thread; global_size 0: none.
+thread_local int64_t slice_offset = 0;
+thread_local int64_t slice_global_size = 0;
+}  // namespace
+
+GlobalBatchSlice::GlobalBatchSlice(int64_t offset, int64_t global_size)
+    : previous_offset_(slice_offset), previous_global_size_(slice_global_size) {
+  TORCH_CHECK(global_size >= 1 && offset >= 0 && offset <= global_size,
+              "slideformer::GlobalBatchSlice: need 0 <= offset <= global_size and global_size >= 1, got offset ",
+              offset, " and global_size ", global_size);
+  slice_offset = offset;
+  slice_global_size = global_size;
+}
+
+GlobalBatchSlice::~GlobalBatchSlice() {
+  slice_offset = previous_offset_;
+  slice_global_size = previous_global_size_;
+}
+
 at::Tensor drop_path(const at::Tensor& x, double p, bool training) {
   if (!training || p == 0.0) return x;
   TORCH_CHECK(p > 0.0 && p < 1.0, "slideformer::drop_path: p must be in [0, 1), got ", p);
+  const int64_t batch = x.size(0);
+  const bool sliced = slice_global_size > 0;
+  TORCH_CHECK(!sliced || slice_offset + batch <= slice_global_size, "slideformer::drop_path: a batch of ",
+              batch, " samples at offset ", slice_offset, " does not fit the GlobalBatchSlice of ",
+              slice_global_size, " samples");
   std::vector<int64_t> shape(x.dim(), 1);
-  shape[0] = x.size(0);
-  const at::Tensor keep = at::empty(shape, x.options()).bernoulli_(1.0 - p).div_(1.0 - p);
+  shape[0] = sliced ? slice_global_size : batch;
+  at::Tensor keep = at::empty(shape, x.options()).bernoulli_(1.0 - p).div_(1.0 - p);
+  if (sliced) keep = keep.narrow(0, slice_offset, batch);
   return x * keep;
 }
 

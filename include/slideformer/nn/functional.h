@@ -10,6 +10,21 @@ namespace slideformer::nn::functional {
 // by 1 / (1 - p); identity in eval mode or for p = 0.
 at::Tensor drop_path(const at::Tensor& x, double p, bool training);
 
+// This thread's batch as a slice of a larger one. While a GlobalBatchSlice lives, drop_path draws
+// its per-sample masks for all `global_size` samples and keeps rows [offset, offset + batch): a
+// data-parallel rank draws what a single process running the whole global batch would, so results
+// do not depend on how the batch is split. The guard restores the previous slice when it ends.
+class GlobalBatchSlice {
+ public:
+  GlobalBatchSlice(int64_t offset, int64_t global_size);
+  ~GlobalBatchSlice();
+  GlobalBatchSlice(const GlobalBatchSlice&) = delete;
+  GlobalBatchSlice& operator=(const GlobalBatchSlice&) = delete;
+
+ private:
+  int64_t previous_offset_, previous_global_size_;
+};
+
 // Swin relative-position index of an R x R map: (R*R, R*R) int64 entries in [0, (2R-1)^2).
 at::Tensor relative_position_index(int64_t size);
 
