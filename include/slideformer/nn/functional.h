@@ -28,6 +28,15 @@ class GlobalBatchSlice {
 // Swin relative-position index of an R x R map: (R*R, R*R) int64 entries in [0, (2R-1)^2).
 at::Tensor relative_position_index(int64_t size);
 
+// What linear() applies after the affine map.
+enum class Activation { kNone, kGelu };
+
+// y = activation(x W^T + b) over the last dimension of x (b may be undefined). float32 on the CPU
+// runs oneDNN's inner product, forward and backward, with the GELU fused in when no gradient is
+// needed; anything else runs at::linear (then at::gelu). Differentiable in x, W and b.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                  Activation activation = Activation::kNone);
+
 // (B, Y, X, C) -> (B, ceil(Y/2), ceil(X/2), 4C), neighbours in the order (0,0),(1,0),(0,1),(1,1)
 // (row, col); odd maps are zero-padded at the bottom / right first.
 at::Tensor merge_patches(const at::Tensor& x);
