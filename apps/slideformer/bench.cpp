@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "slideformer/nn/modules.h"
+#include "model_config.h"
 
 namespace slideformer::app {
 
@@ -67,16 +67,17 @@ FlopCount forward_flops(const nn::SlideTransformerOptions& o) {
 int bench(const BenchConfig& config) {
   at::set_num_threads(static_cast<int>(config.threads));
   torch::manual_seed(0);
-  const nn::SlideTransformerOptions options = nn::preset(config.preset);
+  const ModelConfig model = preset_model(config.preset);
+  const nn::SlideTransformerOptions& options = model.options;
   const int64_t n = config.batch_size;
   const at::Tensor images =
       torch::randn({n, options.in_channels(), options.image_size(), options.image_size()});
   const at::Tensor labels = torch::randint(options.num_classes(), {n}, at::kLong);
 
-  nn::SlideTransformer inference(options);
+  nn::SlideTransformer inference = build_model(model);
   inference->reparameterize();
   inference->eval();
-  nn::SlideTransformer training(options);
+  nn::SlideTransformer training = build_model(model);
   training->train();
   torch::optim::AdamW optimizer(training->parameters(), torch::optim::AdamWOptions(1e-4));
   const at::Tensor a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});

@@ -1,6 +1,15 @@
 #include "checkpoint.h"
 
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <torch/script.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -9,27 +18,209 @@ namespace slideformer::app {
 
 namespace {
 
-constexpr const char* kFormat = "slideformer-checkpoint-v1";
+constexpr const char* kFormat = "slideformer-checkpoint-v2";
+constexpr const char* kFormatV1 = "slideformer-checkpoint-v1";
 
-torch::serialize::InputArchive open_archive(const std::string& path) {
+[[noreturn]] void fail(const std::string& path, const std::string& problem) {
+  throw std::runtime_error(path + ": " + problem);
+}
+
+std::string system_error(const std::string& what) { return what + " (" + std::strerror(errno) + ")"; }
+
+// The architectures each preset name denoted while v1 checkpoints were written, frozen whatever
+// the presets become: fashion changed twice then (a stem and overlapping patches were added, then
+// an absolute position table), the Slide-Swin presets never did.
+std::vector<ModelConfig> v1_preset_versions(const std::string& preset, const std::string& path) {
+  constexpr const char* kSwin =
+      R"({{"family": "slide_transformer", "options": {{"image_size": 224, "in_channels": 3,
+      "num_classes": 1000, "patch_size": 4, "stem_channels": 0, "overlapping_patches": false,
+      "embed_dim": {}, "absolute_position_embedding": false, "depths": {}, "heads": {},
+      "stage_kinds": ["slide", "slide", "global", "global"], "kernel_size": 3, "dilation": 1,
+      "border": "zeros", "mlp_ratio": 4.0, "drop_path_rate": {}, "input_mean": [0.485, 0.456, 0.406],
+      "input_std": [0.229, 0.224, 0.225]}}}})";
+  constexpr const char* kFashion =
+      R"({{"family": "slide_transformer", "options": {{"image_size": 28, "in_channels": 1,
+      "num_classes": 10, "patch_size": 2, "stem_channels": {}, "overlapping_patches": {},
+      "embed_dim": 48, "absolute_position_embedding": {}, "depths": [2, 2], "heads": [3, 6],
+      "stage_kinds": ["slide", "global"], "kernel_size": 3, "dilation": 1, "border": "zeros",
+      "mlp_ratio": 2.0, "drop_path_rate": 0.05, "input_mean": [0.2860], "input_std": [0.3530]}}}})";
+  std::vector<std::string> versions;
+  if (preset == "slide_swin_tiny") versions = {fmt::format(kSwin, 96, "[2, 2, 6, 2]", "[3, 6, 12, 24]", 0.2)};
+  if (preset == "slide_swin_small") versions = {fmt::format(kSwin, 96, "[2, 2, 18, 2]", "[3, 6, 12, 24]", 0.3)};
+  if (preset == "slide_swin_base") versions = {fmt::format(kSwin, 128, "[2, 2, 18, 2]", "[4, 8, 16, 32]", 0.5)};
+  if (preset == "fashion") {
+    versions = {fmt::format(kFashion, 24, true, true), fmt::format(kFashion, 24, true, false),
+                fmt::format(kFashion, 0, false, false)};
+  }
+  if (versions.empty()) fail(path, "v1 checkpoint of an unknown preset '" + preset + "'");
+  std::vector<ModelConfig> configs;
+  for (const std::string& json : versions) configs.push_back(model_config_from_json(json, "v1 preset " + preset));
+  return configs;
+}
+
+struct OpenedCheckpoint {
   torch::serialize::InputArchive archive;
+  bool v1 = false;
+};
+
+OpenedCheckpoint open_checkpoint(const std::string& path) {
+  struct stat info {};
+  if (stat(path.c_str(), &info) != 0) fail(path, system_error("cannot open the checkpoint"));
+  if (S_ISDIR(info.st_mode)) fail(path, "is a directory, not a checkpoint file");
+  OpenedCheckpoint opened;
   try {
-    archive.load_from(path);
+    opened.archive.load_from(path);
   } catch (const c10::Error&) {
-    throw std::runtime_error(path + ": not a readable checkpoint (missing, truncated or corrupt)");
+    fail(path, "not a readable checkpoint (truncated or corrupt)");
   }
   c10::IValue format;
-  if (!archive.try_read("format", format) || !format.isString() || format.toStringRef() != kFormat) {
-    throw std::runtime_error(path + ": not a slideformer checkpoint (no '" + kFormat + "' marker)");
+  if (opened.archive.try_read("format", format) && format.isString()) {
+    if (format.toStringRef() == kFormat) return opened;
+    if (format.toStringRef() == kFormatV1) {
+      opened.v1 = true;
+      return opened;
+    }
+    fail(path, "checkpoint format '" + format.toStringRef() + "' is not one this program reads (" +
+                   kFormat + " or " + kFormatV1 + ")");
   }
-  return archive;
+  // Exported models are readable archives too: they hold methods, not a format marker.
+  bool exported_model = false;
+  try {
+    exported_model = torch::jit::load(path).find_method("forward").has_value();
+  } catch (const c10::Error&) {
+  }
+  if (exported_model) fail(path, "is an exported TorchScript model, not a checkpoint (predict takes those)");
+  fail(path, std::string("not a slideformer checkpoint (no '") + kFormat + "' marker)");
 }
 
 template <typename T>
 T read_value(torch::serialize::InputArchive& archive, const std::string& path, const char* key) {
   c10::IValue value;
-  if (!archive.try_read(key, value)) throw std::runtime_error(path + ": checkpoint lacks '" + key + "'");
+  if (!archive.try_read(key, value)) fail(path, std::string("checkpoint lacks '") + key + "'");
+  bool fits = false;
+  if constexpr (std::is_same_v<T, int64_t>) fits = value.isInt();
+  if constexpr (std::is_same_v<T, double>) fits = value.isDouble();
+  if constexpr (std::is_same_v<T, bool>) fits = value.isBool();
+  if constexpr (std::is_same_v<T, std::string>) fits = value.isString();
+  if (!fits) fail(path, std::string("checkpoint's '") + key + "' has the wrong type (" + value.tagKind() + ")");
   return value.to<T>();
+}
+
+// Values a damaged or hand-made checkpoint could hold that training would trip over.
+void check_state(const CheckpointState& state, const std::string& path) {
+  const TrainConfig& c = state.config;
+  const TrainProgress& p = state.progress;
+  auto check = [&](bool ok, const char* key, const auto& value, const char* expected) {
+    if (!ok) fail(path, fmt::format("checkpoint's '{}' must be {}, got {}", key, expected, value));
+  };
+  check(c.epochs >= 1, "epochs", c.epochs, ">= 1");
+  check(c.batch_size >= 1, "batch_size", c.batch_size, ">= 1");
+  check(c.lr > 0 && std::isfinite(c.lr), "lr", c.lr, "> 0");
+  check(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "weight_decay", c.weight_decay, ">= 0");
+  check(c.label_smoothing >= 0 && c.label_smoothing <= 1, "label_smoothing", c.label_smoothing, "in [0, 1]");
+  check(c.limit >= 0, "limit", c.limit, ">= 0");
+  check(p.epoch >= 0 && p.epoch <= c.epochs, "epoch", p.epoch, "in [0, epochs]");
+  check(p.step_in_epoch >= 0, "step_in_epoch", p.step_in_epoch, ">= 0");
+  check(p.global_step >= p.step_in_epoch, "global_step", p.global_step, ">= step_in_epoch");
+  check(state.rng_state.defined() && state.rng_state.scalar_type() == at::kByte && state.rng_state.dim() == 1,
+        "rng_state", state.rng_state.defined() ? c10::str(state.rng_state.sizes()) : "nothing",
+        "a 1-d uint8 tensor");
+}
+
+// Module::load replaces each tensor whole (set_) whatever its shape, so the shapes are compared
+// afterwards; the model is unusable if this throws.
+void load_weights(torch::serialize::InputArchive& archive, const std::string& path,
+                  torch::nn::Module& model, torch::optim::Optimizer* optimizer) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> expected_shapes;
+  for (const auto& item : model.named_parameters()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
+  for (const auto& item : model.named_buffers()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
+  try {
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    model.load(model_archive);
+    if (optimizer) {
+      torch::serialize::InputArchive optimizer_archive;
+      archive.read("optimizer", optimizer_archive);
+      optimizer->load(optimizer_archive);
+    }
+  } catch (const c10::Error& e) {
+    fail(path, "weights do not fit the model (" + std::string(e.what_without_backtrace()).substr(0, 200) + ")");
+  }
+  const auto parameters = model.named_parameters();
+  const auto buffers = model.named_buffers();
+  for (const auto& [name, shape] : expected_shapes) {
+    const at::Tensor* loaded = parameters.find(name);
+    if (!loaded) loaded = buffers.find(name);
+    if (loaded->sizes() != c10::IntArrayRef(shape)) {
+      fail(path, "weights do not fit the model (" + name + " has shape " + c10::str(loaded->sizes()) +
+                     ", the model expects " + c10::str(c10::IntArrayRef(shape)) + ")");
+    }
+  }
+}
+
+// The v1-era version of the named preset whose tensor shapes match the saved weights.
+ModelConfig v1_model(OpenedCheckpoint& opened, const std::string& path) {
+  const std::string preset = read_value<std::string>(opened.archive, path, "preset");
+  const std::vector<ModelConfig> versions = v1_preset_versions(preset, path);
+  if (versions.size() == 1) return versions.front();  // load_checkpoint_weights checks the shapes
+  for (const ModelConfig& version : versions) {
+    nn::SlideTransformer model = build_model(version);
+    try {
+      load_weights(opened.archive, path, *model, nullptr);
+      return version;
+    } catch (const std::runtime_error&) {
+    }
+  }
+  fail(path, "v1 checkpoint of preset '" + preset + "' whose weights fit none of that preset's " +
+                 std::to_string(versions.size()) + " versions");
+}
+
+// Writes `archive` to `path` + ".tmp", flushes it to the disk, renames it over `path` and flushes the
+// directory.
+void write_durably(const std::string& path, torch::serialize::OutputArchive& archive) {
+  const std::string temporary = path + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail(path, system_error("cannot write the checkpoint: cannot create " + temporary));
+  int write_errno = 0;
+  auto write_all = [&](const void* data, size_t size) -> size_t {
+    for (size_t done = 0; done < size;) {
+      const ssize_t n = ::write(fd, static_cast<const char*>(data) + done, size - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        write_errno = n < 0 ? errno : EIO;
+        return 0;  // the archive writer then throws
+      }
+      done += static_cast<size_t>(n);
+    }
+    return size;
+  };
+  bool written = true;
+  try {
+    archive.save_to(write_all);
+  } catch (const c10::Error&) {
+    written = false;
+  }
+  if (written && ::fsync(fd) != 0) write_errno = errno, written = false;
+  if (::close(fd) != 0 && written) write_errno = errno, written = false;
+  if (!written) {
+    std::remove(temporary.c_str());
+    errno = write_errno;
+    fail(path, system_error("cannot write the checkpoint"));
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int rename_errno = errno;
+    std::remove(temporary.c_str());
+    errno = rename_errno;
+    fail(path, system_error("cannot replace the checkpoint"));
+  }
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0 || ::fsync(dir_fd) != 0) {
+    if (dir_fd >= 0) ::close(dir_fd);
+    fail(path, system_error("cannot flush the directory " + dir));
+  }
+  ::close(dir_fd);
 }
 
 }  // namespace
@@ -38,8 +229,8 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
                      const torch::nn::Module& model, const torch::optim::Optimizer& optimizer) {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string(kFormat)));
+  archive.write("model_config", c10::IValue(model_config_to_json(state.model)));
   const TrainConfig& c = state.config;
-  archive.write("preset", c10::IValue(c.preset));
   archive.write("data_dir", c10::IValue(c.data_dir));
   archive.write("epochs", c10::IValue(c.epochs));
   archive.write("batch_size", c10::IValue(c.batch_size));
@@ -55,24 +246,23 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   archive.write("epoch_loss_sum", c10::IValue(state.progress.epoch_loss_sum));
   archive.write("epoch_seconds", c10::IValue(state.progress.epoch_seconds));
   archive.write("rng_state", state.rng_state);
+  archive.write("metrics", c10::IValue(state.metrics));
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
-  const std::string temporary = path + ".tmp";
-  archive.save_to(temporary);
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    std::remove(temporary.c_str());
-    throw std::runtime_error(path + ": cannot replace the checkpoint");
-  }
+  write_durably(path, archive);
 }
 
 CheckpointState read_checkpoint_state(const std::string& path) {
-  torch::serialize::InputArchive archive = open_archive(path);
+  OpenedCheckpoint opened = open_checkpoint(path);
+  torch::serialize::InputArchive& archive = opened.archive;
   CheckpointState state;
+  state.model = opened.v1 ? v1_model(opened, path)
+                          : model_config_from_json(read_value<std::string>(archive, path, "model_config"), path);
+  if (!opened.v1) state.metrics = read_value<std::string>(archive, path, "metrics");
   TrainConfig& c = state.config;
-  c.preset = read_value<std::string>(archive, path, "preset");
   c.data_dir = read_value<std::string>(archive, path, "data_dir");
   c.epochs = read_value<int64_t>(archive, path, "epochs");
   c.batch_size = read_value<int64_t>(archive, path, "batch_size");
@@ -87,41 +277,15 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   state.progress.global_step = read_value<int64_t>(archive, path, "global_step");
   state.progress.epoch_loss_sum = read_value<double>(archive, path, "epoch_loss_sum");
   state.progress.epoch_seconds = read_value<double>(archive, path, "epoch_seconds");
-  archive.read("rng_state", state.rng_state);
+  if (!archive.try_read("rng_state", state.rng_state)) fail(path, "checkpoint lacks 'rng_state'");
+  check_state(state, path);
   return state;
 }
 
 void load_checkpoint_weights(const std::string& path, torch::nn::Module& model,
                              torch::optim::Optimizer* optimizer) {
-  torch::serialize::InputArchive archive = open_archive(path);
-  torch::serialize::InputArchive model_archive;
-  archive.read("model", model_archive);
-  // Module::load replaces each tensor whole (set_), whatever its shape: compare the shapes after.
-  std::vector<std::pair<std::string, std::vector<int64_t>>> expected_shapes;
-  for (const auto& item : model.named_parameters()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
-  for (const auto& item : model.named_buffers()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
-  try {
-    model.load(model_archive);
-    if (optimizer) {
-      torch::serialize::InputArchive optimizer_archive;
-      archive.read("optimizer", optimizer_archive);
-      optimizer->load(optimizer_archive);
-    }
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(path + ": weights do not fit the model (" +
-                             std::string(e.what_without_backtrace()).substr(0, 200) + ")");
-  }
-  const auto parameters = model.named_parameters();
-  const auto buffers = model.named_buffers();
-  for (const auto& [name, shape] : expected_shapes) {
-    const at::Tensor* loaded = parameters.find(name);
-    if (!loaded) loaded = buffers.find(name);
-    if (loaded->sizes() != c10::IntArrayRef(shape)) {
-      throw std::runtime_error(path + ": weights do not fit the model (" + name + " has shape " +
-                               c10::str(loaded->sizes()) + ", the model expects " +
-                               c10::str(c10::IntArrayRef(shape)) + ")");
-    }
-  }
+  OpenedCheckpoint opened = open_checkpoint(path);
+  load_weights(opened.archive, path, model, optimizer);
 }
 
 }  // namespace slideformer::app

@@ -1,27 +1,39 @@
 #pragma once
-// Checkpoint files: written to a temporary file in the same directory, then renamed over the
-// old one, so an interrupted or failed write never replaces a good checkpoint.
+// Checkpoint files (format v2): the model's full description (model_config.h), the training
+// recipe, progress, RNG state, metrics so far, the weights and the optimizer state. Written to a
+// temporary file in the same directory, flushed to the disk, renamed over the old one and the
+// directory flushed, so that after a crash or a kill at any moment the file is the old
+// checkpoint or the new one, whole.
+//
+// A v1 checkpoint (written before the model description was stored: it names a preset) still
+// loads: its preset is rebuilt as it was while v1 was written (where the preset changed during
+// that time, the version whose tensor shapes match the saved weights), and every shape is checked.
 #include <torch/torch.h>
 
 #include <string>
 
+#include "model_config.h"
 #include "training.h"
 
 namespace slideformer::app {
 
 struct CheckpointState {
+  ModelConfig model;
   TrainConfig config;
   TrainProgress progress;
   at::Tensor rng_state;  // the default CPU generator's state
+  std::string metrics;   // metrics.jsonl of the completed epochs (empty in v1 checkpoints)
 };
 
 void save_checkpoint(const std::string& path, const CheckpointState& state,
                      const torch::nn::Module& model, const torch::optim::Optimizer& optimizer);
 
-// Configuration, progress and RNG state; std::runtime_error "<path>: <problem>" if unreadable.
+// Everything but the weights; std::runtime_error "<path>: <problem>" if the file is missing,
+// unreadable, not a checkpoint or holds values out of range.
 CheckpointState read_checkpoint_state(const std::string& path);
 
-// Loads the weights (and the optimizer state when given) saved in `path`.
+// Loads the weights (and the optimizer state when given) saved in `path`; std::runtime_error
+// "<path>: <problem>" unless every tensor fits the model.
 void load_checkpoint_weights(const std::string& path, torch::nn::Module& model,
                              torch::optim::Optimizer* optimizer);
 

@@ -5,7 +5,13 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <stdexcept>
@@ -22,6 +28,16 @@ const char* const kClasses[] = {"T-shirt", "Trouser", "Pullover", "Dress", "Coat
                                 "Sandal",  "Shirt",   "Sneaker",  "Bag",   "Boot"};
 
 std::string shape_text(const at::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ", ")); }
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// The last non-empty line: TorchScript errors end with the exception's own message.
+std::string last_line(const std::string& text) {
+  const size_t end = text.find_last_not_of("\n ");
+  if (end == std::string::npos) return text;
+  const size_t start = text.rfind('\n', end);
+  return text.substr(start == std::string::npos ? 0 : start + 1, end + 1 - (start == std::string::npos ? 0 : start + 1));
+}
 
 double accuracy_of(const at::Tensor& predictions, const Dataset& data) {
   return predictions.eq(data.labels).to(at::kDouble).mean().item<double>();
@@ -50,10 +66,15 @@ at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>&
 
 }  // namespace
 
-int summary(const std::string& preset_name, int64_t image_size) {
-  nn::SlideTransformerOptions options = nn::preset(preset_name);
-  if (image_size > 0) options.image_size(image_size);
-  nn::SlideTransformer model(options);
+int summary(ModelConfig config, int64_t image_size) {
+  if (image_size > 0) {
+    config.options.image_size(image_size);
+    check_model_config(config, "--image-size " + std::to_string(image_size));
+  }
+  const nn::SlideTransformerOptions& options = config.options;
+  nn::SlideTransformer model = build_model(config);
+  fmt::print("model {} ({}, {}x{}x{} images, {} classes)\n", model_name(config), config.family,
+             options.in_channels(), options.image_size(), options.image_size(), options.num_classes());
   model->eval();
   torch::NoGradGuard no_grad;
   fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
@@ -96,14 +117,15 @@ int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t
   LoadedModel loaded = load_model(checkpoint);
   const Dataset test =
       load_fashion_mnist(data_dir.empty() ? loaded.config.data_dir : data_dir, false, limit);
+  check_data_fits(loaded.model_config, test);
   const auto& options = loaded.model->options;
   const at::Tensor predictions = classify_test_set(
       [&](const at::Tensor& unit) { return loaded.model(normalise(options, unit)); }, test, outputs);
   const int64_t classes = options.num_classes();
   const at::Tensor confusion =
       at::bincount(test.labels * classes + predictions, {}, classes * classes).view({classes, classes});
-  fmt::print("test accuracy {:.2f}% ({} images)\n", 100 * accuracy_of(predictions, test),
-             test.labels.numel());
+  fmt::print("model {}: test accuracy {:.2f}% ({} images)\n", model_name(loaded.model_config),
+             100 * accuracy_of(predictions, test), test.labels.numel());
   fmt::print("confusion matrix (rows: true class, columns: predicted)\n{:>10}", "");
   for (int64_t c = 0; c < classes; ++c) fmt::print("{:>9}", c < 10 ? kClasses[c] : std::to_string(c));
   fmt::print("\n");
@@ -116,12 +138,29 @@ int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t
 }
 
 int export_model(const std::string& checkpoint, const std::string& out) {
+  struct stat checkpoint_info {}, out_info {};
+  if (stat(checkpoint.c_str(), &checkpoint_info) == 0 && stat(out.c_str(), &out_info) == 0 &&
+      checkpoint_info.st_dev == out_info.st_dev && checkpoint_info.st_ino == out_info.st_ino) {
+    throw std::runtime_error(out + ": --out is the checkpoint itself (it would be replaced by the model)");
+  }
   LoadedModel loaded = load_model(checkpoint);
+  // Through a temporary file and a rename: a failed export replaces nothing.
   const std::string temporary = out + ".tmp";
-  nn::to_torchscript(loaded.model).save(temporary);
-  if (std::rename(temporary.c_str(), out.c_str()) != 0) throw std::runtime_error(out + ": cannot write");
+  auto fail = [&](const std::string& reason) {
+    std::remove(temporary.c_str());
+    throw std::runtime_error(out + ": cannot write the model (" + reason + ")");
+  };
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail(std::strerror(errno));
+  ::close(fd);
+  try {
+    nn::to_torchscript(loaded.model).save(temporary);
+  } catch (const c10::Error& e) {
+    fail(first_line(e.what_without_backtrace()));
+  }
+  if (std::rename(temporary.c_str(), out.c_str()) != 0) fail(std::strerror(errno));
   fmt::print("exported {} ({}) to {}: input (N, {}, {}, {}) floats in [0, 1], output logits\n",
-             checkpoint, loaded.config.preset, out, loaded.model->options.in_channels(),
+             checkpoint, model_name(loaded.model_config), out, loaded.model->options.in_channels(),
              loaded.model->options.image_size(), loaded.model->options.image_size());
   return 0;
 }
@@ -134,33 +173,67 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 
 // An exported model as a function of [0, 1] images: a TorchScript module, or an AOTInductor
 // package (.pt2, python -m slideformer export --format aoti) run by AOTIModelPackageLoader.
-std::function<at::Tensor(const at::Tensor&)> load_exported_model(const std::string& path) {
+std::function<c10::IValue(const at::Tensor&)> load_exported_model(const std::string& path) {
   if (ends_with(path, ".pt2")) {
     std::shared_ptr<torch::inductor::AOTIModelPackageLoader> package;
     try {
       package = std::make_shared<torch::inductor::AOTIModelPackageLoader>(path);
     } catch (const c10::Error& e) {
-      throw std::runtime_error(path + ": not a loadable AOTInductor package");
+      throw std::runtime_error(path + ": not a loadable AOTInductor package (truncated or corrupt?)");
     }
-    return [package](const at::Tensor& images) { return package->run({images}).at(0); };
+    return [package](const at::Tensor& images) {
+      std::vector<at::Tensor> outputs = package->run({images});
+      return outputs.size() == 1 ? c10::IValue(outputs[0]) : c10::IValue(outputs);
+    };
   }
   auto model = std::make_shared<torch::jit::Module>();
   try {
     *model = torch::jit::load(path);
   } catch (const c10::Error& e) {
-    throw std::runtime_error(path + ": not a loadable TorchScript model");
+    throw std::runtime_error(path + ": not a loadable TorchScript model (truncated or corrupt?)");
+  }
+  if (!model->find_method("forward")) {
+    // Checkpoints are TorchScript archives too, of values without methods.
+    throw std::runtime_error(model->hasattr("format")
+                                 ? path + ": is a slideformer checkpoint, not an exported model (export it first)"
+                                 : path + ": a TorchScript archive without a forward method");
   }
   model->eval();
-  return [model](const at::Tensor& images) { return model->forward({images}).toTensor(); };
+  return [model](const at::Tensor& images) { return model->forward({images}); };
 }
 
 }  // namespace
 
 int predict(const std::string& model_path, const std::string& data_dir, int64_t limit,
             const TestSetOutputs& outputs) {
+  struct stat info {};
+  if (stat(model_path.c_str(), &info) != 0) {
+    throw std::runtime_error(model_path + ": cannot open the model (" + std::strerror(errno) + ")");
+  }
+  if (S_ISDIR(info.st_mode)) throw std::runtime_error(model_path + ": is a directory, not a model file");
   const auto model = load_exported_model(model_path);
   const Dataset test = load_fashion_mnist(data_dir, false, limit);
-  const at::Tensor predictions = classify_test_set(model, test, outputs);
+  auto logits_of = [&](const at::Tensor& unit) {
+    c10::IValue output;
+    try {
+      output = model(unit);
+    } catch (const std::exception& e) {  // c10::Error, or the interpreter's JITException
+      const auto* error = dynamic_cast<const c10::Error*>(&e);
+      throw std::runtime_error(fmt::format("{}: the model failed on {} images: {}", model_path, shape_text(unit),
+                                           last_line(error ? error->what_without_backtrace() : e.what())));
+    }
+    if (!output.isTensor() || output.toTensor().dim() != 2 || output.toTensor().size(0) != unit.size(0) ||
+        !output.toTensor().is_floating_point()) {
+      throw std::runtime_error(fmt::format(
+          "{}: the model returned {} for {} images, expected (N, classes) floating-point logits", model_path,
+          output.isTensor() ? "a tensor of shape " + shape_text(output.toTensor()) + " (" +
+                                  std::string(c10::toString(output.toTensor().scalar_type())) + ")"
+                            : "a " + output.tagKind(),
+          shape_text(unit)));
+    }
+    return output.toTensor().to(at::kFloat);
+  };
+  const at::Tensor predictions = classify_test_set(logits_of, test, outputs);
   fmt::print("exported model {}: test accuracy {:.2f}% ({} images)\n", model_path,
              100 * accuracy_of(predictions, test), test.labels.numel());
   return 0;

@@ -2,9 +2,12 @@
 // The subcommands of the slideformer program other than train (see training.h).
 #include <string>
 
+#include "model_config.h"
+
 namespace slideformer::app {
 
-int summary(const std::string& preset, int64_t image_size);
+// Layers, output shapes and parameter counts of a model (at another input size when image_size > 0).
+int summary(ModelConfig model, int64_t image_size);
 // Optional files of eval and predict, for comparing the two: one predicted class per line, and
 // the raw float32 logits (N x classes).
 struct TestSetOutputs {

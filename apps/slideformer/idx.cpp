@@ -54,12 +54,14 @@ at::Tensor read_idx(const std::string& path, int expected_dims) {
   const size_t header = 4 + 4 * static_cast<size_t>(expected_dims);
   if (bytes.size() < header) fail(path, "truncated: incomplete IDX header");
   std::vector<int64_t> shape;
+  const size_t found = bytes.size() - header;
   size_t expected = 1;
+  bool overflow = false;  // a product past 2^64 could wrap to a size that matches
   for (int d = 0; d < expected_dims; ++d) {
     shape.push_back(big_endian(bytes.data() + 4 + 4 * d));
-    expected *= static_cast<size_t>(shape.back());
+    overflow = overflow || __builtin_mul_overflow(expected, static_cast<size_t>(shape.back()), &expected);
   }
-  const size_t found = bytes.size() - header;
+  if (overflow) fail(path, "corrupt: the IDX header's dimensions describe more than 2^64 bytes");
   if (found < expected) {
     fail(path, "truncated: expected " + std::to_string(expected) + " data bytes, found " +
                    std::to_string(found));
@@ -76,6 +78,7 @@ Dataset load_fashion_mnist(const std::string& dir, bool train, int64_t limit) {
   const std::string labels_path = prefix + "-labels-idx1-ubyte.gz";
   at::Tensor images = read_idx(images_path, 3);
   at::Tensor labels = read_idx(labels_path, 1).to(at::kLong);
+  if (images.size(0) == 0) fail(images_path, "holds no images");
   if (images.size(0) != labels.size(0)) {
     fail(labels_path, "has " + std::to_string(labels.size(0)) + " labels for " +
                           std::to_string(images.size(0)) + " images in " + images_path);

@@ -2,20 +2,76 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include "bench.h"
+#include "checkpoint.h"
 #include "commands.h"
 #include "python_export.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
 
+namespace {
+
+// Checks of command-line values whose messages name the expected and the actual value (CLI11
+// puts the option's name first): "--epochs: must be an integer in [1, 1000000], got 0".
+CLI::Validator integer_in(int64_t low, int64_t high) {
+  const std::string expected = high == std::numeric_limits<int64_t>::max()
+                                   ? fmt::format("an integer >= {}", low)
+                                   : fmt::format("an integer in [{}, {}]", low, high);
+  return CLI::Validator(
+      [=](std::string& input) -> std::string {
+        int64_t value = 0;
+        const char* end = input.data() + input.size();
+        const auto [stop, error] = std::from_chars(input.data(), end, value);
+        if (error == std::errc() && stop == end && value >= low && value <= high) return "";
+        return fmt::format("must be {}, got '{}'", expected, input);
+      },
+      "INT");
+}
+
+CLI::Validator any_integer() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string {
+        int64_t value = 0;
+        const char* end = input.data() + input.size();
+        const auto [stop, error] = std::from_chars(input.data(), end, value);
+        return error == std::errc() && stop == end ? "" : fmt::format("must be an integer, got '{}'", input);
+      },
+      "INT");
+}
+
+// A finite number with `fits(value)`, described by `expected` ("> 0", "in [0, 1]").
+CLI::Validator number(const std::string& expected, bool (*fits)(double)) {
+  return CLI::Validator(
+      [=](std::string& input) -> std::string {
+        char* stop = nullptr;
+        const double value = input.empty() ? NAN : std::strtod(input.c_str(), &stop);
+        if (stop == input.c_str() + input.size() && std::isfinite(value) && fits(value)) return "";
+        return fmt::format("must be a number {}, got '{}'", expected, input);
+      },
+      "NUMBER");
+}
+
+constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace slideformer::app;
   CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer models"};
   app.require_subcommand(1);
+  app.failure_message([](const CLI::App*, const CLI::Error& error) {
+    return fmt::format("slideformer: error: {} (see --help)\n", error.what());
+  });
+  const CLI::Validator positive = integer_in(1, kMaxInt), non_negative = integer_in(0, kMaxInt);
+  const CLI::Validator threads_range = integer_in(1, 1024);
 
-  std::string preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path;
+  std::string preset, train_preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path;
   TestSetOutputs outputs;
   int64_t image_size = 0, limit = 0;
   TrainRun run;
@@ -24,29 +80,32 @@ int main(int argc, char** argv) {
   const auto presets = slideformer::nn::preset_names();
 
   auto* summary_cmd = app.add_subcommand("summary", "layers, output shapes and parameter counts");
-  summary_cmd->add_option("--preset", preset, "model preset")->required()->check(CLI::IsMember(presets));
-  summary_cmd->add_option("--image-size", image_size, "input size (default: the preset's)");
+  auto* summary_model = summary_cmd->add_option_group("model", "one of");
+  summary_model->add_option("--preset", preset, "model preset")->check(CLI::IsMember(presets));
+  auto* summary_checkpoint = summary_model->add_option("--checkpoint", checkpoint, "the model of this checkpoint.pt");
+  summary_model->require_option(1);
+  summary_cmd->add_option("--image-size", image_size, "input size (default: the model's)")->check(integer_in(1, 4096));
 
   auto* train_cmd = app.add_subcommand("train", "train a preset on Fashion-MNIST");
-  train_cmd->add_option("--preset", config.preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
+  train_cmd->add_option("--preset", train_preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
   train_cmd->add_option("--out", run.out_dir, "output directory (checkpoint.pt, metrics.jsonl, curves.png)")->required();
   train_cmd->add_option("--data", config.data_dir, "directory of the IDX .gz files")->capture_default_str();
-  train_cmd->add_option("--epochs", config.epochs, "epochs of the schedule")->capture_default_str()->check(CLI::PositiveNumber);
-  train_cmd->add_option("--batch-size", config.batch_size, "images per step")->capture_default_str()->check(CLI::PositiveNumber);
-  train_cmd->add_option("--lr", config.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str()->check(CLI::PositiveNumber);
-  train_cmd->add_option("--weight-decay", config.weight_decay, "AdamW weight decay of linear and conv weights")->capture_default_str()->check(CLI::NonNegativeNumber);
-  train_cmd->add_option("--label-smoothing", config.label_smoothing, "label smoothing of the loss")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  train_cmd->add_option("--epochs", config.epochs, "epochs of the schedule")->capture_default_str()->check(integer_in(1, 1000000));
+  train_cmd->add_option("--batch-size", config.batch_size, "images per step")->capture_default_str()->check(positive);
+  train_cmd->add_option("--lr", config.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str()->check(number("> 0", [](double v) { return v > 0; }));
+  train_cmd->add_option("--weight-decay", config.weight_decay, "AdamW weight decay of linear and conv weights")->capture_default_str()->check(number(">= 0", [](double v) { return v >= 0; }));
+  train_cmd->add_option("--label-smoothing", config.label_smoothing, "label smoothing of the loss")->capture_default_str()->check(number("in [0, 1]", [](double v) { return v >= 0 && v <= 1; }));
   train_cmd->add_flag("--augment,!--no-augment", config.augment, "random crop and flip (default off)");
-  train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
-  train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(CLI::NonNegativeNumber);
-  train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str();
-  train_cmd->add_option("--stop-after", run.stop_after, "end this run after N epochs (resume later)")->check(CLI::NonNegativeNumber);
+  train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(threads_range);
+  train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(non_negative);
+  train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str()->check(any_integer());
+  train_cmd->add_option("--stop-after", run.stop_after, "end this run after N epochs (resume later)")->check(non_negative);
   train_cmd->add_flag("--resume", run.resume, "continue from OUT/checkpoint.pt");
 
   auto* eval_cmd = app.add_subcommand("eval", "test accuracy and confusion matrix of a checkpoint");
   eval_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
   eval_cmd->add_option("--data", data_dir, "directory of the IDX .gz files (default: the training data's)");
-  eval_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
+  eval_cmd->add_option("--limit", limit, "use only the first N test images")->check(non_negative);
   auto add_output_options = [&](CLI::App* command) {
     command->add_option("--predictions", outputs.predictions, "write the predicted classes here");
     command->add_option("--logits", outputs.logits, "write the logits here (raw float32, N x classes)");
@@ -65,23 +124,29 @@ int main(int argc, char** argv) {
   auto* predict_cmd = app.add_subcommand("predict", "test accuracy of an exported model");
   predict_cmd->add_option("--model", model_path, "exported .pt (TorchScript) or .pt2 (AOTInductor) file")->required();
   predict_cmd->add_option("--data", data_dir, "directory of the IDX .gz files")->capture_default_str();
-  predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
+  predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(non_negative);
   add_output_options(predict_cmd);
 
   BenchConfig bench_config;
   bench_config.threads = run.threads;
   auto* bench_cmd = app.add_subcommand("bench", "forward and training-step throughput, FLOPs, fraction of the at::mm rate");
   bench_cmd->add_option("--preset", bench_config.preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
-  bench_cmd->add_option("--batch-size", bench_config.batch_size, "images per step")->capture_default_str()->check(CLI::PositiveNumber);
-  bench_cmd->add_option("--threads", bench_config.threads, "intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
-  bench_cmd->add_option("--rounds", bench_config.rounds, "timed rounds (medians)")->capture_default_str()->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--batch-size", bench_config.batch_size, "images per step")->capture_default_str()->check(positive);
+  bench_cmd->add_option("--threads", bench_config.threads, "intra-op threads")->capture_default_str()->check(threads_range);
+  bench_cmd->add_option("--rounds", bench_config.rounds, "timed rounds (medians)")->capture_default_str()->check(positive);
   bench_cmd->add_flag("--json", bench_config.json, "print one JSON line");
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*summary_cmd) return summary(preset, image_size);
+    if (*summary_cmd) {
+      return summary(*summary_checkpoint ? read_checkpoint_state(checkpoint).model : preset_model(preset),
+                     image_size);
+    }
     if (*train_cmd) {
-      run.data_dir_given = train_cmd->count("--data") > 0;
+      run.model = preset_model(train_preset);
+      for (const CLI::Option* option : train_cmd->get_options()) {
+        if (option->count() > 0) run.given_options.insert(option->get_name());
+      }
       return train(run);
     }
     if (*eval_cmd) {

@@ -1,6 +1,10 @@
 #include "training.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,8 +13,11 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "checkpoint.h"
 
@@ -83,37 +90,169 @@ std::vector<torch::optim::OptimizerParamGroup> parameter_groups(const torch::nn:
   return groups;
 }
 
-void check_data_fits(const nn::SlideTransformerOptions& options, const Dataset& data,
-                     const std::string& preset) {
-  if (data.images.size(1) != options.in_channels() || data.images.size(2) != options.image_size() ||
-      data.images.size(3) != options.image_size()) {
+
+// Creates `out_dir` if needed and makes sure a checkpoint can be written there before any work;
+// removes a temporary checkpoint a killed run left behind (never a valid one: see checkpoint.h).
+void prepare_out_dir(const std::string& out_dir, const std::string& checkpoint_path) {
+  std::error_code error;
+  std::filesystem::create_directories(out_dir, error);
+  struct stat info {};
+  if (error || stat(out_dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode)) {
+    throw std::runtime_error(fmt::format("--out {}: cannot create the directory ({})", out_dir,
+                                         error ? error.message() : "not a directory"));
+  }
+  std::string probe = out_dir + "/.slideformer-probe-XXXXXX";
+  const int fd = mkstemp(probe.data());
+  if (fd < 0) {
+    throw std::runtime_error(fmt::format("--out {}: cannot write there ({})", out_dir, std::strerror(errno)));
+  }
+  ::close(fd);
+  std::remove(probe.c_str());
+  std::remove((checkpoint_path + ".tmp").c_str());
+}
+
+// A resumed run keeps the model and recipe it started with: options given again must agree.
+void check_resume_options(const TrainRun& run, const CheckpointState& state, const std::string& path) {
+  if (run.given_options.count("--preset") && !(run.model == state.model)) {
     throw std::runtime_error(fmt::format(
-        "preset '{}' expects {}x{}x{} images, the data has {}x{}x{}", preset,
-        options.in_channels(), options.image_size(), options.image_size(), data.images.size(1),
-        data.images.size(2), data.images.size(3)));
+        "{}: the checkpoint holds model '{}', not --preset {} (a resumed run keeps its model: leave "
+        "--preset out)", path, model_name(state.model), model_name(run.model)));
+  }
+  auto same = [&](const char* option, const auto& given, const auto& saved) {
+    if (run.given_options.count(option) && given != saved) {
+      throw std::runtime_error(fmt::format(
+          "{}: {} {} differs from the checkpoint's {} (a resumed run keeps its settings: leave {} "
+          "out, or train into another --out)", path, option, given, saved, option));
+    }
+  };
+  const TrainConfig& given = run.config;
+  const TrainConfig& saved = state.config;
+  same("--epochs", given.epochs, saved.epochs);
+  same("--batch-size", given.batch_size, saved.batch_size);
+  same("--lr", given.lr, saved.lr);
+  same("--weight-decay", given.weight_decay, saved.weight_decay);
+  same("--label-smoothing", given.label_smoothing, saved.label_smoothing);
+  same("--augment", given.augment, saved.augment);
+  same("--limit", given.limit, saved.limit);
+  same("--seed", given.seed, saved.seed);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Writes `text` to `path` through a temporary file and a rename: readers never see half a file.
+void replace_file(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".tmp";
+  std::ofstream(temporary, std::ios::binary | std::ios::trunc) << text;
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
   }
 }
 
+// metrics.jsonl and curves.dat (epoch, train loss, test accuracy) of the completed epochs, from
+// the history the checkpoint holds: a run killed between its checkpoint and these files, and
+// resumed, leaves them as an uninterrupted run would.
+void write_metrics_files(const std::string& out_dir, const std::string& metrics) {
+  std::string curves;
+  std::istringstream lines(metrics);
+  for (std::string line; std::getline(lines, line);) {
+    const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const bool valid = record.is_object() && record.contains("epoch") && record["epoch"].is_number_integer() &&
+                       record.contains("train_loss") && record["train_loss"].is_number() &&
+                       record.contains("test_accuracy") && record["test_accuracy"].is_number();
+    if (!valid) {
+      throw std::runtime_error(out_dir + "/metrics.jsonl: not a metrics line: " + line.substr(0, 200));
+    }
+    curves += fmt::format("{} {:.6f} {:.6f}\n", record["epoch"].dump(), record["train_loss"].get<double>(),
+                          record["test_accuracy"].get<double>());
+  }
+  replace_file(out_dir + "/metrics.jsonl", metrics);
+  replace_file(out_dir + "/curves.dat", curves);
+}
+
+// The first executable file `name` in a directory of PATH, or "" (found without a shell).
+std::string find_on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  const std::string dirs = path ? path : "/usr/bin:/bin";
+  for (size_t start = 0; start <= dirs.size();) {
+    const size_t end = std::min(dirs.find(':', start), dirs.size());
+    const std::string dir = end > start ? dirs.substr(start, end - start) : ".";
+    const std::string candidate = dir + "/" + name;
+    struct stat info {};
+    if (stat(candidate.c_str(), &info) == 0 && S_ISREG(info.st_mode) && access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
+    start = end + 1;
+  }
+  return "";
+}
+
+// Runs `argv` in directory `dir` without a shell, stdout discarded, stderr to `dir`/`log`.
+// Returns the exit status, or -1 if it could not run or was killed.
+int run_in_dir(const std::vector<std::string>& argv, const std::string& dir, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addchdir_np(&actions, dir.c_str());
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  const int spawned = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawned != 0) return -1;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// curves.png: train loss and test accuracy per epoch, drawn by gnuplot (when installed) from
+// curves.gp, run in the output directory so that no path enters the program; a failure is
+// reported, training goes on.
 void write_plot(const std::string& out_dir) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;  // no plotter: no plot
-  const std::string data = out_dir + "/curves.dat";
-  const std::string script = fmt::format(
-      "set terminal pngcairo size 900,400 noenhanced; set output '{0}/curves.png';"
-      "set multiplot layout 1,2; set xlabel 'epoch'; set grid;"
-      "plot '{1}' using 1:2 with linespoints title 'train loss';"
-      "plot '{1}' using 1:(100*$3) with linespoints title 'test accuracy (%)';"
-      "unset multiplot",
-      out_dir, data);
-  const std::string command = "gnuplot -e \"" + script + "\" >/dev/null 2>&1";
-  if (std::system(command.c_str()) != 0) {
-    const std::string png = "set terminal png size 900,400;";  // gnuplot-nox without cairo
-    std::string fallback = script;
-    fallback.replace(0, fallback.find(';') + 1, png);
-    std::system(("gnuplot -e \"" + fallback + "\" >/dev/null 2>&1").c_str());
+  const std::string gnuplot = find_on_path("gnuplot");
+  if (gnuplot.empty()) return;  // no plotter: no plot
+  replace_file(out_dir + "/curves.gp",
+               "# Written by slideformer train; gnuplot runs it in this directory.\n"
+               "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+               "  set terminal pngcairo size 900,400 noenhanced\n"
+               "} else {\n"
+               "  set terminal png size 900,400 noenhanced\n"
+               "}\n"
+               "set output 'curves.png'\n"
+               "set multiplot layout 1,2\n"
+               "set xlabel 'epoch'\n"
+               "set grid\n"
+               "plot 'curves.dat' using 1:2 with linespoints title 'train loss'\n"
+               "plot 'curves.dat' using 1:(100*$3) with linespoints title 'test accuracy (%)'\n"
+               "unset multiplot\n");
+  const int status = run_in_dir({gnuplot, "curves.gp"}, out_dir, "curves.log");
+  if (status == 0) {
+    std::remove((out_dir + "/curves.log").c_str());
+  } else {
+    fmt::print(stderr, "slideformer: warning: gnuplot could not draw {}/curves.png (exit status {}; see curves.log)\n",
+               out_dir, status);
   }
 }
 
 }  // namespace
+
+void check_data_fits(const ModelConfig& model, const Dataset& data) {
+  const nn::SlideTransformerOptions& options = model.options;
+  if (data.images.size(1) != options.in_channels() || data.images.size(2) != options.image_size() ||
+      data.images.size(3) != options.image_size()) {
+    throw std::runtime_error(fmt::format(
+        "model '{}' expects {}x{}x{} images, the data has {}x{}x{}", model_name(model),
+        options.in_channels(), options.image_size(), options.image_size(), data.images.size(1),
+        data.images.size(2), data.images.size(3)));
+  }
+}
 
 at::Tensor normalise(const nn::SlideTransformerOptions& options, const at::Tensor& unit) {
   const int64_t c = options.in_channels();
@@ -136,67 +275,79 @@ at::Tensor predict_classes(const std::function<at::Tensor(const at::Tensor&)>& l
 
 LoadedModel load_model(const std::string& checkpoint_path) {
   LoadedModel loaded;
-  loaded.config = read_checkpoint_state(checkpoint_path).config;
-  loaded.model = nn::SlideTransformer(nn::preset(loaded.config.preset));
+  CheckpointState state = read_checkpoint_state(checkpoint_path);
+  loaded.model_config = state.model;
+  loaded.config = state.config;
+  loaded.model = build_model(state.model);
   load_checkpoint_weights(checkpoint_path, *loaded.model, nullptr);
   loaded.model->eval();
   return loaded;
 }
 
 int train(TrainRun run) {
-  namespace fs = std::filesystem;
   TrainConfig& config = run.config;
   const std::string& out_dir = run.out_dir;
   const int64_t threads = run.threads;
   const bool resume = run.resume;
-  fs::create_directories(out_dir);
   const std::string checkpoint_path = out_dir + "/checkpoint.pt";
+  prepare_out_dir(out_dir, checkpoint_path);
   CheckpointState state;
-  if (!resume && access(checkpoint_path.c_str(), F_OK) == 0) {
-    throw std::runtime_error(checkpoint_path +
-                             ": a checkpoint is already there (continue it with --resume, or "
-                             "train into another --out)");
-  }
-  if (!resume) {
-    // A fresh run starts fresh curves.
-    for (const char* name : {"metrics.jsonl", "curves.dat", "curves.png"}) std::remove((out_dir + "/" + name).c_str());
-  }
   if (resume) {
-    state = read_checkpoint_state(checkpoint_path);
-    if (state.config.preset != config.preset) {
-      throw std::runtime_error(fmt::format("{}: checkpoint of preset '{}', not '{}'",
-                                           checkpoint_path, state.config.preset, config.preset));
+    if (access(checkpoint_path.c_str(), F_OK) != 0) {
+      throw std::runtime_error(checkpoint_path + ": no checkpoint to resume (train without --resume to start)");
     }
+    state = read_checkpoint_state(checkpoint_path);
+    check_resume_options(run, state, checkpoint_path);
     const std::string data_dir = config.data_dir;
     config = state.config;  // the run continues with the settings it started with
-    if (run.data_dir_given) config.data_dir = data_dir;
+    if (run.given_options.count("--data")) config.data_dir = data_dir;
+    if (state.metrics.empty() && state.progress.epoch > 0) {
+      state.metrics = read_text(out_dir + "/metrics.jsonl");  // a v1 checkpoint: keep the file's
+    }
+    write_metrics_files(out_dir, state.metrics);
+  } else {
+    if (access(checkpoint_path.c_str(), F_OK) == 0) {
+      throw std::runtime_error(checkpoint_path +
+                               ": a checkpoint is already there (continue it with --resume, or "
+                               "train into another --out)");
+    }
+    // A fresh run starts fresh curves.
+    for (const char* name : {"metrics.jsonl", "curves.dat", "curves.png", "curves.gp", "curves.log"}) std::remove((out_dir + "/" + name).c_str());
+    state.model = run.model;
   }
   state.config = config;
   at::set_num_threads(static_cast<int>(threads));
 
   const Dataset train_data = load_fashion_mnist(config.data_dir, true, config.limit);
   const Dataset test_data = load_fashion_mnist(config.data_dir, false, config.limit);
+  check_data_fits(state.model, train_data);
+  check_data_fits(state.model, test_data);
   torch::manual_seed(static_cast<uint64_t>(config.seed));
-  nn::SlideTransformer model(nn::preset(config.preset));
+  nn::SlideTransformer model = build_model(state.model);
   const nn::SlideTransformerOptions& options = model->options;
-  check_data_fits(options, train_data, config.preset);
   torch::optim::AdamW optimizer(parameter_groups(*model, config.weight_decay));
+  const int64_t n = train_data.images.size(0);
+  const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
   if (resume) {
+    if (state.progress.step_in_epoch >= steps_per_epoch) {
+      throw std::runtime_error(fmt::format(
+          "{}: the checkpoint is at step {} of an epoch, the data ({} images in {}) has {} steps per "
+          "epoch: not the data it was trained on",
+          checkpoint_path, state.progress.step_in_epoch, n, config.data_dir, steps_per_epoch));
+    }
     load_checkpoint_weights(checkpoint_path, *model, &optimizer);
     at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the global one
     std::lock_guard<std::mutex> lock(generator.mutex());
     generator.set_state(state.rng_state);
   }
 
-  const int64_t n = train_data.images.size(0);
-  const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
   const int64_t total_steps = steps_per_epoch * config.epochs;
   TrainProgress& progress = state.progress;
   const bool terminal = isatty(STDOUT_FILENO);
   interrupted = false;
   std::signal(SIGINT, on_interrupt);
   fmt::print("training {} ({} trainable parameters) on {} images, {} epochs of {} steps, {} threads\n",
-             config.preset, nn::count_parameters(*model, true), n, config.epochs, steps_per_epoch,
+             model_name(state.model), nn::count_parameters(*model, true), n, config.epochs, steps_per_epoch,
              threads);
   auto save = [&] {
     state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
@@ -209,9 +360,11 @@ int train(TrainRun run) {
     const int64_t epoch = progress.epoch;
     // Data order and (at an epoch's start) the random stream are functions of (seed, epoch), so
     // a resumed run draws exactly what an uninterrupted one would.
-    at::Generator order = at::detail::createCPUGenerator(static_cast<uint64_t>(config.seed * 1000003 + epoch));
+    // (Unsigned arithmetic: any seed, no overflow.)
+    const auto seed = static_cast<uint64_t>(config.seed), index = static_cast<uint64_t>(epoch);
+    at::Generator order = at::detail::createCPUGenerator(seed * 1000003 + index);
     const at::Tensor permutation = at::randperm(n, order, at::kLong);
-    if (progress.step_in_epoch == 0) torch::manual_seed(static_cast<uint64_t>(config.seed * 7919 + epoch + 1));
+    if (progress.step_in_epoch == 0) torch::manual_seed(seed * 7919 + index + 1);
     model->train();
     const auto epoch_start = Clock::now();
     // The epoch's loss and time so far, carried over an interrupted run.
@@ -267,14 +420,13 @@ int train(TrainRun run) {
     progress.step_in_epoch = 0;
     progress.epoch_loss_sum = 0.0;
     progress.epoch_seconds = 0.0;
-    save();
     const double images_per_second = n / std::max(train_seconds, 1e-9);
-    std::ofstream(out_dir + "/metrics.jsonl", std::ios::app) << fmt::format(
+    state.metrics += fmt::format(
         "{{\"epoch\": {}, \"train_loss\": {:.6f}, \"test_accuracy\": {:.6f}, "
         "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}}}\n",
         progress.epoch, train_loss, accuracy, images_per_second, train_seconds);
-    std::ofstream(out_dir + "/curves.dat", std::ios::app)
-        << fmt::format("{} {:.6f} {:.6f}\n", progress.epoch, train_loss, accuracy);
+    save();
+    write_metrics_files(out_dir, state.metrics);
     write_plot(out_dir);
     fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}\n",
                terminal ? "\n" : "", progress.epoch, config.epochs, train_loss, 100 * accuracy,

@@ -2,17 +2,18 @@
 // Training, evaluation and checkpoints of the slideformer command-line program.
 #include <torch/torch.h>
 
+#include <set>
 #include <string>
 
 #include "idx.h"
-#include "slideformer/nn/modules.h"
+#include "model_config.h"
 
 namespace slideformer::app {
 
 inline constexpr const char* kDefaultDataDir = "/usr/share/datasets/fashion-mnist";
 
+// The training recipe (the model is described apart: ModelConfig).
 struct TrainConfig {
-  std::string preset = "fashion";
   std::string data_dir = kDefaultDataDir;
   int64_t epochs = 6;
   int64_t batch_size = 128;
@@ -37,18 +38,20 @@ struct TrainProgress {
 };
 
 struct TrainRun {
+  ModelConfig model = preset_model("fashion");
   TrainConfig config;
   std::string out_dir;
   int64_t threads = 1;
-  // Continue from out_dir/checkpoint.pt with its configuration (and data_dir, unless
-  // data_dir_given: data may have moved).
+  // Continue from out_dir/checkpoint.pt with its model and recipe. Options given on the command
+  // line ("--lr", "--preset", ...) must then agree with the checkpoint, except --data (data may
+  // have moved), --threads and --stop-after.
   bool resume = false;
-  bool data_dir_given = false;
+  std::set<std::string> given_options;
   // > 0: end this invocation after that many epochs (the schedule still spans config.epochs).
   int64_t stop_after = 0;
 };
 
-// Trains run.config.preset into run.out_dir (checkpoint.pt, metrics.jsonl, curves.png). Returns
+// Trains run.model into run.out_dir (checkpoint.pt, metrics.jsonl, curves.png). Returns
 // the process exit code (130 after Ctrl-C, with the checkpoint saved).
 int train(TrainRun run);
 
@@ -56,14 +59,18 @@ int train(TrainRun run);
 at::Tensor predict_classes(const std::function<at::Tensor(const at::Tensor&)>& logits,
                            const Dataset& data, int64_t batch_size = 500);
 
-// The model a checkpoint holds (weights loaded, eval mode) and its configuration.
+// The model a checkpoint holds (weights loaded, eval mode), its description and recipe.
 struct LoadedModel {
   slideformer::nn::SlideTransformer model{nullptr};
+  ModelConfig model_config;
   TrainConfig config;
 };
 LoadedModel load_model(const std::string& checkpoint_path);
 
-// [0, 1] float images normalised as the preset expects.
+// Throws std::runtime_error unless the images have the model's channels and size.
+void check_data_fits(const ModelConfig& model, const Dataset& data);
+
+// [0, 1] float images normalised as the model expects.
 at::Tensor normalise(const slideformer::nn::SlideTransformerOptions& options, const at::Tensor& unit_images);
 
 }  // namespace slideformer::app

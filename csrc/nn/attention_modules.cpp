@@ -97,31 +97,31 @@ void SlideAttentionImpl::reset() {
   shift_bias = register_parameter("shift_bias", at::empty({head_dim, window}));
   for (auto* t : {&identity_bias, &shift_weight, &shift_bias})
     init::default_depthwise_conv_(*t, options.kernel_size());
-  reparameterized_ = false;
 }
 
 void SlideAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "slideformer::nn::SlideAttention(dim=" << options.dim()
          << ", heads=" << options.heads() << ", kernel_size=" << options.kernel_size()
          << ", dilation=" << options.dilation() << ", border=" << options.border()
-         << (reparameterized_ ? ", reparameterized" : "") << ")";
+         << (is_reparameterized() ? ", reparameterized" : "") << ")";
 }
 
-at::Tensor SlideAttentionImpl::effective_shift_weight() const {
-  return reparameterized_ ? shift_weight : identity_weight + shift_weight;
+bool SlideAttentionImpl::is_reparameterized() const {
+  return !identity_weight.any().item<bool>() && !identity_bias.any().item<bool>();
 }
 
-at::Tensor SlideAttentionImpl::effective_shift_bias() const {
-  return reparameterized_ ? shift_bias : identity_bias + shift_bias;
-}
+at::Tensor SlideAttentionImpl::effective_shift_weight() const { return identity_weight + shift_weight; }
 
+at::Tensor SlideAttentionImpl::effective_shift_bias() const { return identity_bias + shift_bias; }
+
+// The fixed path moves into the learnable one and is zeroed: the parameters alone hold the merged
+// state, so clone(), torch::save/load and the export carry it (the sums stay exact: x + 0 = x).
 void SlideAttentionImpl::reparameterize() {
-  if (reparameterized_) return;
   at::NoGradGuard no_grad;
   shift_weight.add_(identity_weight);
+  identity_weight.zero_();
   shift_bias.add_(identity_bias);
   identity_bias.zero_();
-  reparameterized_ = true;
 }
 
 at::Tensor SlideAttentionImpl::forward(const at::Tensor& x) {

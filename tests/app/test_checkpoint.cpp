@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #include "checkpoint.h"
 #include "scratch_dir.h"
 #include "slideformer/nn/options.h"
@@ -14,14 +16,17 @@ namespace {
 using CheckpointTest = slideformer::testing::ScratchDirTest;
 
 struct Trainee {
-  nn::SlideTransformer model{nn::preset("fashion")};
+  explicit Trainee(const nn::SlideTransformerOptions& options = nn::fashion()) : model(options) {}
+
+  nn::SlideTransformer model;
   torch::optim::AdamW optimizer{model->parameters(), torch::optim::AdamWOptions(1e-3)};
 
   // One AdamW step on a fixed batch (the optimizer gains its moment estimates).
   void step(int64_t seed) {
     torch::manual_seed(seed);
-    const at::Tensor images = torch::randn({4, 1, 28, 28});
-    const at::Tensor labels = torch::randint(0, 10, {4}, at::kLong);
+    const auto& o = model->options;
+    const at::Tensor images = torch::randn({4, o.in_channels(), o.image_size(), o.image_size()});
+    const at::Tensor labels = torch::randint(0, o.num_classes(), {4}, at::kLong);
     optimizer.zero_grad();
     torch::nn::functional::cross_entropy(model(images), labels).backward();
     optimizer.step();
@@ -39,7 +44,8 @@ void expect_same_tensors(const torch::nn::Module& a, const torch::nn::Module& b)
 
 CheckpointState sample_state() {
   CheckpointState state;
-  state.config.preset = "fashion";
+  state.model = preset_model("fashion");
+  state.metrics = "{\"epoch\": 1, \"train_loss\": 1.5, \"test_accuracy\": 0.5}\n";
   state.config.epochs = 7;
   state.config.lr = 1.5e-3;
   state.config.seed = 42;
@@ -60,7 +66,8 @@ TEST_F(CheckpointTest, RoundTripIsBitExact) {
   EXPECT_NE(access((file + ".tmp").c_str(), F_OK), 0) << "the temporary file was left behind";
 
   const CheckpointState loaded = read_checkpoint_state(file);
-  EXPECT_EQ(loaded.config.preset, state.config.preset);
+  EXPECT_TRUE(loaded.model == state.model);
+  EXPECT_EQ(loaded.metrics, state.metrics);
   EXPECT_EQ(loaded.config.epochs, state.config.epochs);
   EXPECT_EQ(loaded.config.lr, state.config.lr);
   EXPECT_EQ(loaded.config.seed, state.config.seed);
@@ -102,16 +109,16 @@ TEST_F(CheckpointTest, TruncatedOrForeignFilesFailNamingTheFile) {
   struct stat info {};
   ASSERT_EQ(stat(file.c_str(), &info), 0);
   ASSERT_EQ(truncate(file.c_str(), info.st_size / 2), 0);
-  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file),
-                       file + ": not a readable checkpoint (missing, truncated or corrupt)");
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file), file + ": not a readable checkpoint (truncated or corrupt)");
   EXPECT_RUNTIME_ERROR(read_checkpoint_state(path("absent.pt")),
-                       path("absent.pt") + ": not a readable checkpoint (missing, truncated or corrupt)");
+                       path("absent.pt") + ": cannot open the checkpoint (No such file or directory)");
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(dir()), dir() + ": is a directory, not a checkpoint file");
 
   // A readable archive that is not ours: a bare module's weights.
   const std::string foreign = path("linear.pt");
   torch::save(torch::nn::Linear(2, 2), foreign);
   EXPECT_RUNTIME_ERROR(read_checkpoint_state(foreign),
-                       foreign + ": not a slideformer checkpoint (no 'slideformer-checkpoint-v1' marker)");
+                       foreign + ": not a slideformer checkpoint (no 'slideformer-checkpoint-v2' marker)");
 }
 
 TEST_F(CheckpointTest, WeightsOfAnotherArchitectureFailNamingTheFile) {
@@ -125,6 +132,137 @@ TEST_F(CheckpointTest, WeightsOfAnotherArchitectureFailNamingTheFile) {
   } catch (const std::runtime_error& e) {
     EXPECT_EQ(std::string(e.what()).rfind(file + ": weights do not fit the model", 0), 0u) << e.what();
   }
+}
+
+
+// A model that is no preset: shapes (embed_dim, heads, kernel_size, depths) and behaviour alone
+// (border, dilation, normalisation, drop path) differ from fashion.
+nn::SlideTransformerOptions custom_options() {
+  return nn::fashion().embed_dim(24).heads({2, 4}).depths({1, 2}).kernel_size(5).dilation(2)
+      .border("clamp").mlp_ratio(3.0).drop_path_rate(0.125).input_mean({0.5}).input_std({0.25})
+      .absolute_position_embedding(false);
+}
+
+TEST_F(CheckpointTest, CustomModelLoadsIntoExactlyThatModel) {
+  Trainee original(custom_options());
+  original.step(1);
+  CheckpointState state = sample_state();
+  state.model.options = custom_options();
+  const std::string file = path("checkpoint.pt");
+  save_checkpoint(file, state, *original.model, original.optimizer);
+
+  const CheckpointState loaded = read_checkpoint_state(file);
+  EXPECT_TRUE(loaded.model == state.model);
+  EXPECT_EQ(model_name(loaded.model), "custom");
+  EXPECT_EQ(loaded.model.options.border(), "clamp");
+  EXPECT_EQ(loaded.model.options.dilation(), 2);
+  EXPECT_EQ(loaded.model.options.input_std(), std::vector<double>{0.25});
+  nn::SlideTransformer restored = build_model(loaded.model);
+  load_checkpoint_weights(file, *restored, nullptr);
+  expect_same_tensors(*restored, *original.model);
+  original.model->eval();
+  restored->eval();
+  const at::Tensor images = torch::rand({2, 1, 28, 28});
+  EXPECT_TRUE(at::equal(restored(images), original.model(images)));
+}
+
+TEST_F(CheckpointTest, LeftoverTemporaryFileNeverMatters) {
+  const std::string file = path("checkpoint.pt");
+  std::ofstream(file + ".tmp") << "half a checkpoint from a killed run";
+  Trainee trainee;
+  save_checkpoint(file, sample_state(), *trainee.model, trainee.optimizer);
+  EXPECT_NE(access((file + ".tmp").c_str(), F_OK), 0);
+  std::ofstream(file + ".tmp") << "another one";
+  EXPECT_EQ(read_checkpoint_state(file).progress.epoch, 3);
+  Trainee restored;
+  load_checkpoint_weights(file, *restored.model, &restored.optimizer);
+  expect_same_tensors(*restored.model, *trainee.model);
+}
+
+// The values of a checkpoint as format v1 wrote them: the preset's name, no model description,
+// no metrics.
+std::vector<std::pair<std::string, c10::IValue>> v1_values(const std::string& preset) {
+  const CheckpointState state = sample_state();
+  const TrainConfig& c = state.config;
+  const TrainProgress& p = state.progress;
+  return {{"format", std::string("slideformer-checkpoint-v1")}, {"preset", preset},
+          {"data_dir", c.data_dir}, {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
+          {"weight_decay", c.weight_decay}, {"label_smoothing", c.label_smoothing},
+          {"augment", c.augment}, {"limit", c.limit}, {"seed", c.seed}, {"epoch", p.epoch},
+          {"step_in_epoch", p.step_in_epoch}, {"global_step", p.global_step},
+          {"epoch_loss_sum", p.epoch_loss_sum}, {"epoch_seconds", p.epoch_seconds},
+          {"rng_state", state.rng_state}};
+}
+
+void save_archive(const std::string& file, const std::vector<std::pair<std::string, c10::IValue>>& values,
+                  const Trainee& trainee) {
+  torch::serialize::OutputArchive archive;
+  for (const auto& [key, value] : values) archive.write(key, value);
+  torch::serialize::OutputArchive model_archive, optimizer_archive;
+  trainee.model->save(model_archive);
+  trainee.optimizer.save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.save_to(file);
+}
+
+void save_v1_checkpoint(const std::string& file, const std::string& preset, const Trainee& trainee) {
+  save_archive(file, v1_values(preset), trainee);
+}
+
+// The fashion preset as it was while v1 checkpoints were written: first without a stem, then
+// with a stem and overlapping patches, then also with an absolute position table.
+std::vector<nn::SlideTransformerOptions> v1_fashion_versions() {
+  const auto first = nn::SlideTransformerOptions()
+      .image_size(28).in_channels(1).num_classes(10).patch_size(2).stem_channels(0)
+      .overlapping_patches(false).embed_dim(48).absolute_position_embedding(false).depths({2, 2})
+      .heads({3, 6}).stage_kinds({nn::AttentionKind::kSlide, nn::AttentionKind::kGlobal})
+      .kernel_size(3).dilation(1).border("zeros").mlp_ratio(2.0).drop_path_rate(0.05)
+      .input_mean({0.2860}).input_std({0.3530});
+  const auto stem = nn::SlideTransformerOptions(first).stem_channels(24).overlapping_patches(true);
+  return {first, stem, nn::SlideTransformerOptions(stem).absolute_position_embedding(true)};
+}
+
+TEST_F(CheckpointTest, V1CheckpointsLoadAsTheirPresetWasThen) {
+  for (const auto& options : v1_fashion_versions()) {
+    Trainee original(options);
+    original.step(4);
+    const std::string file = path("v1.pt");
+    save_v1_checkpoint(file, "fashion", original);
+    const CheckpointState loaded = read_checkpoint_state(file);
+    EXPECT_TRUE(loaded.model == (ModelConfig{kSlideTransformerFamily, options})) << model_config_to_json(loaded.model);
+    EXPECT_EQ(loaded.progress.step_in_epoch, 11);
+    EXPECT_EQ(loaded.metrics, "");
+    Trainee restored(loaded.model.options);
+    load_checkpoint_weights(file, *restored.model, &restored.optimizer);
+    expect_same_tensors(*restored.model, *original.model);
+  }
+}
+
+TEST_F(CheckpointTest, V1CheckpointsOfUnknownPresetsOrOtherWeightsAreRefused) {
+  const std::string file = path("v1.pt");
+  Trainee trainee;
+  save_v1_checkpoint(file, "swin_huge", trainee);
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file), file + ": v1 checkpoint of an unknown preset 'swin_huge'");
+  Trainee custom(custom_options());
+  save_v1_checkpoint(file, "fashion", custom);
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file),
+                       file + ": v1 checkpoint of preset 'fashion' whose weights fit none of that preset's 3 versions");
+}
+
+TEST_F(CheckpointTest, ValuesOfTheWrongTypeOrMissingAreNamed) {
+  const std::string file = path("odd.pt");
+  Trainee trainee;
+  auto values = v1_values("fashion");
+  for (auto& [key, value] : values) {
+    if (key == "epochs") value = 7.0;
+  }
+  save_archive(file, values, trainee);
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file), file + ": checkpoint's 'epochs' has the wrong type (Double)");
+  values = v1_values("fashion");
+  values.pop_back();  // rng_state
+  save_archive(file, values, trainee);
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file), file + ": checkpoint lacks 'rng_state'");
 }
 
 }  // namespace

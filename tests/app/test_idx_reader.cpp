@@ -67,6 +67,14 @@ TEST_F(IdxReaderTest, RejectsTruncatedData) {
   EXPECT_RUNTIME_ERROR(read_idx(file, 3), file + ": truncated: expected 24 data bytes, found 5");
 }
 
+// 2^31 * 2^31 * 4 wraps to 0 in 64 bits: without the overflow check, an empty payload "matched"
+// and the reader copied 2^64 bytes.
+TEST_F(IdxReaderTest, RejectsDimensionsWhoseProductOverflows) {
+  const std::string file = path("images.gz");
+  write_gzip(file, idx_header({1u << 31, 1u << 31, 4}));
+  EXPECT_RUNTIME_ERROR(read_idx(file, 3), file + ": corrupt: the IDX header's dimensions describe more than 2^64 bytes");
+}
+
 TEST_F(IdxReaderTest, RejectsTruncatedHeader) {
   const std::string file = path("images.gz");
   Bytes header = idx_header({2, 3, 4});
@@ -134,6 +142,10 @@ TEST_F(IdxReaderTest, RejectsLabelsThatDoNotFitTheImages) {
                        labels + ": has 4 labels for 5 images in " + path("train-images-idx3-ubyte.gz"));
   write_gzip(labels, concat(idx_header({5}), Bytes{0, 1, 2, 10, 3}));
   EXPECT_RUNTIME_ERROR(load_fashion_mnist(dir(), true), labels + ": corrupt: label 10 outside 0..9");
+  // Nothing to train on or to evaluate.
+  write_gzip(path("train-images-idx3-ubyte.gz"), idx_header({0, 2, 2}));
+  write_gzip(labels, idx_header({0}));
+  EXPECT_RUNTIME_ERROR(load_fashion_mnist(dir(), true), path("train-images-idx3-ubyte.gz") + ": holds no images");
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #pragma once
 // The attention test cases, written once and run per device: test_attention.cpp runs them on
-// the CPU, test_attention_cuda.cpp on a GPU (docs/operators.md).
+// the CPU, test_attention_cuda.cpp on a GPU, test_attention_emulated.cpp on the host execution
+// of the CUDA kernels (docs/operators.md, docs/cuda.md).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
@@ -204,13 +205,14 @@ inline void check_finite_difference_gradients(at::Device device) {
   }
 }
 
-inline void check_backward_deterministic(at::Device device) {
+inline void check_backward_deterministic(at::Device device,
+                                         const AttentionShape& s = {2, 4, 300, 700, 32, 32}) {
   at::manual_seed(2);
   const auto opts = at::TensorOptions().device(device);
-  at::Tensor q = at::randn({2, 4, 300, 32}, opts).requires_grad_();
-  at::Tensor k = at::randn({2, 4, 700, 32}, opts).requires_grad_();
-  at::Tensor v = at::randn({2, 4, 700, 32}, opts);
-  at::Tensor bias = at::randn({700}, opts).requires_grad_();
+  at::Tensor q = at::randn({s.b, s.h, s.nq, s.d}, opts).requires_grad_();
+  at::Tensor k = at::randn({s.b, s.h, s.nk, s.d}, opts).requires_grad_();
+  at::Tensor v = at::randn({s.b, s.h, s.nk, s.dv}, opts);
+  at::Tensor bias = at::randn({s.nk}, opts).requires_grad_();
   auto run = [&] {
     at::Tensor out = slideformer::attention(q, k, v, bias);
     return torch::autograd::grad({out.square().sum()}, {q, k, bias});
@@ -260,6 +262,61 @@ inline void check_bad_inputs(at::Device device, at::Device other) {
   EXPECT_THROW_MSG(attention(q, k, v, at::randn({5, 6}, opts.device(other))),
                    "slideformer::attention: attn_bias must be on the device of query (" +
                        device.str() + "), got " + other.str());
+}
+
+// Output and every gradient of the CUDA kernels against the CPU kernels on the same inputs: the
+// kernels run on `device` while a DeviceScope lives (the host execution of the CUDA kernels runs
+// on CPU tensors inside ScopedCudaHostExecution).
+struct AgreementCase {
+  AttentionShape shape;
+  std::vector<int64_t> bias_shape;  // empty: no bias
+  bool causal;
+};
+
+struct NoScope {};
+
+template <typename DeviceScope = NoScope>
+void expect_agrees_with_cpu_kernels(const AgreementCase& c, at::ScalarType dtype, double tol,
+                                    at::Device device) {
+  at::manual_seed(17);
+  const auto& s = c.shape;
+  std::vector<at::Tensor> cpu_inputs = {at::randn({s.b, s.h, s.nq, s.d}),
+                                        at::randn({s.b, s.h, s.nk, s.d}),
+                                        at::randn({s.b, s.h, s.nk, s.dv})};
+  if (!c.bias_shape.empty()) cpu_inputs.push_back(at::randn(c.bias_shape));
+  std::vector<at::Tensor> device_inputs;
+  for (auto& x : cpu_inputs) {
+    x = x.to(dtype).requires_grad_();
+    device_inputs.push_back(x.detach().to(device).requires_grad_());
+  }
+  auto run = [&](const std::vector<at::Tensor>& xs) {
+    std::optional<at::Tensor> bias;
+    if (xs.size() == 4) bias = xs[3];
+    return slideformer::attention(xs[0], xs[1], xs[2], bias, c.causal);
+  };
+  const at::Tensor cpu_out = run(cpu_inputs);
+  const at::Tensor grad = at::randn_like(cpu_out);
+  auto cpu_grads = torch::autograd::grad({cpu_out}, cpu_inputs, {grad});
+  std::vector<at::Tensor> device_grads;
+  {
+    [[maybe_unused]] const DeviceScope scope;
+    const at::Tensor device_out = run(device_inputs);
+    ASSERT_EQ(device_out.device(), device);
+    expect_close(device_out.cpu(), cpu_out, tol, tol, "output");
+    device_grads = torch::autograd::grad({device_out}, device_inputs, {grad.to(device)});
+  }
+  for (size_t i = 0; i < cpu_grads.size(); ++i) {
+    expect_close(device_grads[i].cpu(), cpu_grads[i], 4 * tol, 4 * tol,
+                 "gradient " + std::to_string(i));
+  }
+}
+
+inline std::vector<AgreementCase> agreement_cases() {
+  return {{{2, 3, 64, 64, 32, 32}, {}, false},
+          {{2, 3, 100, 77, 64, 48}, {1, 3, 100, 77}, true},   // relative-position-like bias
+          {{3, 2, 33, 130, 16, 16}, {3, 1, 1, 130}, false},   // key padding mask shape
+          {{1, 4, 49, 49, 96, 96}, {49, 49}, true},           // head dim of three chunks
+          {{2, 2, 300, 20, 8, 130}, {2, 2, 300, 1}, true}};  // Nq > Nk, wide values
 }
 
 }  // namespace slideformer::testing

@@ -1,7 +1,7 @@
 #pragma once
 // The slide_attention test cases, written once and run per device: test_slide_attention.cpp runs
-// them on the CPU, test_slide_attention_cuda.cpp on a GPU. References in plain aten ops
-// (docs/operators.md):
+// them on the CPU, test_slide_attention_cuda.cpp on a GPU, test_slide_attention_emulated.cpp on the
+// host execution of the CUDA kernels. References in plain aten ops (docs/operators.md):
 // (a) the Slide-Transformer formulation for the "zeros" border: a frozen one-hot depthwise
 //     conv2d plus a learnable depthwise conv2d make the k*k shifted copies, then einsum+softmax;
 // (b) a brute-force gather of every window slot for the "clamp" border.
@@ -533,6 +533,36 @@ inline std::vector<BadInput> bad_inputs(at::Device device, at::Device other) {
           },
           "shift_bias must have the dtype of query (Float), got BFloat16"),
   };
+}
+
+// The output and the gradients of all six inputs against the CPU kernels, same inputs: the
+// kernels run on `device` while a DeviceScope lives (the host execution of the CUDA kernels runs
+// on CPU tensors inside ScopedCudaHostExecution).
+struct NoScope {};
+
+template <typename DeviceScope = NoScope>
+void expect_agrees_with_cpu_kernels(const Case& c, const std::string& border,
+                                    at::ScalarType dtype, double tol, at::Device device) {
+  SCOPED_TRACE(::testing::PrintToString(c) + " " + border + " " + c10::toString(dtype));
+  const Leaves exact = make_leaves(c, {true, true, true}, at::kDouble, 17);
+  const Leaves cpu = leaves_as(exact, dtype, at::kCPU), dev = leaves_as(exact, dtype, device);
+  const at::Tensor cpu_out = ours(cpu, c, border);
+  const at::Tensor grad = at::randn_like(cpu_out);
+  const auto cpu_grads = torch::autograd::grad({cpu_out}, cpu.all(), {grad});
+  std::vector<at::Tensor> dev_grads;
+  {
+    [[maybe_unused]] const DeviceScope scope;
+    const at::Tensor dev_out = ours(dev, c, border);
+    ASSERT_EQ(dev_out.device(), device);
+    expect_close(dev_out.cpu(), cpu_out, tol, tol, "output");
+    dev_grads = torch::autograd::grad({dev_out}, dev.all(), {grad.to(device)});
+  }
+  for (size_t i = 0; i < cpu_grads.size(); ++i) {
+    // Parameter gradients sum over every pixel: compare relative to their magnitude.
+    const double magnitude = std::max(1.0, cpu_grads[i].abs().max().item<double>());
+    expect_close(dev_grads[i].cpu(), cpu_grads[i], 4 * tol, 4 * tol * magnitude,
+                 "gradient of leaf " + std::to_string(i));
+  }
 }
 
 }  // namespace slideformer::testing::slide

@@ -76,63 +76,23 @@ TEST_F(AttentionCuda, BadInputsNameOpArgumentAndValues) {
   st::check_bad_inputs(kCuda, at::Device(at::kCPU));
 }
 
-// Output and every gradient of the CUDA kernels against the CPU kernels on the same inputs.
-struct AgreementCase {
-  st::AttentionShape shape;
-  std::vector<int64_t> bias_shape;  // empty: no bias
-  bool causal;
-};
-
-void expect_cpu_and_cuda_agree(const AgreementCase& c, at::ScalarType dtype, double tol) {
-  at::manual_seed(17);
-  const auto& s = c.shape;
-  std::vector<at::Tensor> cpu_inputs = {at::randn({s.b, s.h, s.nq, s.d}),
-                                        at::randn({s.b, s.h, s.nk, s.d}),
-                                        at::randn({s.b, s.h, s.nk, s.dv})};
-  if (!c.bias_shape.empty()) cpu_inputs.push_back(at::randn(c.bias_shape));
-  std::vector<at::Tensor> cuda_inputs;
-  for (auto& x : cpu_inputs) {
-    x = x.to(dtype).requires_grad_();
-    cuda_inputs.push_back(x.detach().to(kCuda).requires_grad_());
-  }
-  auto run = [&](const std::vector<at::Tensor>& xs) {
-    std::optional<at::Tensor> bias;
-    if (xs.size() == 4) bias = xs[3];
-    return slideformer::attention(xs[0], xs[1], xs[2], bias, c.causal);
-  };
-  const at::Tensor cpu_out = run(cpu_inputs), cuda_out = run(cuda_inputs);
-  ASSERT_TRUE(cuda_out.is_cuda());
-  expect_close(cuda_out.cpu(), cpu_out, tol, tol, "output");
-  const at::Tensor grad = at::randn_like(cpu_out);
-  auto cpu_grads = torch::autograd::grad({cpu_out}, cpu_inputs, {grad});
-  auto cuda_grads = torch::autograd::grad({cuda_out}, cuda_inputs, {grad.to(kCuda)});
-  for (size_t i = 0; i < cpu_grads.size(); ++i) {
-    expect_close(cuda_grads[i].cpu(), cpu_grads[i], 4 * tol, 4 * tol,
-                 "gradient " + std::to_string(i));
-  }
-}
-
-std::vector<AgreementCase> agreement_cases() {
-  return {{{2, 3, 64, 64, 32, 32}, {}, false},
-          {{2, 3, 100, 77, 64, 48}, {1, 3, 100, 77}, true},   // relative-position-like bias
-          {{3, 2, 33, 130, 16, 16}, {3, 1, 1, 130}, false},   // key padding mask shape
-          {{1, 4, 49, 49, 96, 96}, {49, 49}, true},           // head dim of three chunks
-          {{2, 2, 300, 20, 8, 130}, {2, 2, 300, 1}, true}};  // Nq > Nk, wide values
-}
-
 TEST_F(AttentionCuda, AgreesWithCpuFloat64) {
-  for (const auto& c : agreement_cases()) expect_cpu_and_cuda_agree(c, at::kDouble, 1e-10);
+  for (const auto& c : st::agreement_cases()) {
+    st::expect_agrees_with_cpu_kernels(c, at::kDouble, 1e-10, kCuda);
+  }
 }
 
 TEST_F(AttentionCuda, AgreesWithCpuFloat32) {
-  for (const auto& c : agreement_cases()) expect_cpu_and_cuda_agree(c, at::kFloat, 2e-5);
+  for (const auto& c : st::agreement_cases()) {
+    st::expect_agrees_with_cpu_kernels(c, at::kFloat, 2e-5, kCuda);
+  }
 }
 
 TEST_F(AttentionCuda, AgreesWithCpuHalfTypes) {
   // Both devices accumulate in float32; they differ by roundings of the half-type inputs/outputs.
-  for (const auto& c : agreement_cases()) {
-    expect_cpu_and_cuda_agree(c, at::kHalf, 1e-2);
-    expect_cpu_and_cuda_agree(c, at::kBFloat16, 6e-2);
+  for (const auto& c : st::agreement_cases()) {
+    st::expect_agrees_with_cpu_kernels(c, at::kHalf, 1e-2, kCuda);
+    st::expect_agrees_with_cpu_kernels(c, at::kBFloat16, 6e-2, kCuda);
   }
 }
 

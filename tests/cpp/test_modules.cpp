@@ -132,4 +132,43 @@ TEST(Export, TorchScriptModuleReproducesTheModelAfterSaveAndLoad) {
   }
 }
 
+// reparameterize() once kept a flag outside the parameters: a clone or a saved and loaded copy
+// lost it and computed with I + (I + W). The merged state must travel with the parameters.
+TEST(Export, ReparameterizedModelsSurviveCloneSaveLoadAndExport) {
+  torch::manual_seed(5);
+  SlideAttention slide(SlideAttentionOptions(32, 2));
+  slide->reparameterize();
+  EXPECT_TRUE(slide->is_reparameterized());
+  const at::Tensor x = torch::randn({2, 7, 7, 32});
+  const at::Tensor expected = slide(x);
+  const auto clone = std::dynamic_pointer_cast<SlideAttentionImpl>(slide->clone());
+  EXPECT_TRUE(at::equal(clone->forward(x), expected)) << "clone";
+  std::stringstream buffer;
+  torch::save(slide, buffer);
+  SlideAttention loaded(SlideAttentionOptions(32, 2));
+  torch::load(loaded, buffer);
+  EXPECT_TRUE(loaded->is_reparameterized());
+  EXPECT_TRUE(at::equal(loaded(x), expected)) << "save/load";
+  loaded->reparameterize();  // again: no change
+  EXPECT_TRUE(at::equal(loaded(x), expected)) << "reparameterized twice";
+
+  SlideTransformer model(fashion());
+  model->eval();
+  model->reparameterize();
+  const at::Tensor images = torch::rand({3, 1, 28, 28});
+  const at::Tensor logits = model(normalise(model->options, images));
+  const auto model_clone = std::dynamic_pointer_cast<SlideTransformerImpl>(model->clone());
+  EXPECT_TRUE(at::equal(model_clone->forward(normalise(model->options, images)), logits)) << "model clone";
+  std::stringstream model_buffer;
+  torch::save(model, model_buffer);
+  SlideTransformer model_loaded(fashion());
+  torch::load(model_loaded, model_buffer);
+  model_loaded->eval();
+  EXPECT_TRUE(at::equal(model_loaded(normalise(model->options, images)), logits)) << "model save/load";
+  for (const SlideTransformer& exported : {model, model_loaded}) {
+    slideformer::testing::expect_close(to_torchscript(exported).forward({images}).toTensor(), logits,
+                                       1e-5, 1e-5, "export after reparameterize");
+  }
+}
+
 }  // namespace

@@ -90,26 +90,6 @@ INSTANTIATE_TEST_SUITE_P(Cases, SlideAttentionCudaBadInput,
                          ::testing::ValuesIn(bad_inputs(kCuda, at::Device(at::kCPU))),
                          [](const auto& info) { return info.param.name; });
 
-// The output and the gradients of all six inputs on CUDA against the CPU kernels, same inputs.
-void expect_cpu_and_cuda_agree(const Case& c, const std::string& border, at::ScalarType dtype,
-                               double tol) {
-  SCOPED_TRACE(::testing::PrintToString(c) + " " + border + " " + c10::toString(dtype));
-  const Leaves exact = make_leaves(c, {true, true, true}, at::kDouble, 17);
-  const Leaves cpu = leaves_as(exact, dtype, at::kCPU), gpu = leaves_as(exact, dtype, kCuda);
-  const at::Tensor cpu_out = ours(cpu, c, border), gpu_out = ours(gpu, c, border);
-  ASSERT_TRUE(gpu_out.is_cuda());
-  expect_close(gpu_out.cpu(), cpu_out, tol, tol, "output");
-  const at::Tensor grad = at::randn_like(cpu_out);
-  const auto cpu_grads = torch::autograd::grad({cpu_out}, cpu.all(), {grad});
-  const auto gpu_grads = torch::autograd::grad({gpu_out}, gpu.all(), {grad.to(kCuda)});
-  for (size_t i = 0; i < cpu_grads.size(); ++i) {
-    // Parameter gradients sum over every pixel: compare relative to their magnitude.
-    const double magnitude = std::max(1.0, cpu_grads[i].abs().max().item<double>());
-    expect_close(gpu_grads[i].cpu(), cpu_grads[i], 4 * tol, 4 * tol * magnitude,
-                 "gradient of leaf " + std::to_string(i));
-  }
-}
-
 std::vector<Case> agreement_cases() {
   return {{2, 3, 56, 56, 32, 3, 1},   // Slide-Swin-T stage 1, several tiles per map
           {1, 6, 28, 28, 32, 3, 1},   // stage 2
@@ -121,7 +101,7 @@ std::vector<Case> agreement_cases() {
 TEST_F(SlideAttentionCuda, AgreesWithCpuFloat64) {
   for (const Case& c : agreement_cases()) {
     for (const std::string border : {"zeros", "clamp"}) {
-      expect_cpu_and_cuda_agree(c, border, at::kDouble, 1e-10);
+      expect_agrees_with_cpu_kernels(c, border, at::kDouble, 1e-10, kCuda);
     }
   }
 }
@@ -129,7 +109,7 @@ TEST_F(SlideAttentionCuda, AgreesWithCpuFloat64) {
 TEST_F(SlideAttentionCuda, AgreesWithCpuFloat32) {
   for (const Case& c : agreement_cases()) {
     for (const std::string border : {"zeros", "clamp"}) {
-      expect_cpu_and_cuda_agree(c, border, at::kFloat, 2e-5);
+      expect_agrees_with_cpu_kernels(c, border, at::kFloat, 2e-5, kCuda);
     }
   }
 }
@@ -138,8 +118,8 @@ TEST_F(SlideAttentionCuda, AgreesWithCpuHalfTypes) {
   // Both devices accumulate in float32; they differ by roundings of the half-type inputs/outputs.
   for (const Case& c : agreement_cases()) {
     for (const std::string border : {"zeros", "clamp"}) {
-      expect_cpu_and_cuda_agree(c, border, at::kHalf, 1e-2);
-      expect_cpu_and_cuda_agree(c, border, at::kBFloat16, 6e-2);
+      expect_agrees_with_cpu_kernels(c, border, at::kHalf, 1e-2, kCuda);
+      expect_agrees_with_cpu_kernels(c, border, at::kBFloat16, 6e-2, kCuda);
     }
   }
 }

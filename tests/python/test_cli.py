@@ -1,6 +1,8 @@
 """The slideformer program: summary, train/resume, eval, export, predict and its error handling."""
 import gzip
 import hashlib
+import json
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -59,8 +61,49 @@ def test_training_writes_checkpoint_metrics_and_plot(trained):
     assert (trained / "checkpoint.pt").exists()
     metrics = (trained / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1 and '"test_accuracy"' in metrics[0] and '"images_per_second"' in metrics[0]
-    if shutil.which("gnuplot"):
-        assert (trained / "curves.png").stat().st_size > 0
+    assert (trained / "curves.png").stat().st_size > 0
+
+
+def plotted_curves(run_dir, tmp_path):
+    """The curves the run's own gnuplot program draws, as gnuplot tabulates them: {title: [(x, y)]}."""
+    copy = tmp_path / "replot"
+    copy.mkdir()
+    for name in ("curves.gp", "curves.dat"):
+        shutil.copy(run_dir / name, copy)
+    result = subprocess.run(["gnuplot", "-e", "set table 'table.txt'", "curves.gp"], cwd=copy,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    curves, title = {}, None
+    for line in (copy / "table.txt").read_text().splitlines():
+        if line.startswith("# Curve title:"):
+            title = line.split('"')[1]
+            curves[title] = []
+        elif line.strip() and not line.startswith("#"):
+            x, y = line.split()[:2]
+            curves[title].append((float(x), float(y)))
+    return curves
+
+
+def test_plot_draws_both_panels_in_an_out_dir_with_spaces_quotes_and_dollars(tmp_path):
+    """The program once passed its gnuplot code through a shell: "$3" vanished (no accuracy panel)
+    and a quote in --out broke the command."""
+    out = tmp_path / "run 'one' \"two\" $HOME $(touch pwned) `x`; y"
+    result = run("train", *QUICK, "--epochs", "2", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no gnuplot warning
+    assert not (tmp_path / "pwned").exists() and not pathlib.Path("pwned").exists()
+    assert (out / "curves.png").stat().st_size > 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    curves = plotted_curves(out, tmp_path)
+    # gnuplot tabulates 6 significant digits.
+    assert curves["train loss"] == [(m["epoch"], pytest.approx(m["train_loss"], rel=1e-5)) for m in metrics]
+    assert curves["test accuracy (%)"] == [(m["epoch"], pytest.approx(100 * m["test_accuracy"], rel=1e-5))
+                                           for m in metrics]
+    # The rest of the program takes the same directory.
+    exported = out / "model $x 'q'.pt"
+    checked("eval", "--checkpoint", out / "checkpoint.pt", "--limit", "64")
+    checked("export", "--checkpoint", out / "checkpoint.pt", "--out", exported)
+    assert "test accuracy" in checked("predict", "--model", exported, "--limit", "64")
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
@@ -89,6 +132,9 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 130, output
     assert "interrupted: checkpoint saved" in output
+    # Taken inside the first epoch, where the signal came.
+    saved = torch.jit.load(str(interrupted / "checkpoint.pt"))
+    assert saved.epoch == 0 and 0 < saved.step_in_epoch < 32 and saved.global_step == saved.step_in_epoch
     checked("train", *args, "--resume", "--out", interrupted)
     assert_same_tensors(checkpoint_tensors(interrupted / "checkpoint.pt"),
                         checkpoint_tensors(straight / "checkpoint.pt"))
@@ -171,7 +217,8 @@ def test_bad_inputs_fail_with_one_line_errors_and_keep_the_checkpoint(trained, t
     assert unknown.returncode != 0 and "swin_huge" in unknown.stderr
     wrong_preset = run("train", "--preset", "slide_swin_tiny", "--resume", "--out", run_dir)
     assert wrong_preset.returncode != 0
-    assert f"{checkpoint}: checkpoint of preset 'fashion', not 'slide_swin_tiny'" in wrong_preset.stderr
+    assert (f"{checkpoint}: the checkpoint holds model 'fashion', not --preset slide_swin_tiny (a resumed run "
+            "keeps its model: leave --preset out)") in wrong_preset.stderr
     missing_data = run("train", *QUICK, "--resume", "--out", run_dir, "--data", tmp_path / "nowhere")
     assert missing_data.returncode != 0
     assert f"{tmp_path / 'nowhere'}/train-images-idx3-ubyte.gz: cannot open the file" in missing_data.stderr

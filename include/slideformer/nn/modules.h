@@ -44,9 +44,13 @@ class SlideAttentionImpl : public torch::nn::Cloneable<SlideAttentionImpl> {
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x);
-  // Merges the two shift paths: shift_weight <- I + shift_weight, shift_bias <- sum of biases.
+  // Merges the two shift paths into the learnable one: shift_weight <- I + shift_weight,
+  // shift_bias <- sum of the biases, and zeroes the fixed path's weight and bias. The operator
+  // still receives their sums (unchanged), and the merged state lives in the parameters alone,
+  // so copies (clone, save/load, export) compute the same. Repeating it changes nothing.
   void reparameterize();
-  bool is_reparameterized() const { return reparameterized_; }
+  // Whether the fixed path is zero (merged into the learnable one).
+  bool is_reparameterized() const;
   // The mixing weight and bias the operator receives.
   at::Tensor effective_shift_weight() const;
   at::Tensor effective_shift_bias() const;
@@ -54,13 +58,11 @@ class SlideAttentionImpl : public torch::nn::Cloneable<SlideAttentionImpl> {
   SlideAttentionOptions options;
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
   at::Tensor key_bias;            // (heads, k*k)
-  at::Tensor identity_weight;     // (d, k*k, k*k) frozen one-hot path (requires_grad = false)
-  at::Tensor identity_bias;       // (d, k*k) bias of the fixed path
+  at::Tensor identity_weight;     // (d, k*k, k*k) frozen one-hot path (requires_grad = false;
+                                  // zero once reparameterized)
+  at::Tensor identity_bias;       // (d, k*k) bias of the fixed path (zero once reparameterized)
   at::Tensor shift_weight;        // (d, k*k, k*k) learnable path (merged W once reparameterized)
-  at::Tensor shift_bias;          // (d, k*k) learnable path's bias
-
- private:
-  bool reparameterized_ = false;
+  at::Tensor shift_bias;          // (d, k*k) learnable path's bias (merged once reparameterized)
 };
 TORCH_MODULE(SlideAttention);
 

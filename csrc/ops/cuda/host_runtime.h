@@ -1,0 +1,503 @@
+#pragma once
+// Host execution of our CUDA kernels, in the spirit of Numba's CUDA simulator: the kernel source
+// that nvcc compiles for the GPU is compiled by the host compiler and run on the CPU. Only the
+// test build compiles kernels this way (tests/cuda_host); the shipped library never does.
+//
+// Every CUDA thread of a block is a fiber (ucontext) with its own stack. The fibers of a block run
+// on the launching thread one at a time, each until it waits at __syncthreads() or at a warp
+// shuffle, so shared memory, barriers and missing barriers behave as on a GPU:
+// - each block's shared memory starts as all-ones bytes (NaN in float and double), so a thread
+//   that reads what another has not written yet (a missing barrier) reads NaN;
+// - under ThreadSanitizer every fiber is a thread of its own, synchronised with the others only
+//   by the barriers (and the launch), so a missing barrier is reported as a data race;
+// - a barrier that some threads never reach is reported as a deadlock; a block that writes past
+//   its dynamic shared memory, an invalid launch configuration, or more than 48 KiB of shared
+//   memory without the opt-in, fail the launch with a c10::Error as a GPU launch would fail.
+// Blocks run one after another. What our kernels use, and only that: 1-d grids and blocks,
+// dynamic shared memory, __syncthreads(), __shfl_xor_sync() over full warps and the opt-in to
+// more dynamic shared memory. The device limits are those of an A100 (sm_80) unless a test
+// picks another device (ScopedEmulatedDevice).
+#include <c10/util/Exception.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+#define SLIDEFORMER_HOST_TSAN 1
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define SLIDEFORMER_HOST_ASAN 1
+#endif
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SLIDEFORMER_HOST_TSAN 1
+#endif
+#if __has_feature(address_sanitizer)
+#define SLIDEFORMER_HOST_ASAN 1
+#endif
+#endif
+#if defined(SLIDEFORMER_HOST_TSAN)
+#include <sanitizer/tsan_interface.h>
+#endif
+#if defined(SLIDEFORMER_HOST_ASAN)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+// The CUDA keywords and built-ins our kernels use.
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define threadIdx (::slideformer::ops::cuda::host_runtime::current_fiber().thread_idx)
+#define blockIdx (::slideformer::ops::cuda::host_runtime::current_fiber().block_idx)
+#define blockDim (::slideformer::ops::cuda::host_runtime::current_launch().block_dim)
+#define gridDim (::slideformer::ops::cuda::host_runtime::current_launch().grid_dim)
+#define __syncthreads() ::slideformer::ops::cuda::host_runtime::sync_threads()
+#define __shfl_xor_sync(...) ::slideformer::ops::cuda::host_runtime::shfl_xor_sync(__VA_ARGS__)
+
+namespace slideformer::ops::cuda::host_runtime {
+
+struct Index3 {
+  unsigned int x = 0, y = 0, z = 0;
+};
+
+// What the launches check against.
+struct DeviceProperties {
+  const char* name;
+  size_t shared_memory_per_block_optin;  // cudaDeviceProp::sharedMemPerBlockOptin
+  int max_threads_per_block;
+};
+inline constexpr DeviceProperties kA100{"A100 (sm_80)", 166912, 1024};
+inline constexpr DeviceProperties kH100{"H100 (sm_90)", 232448, 1024};
+// Dynamic shared memory a kernel may use without cudaFuncAttributeMaxDynamicSharedMemorySize.
+inline constexpr size_t kDefaultDynamicSharedBytes = 48 * 1024;
+inline constexpr int kWarpSize = 32;
+
+inline DeviceProperties& emulated_device() {
+  static DeviceProperties device = kA100;
+  return device;
+}
+
+// Emulates `device` while it lives (tests that check the launch configuration of other GPUs).
+class ScopedEmulatedDevice {
+ public:
+  explicit ScopedEmulatedDevice(const DeviceProperties& device) : saved_(emulated_device()) {
+    emulated_device() = device;
+  }
+  ~ScopedEmulatedDevice() { emulated_device() = saved_; }
+  ScopedEmulatedDevice(const ScopedEmulatedDevice&) = delete;
+  ScopedEmulatedDevice& operator=(const ScopedEmulatedDevice&) = delete;
+
+ private:
+  DeviceProperties saved_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Sanitizer annotations of the fiber switches (no-ops in a plain build).
+
+struct SanitizerFiber {
+#if defined(SLIDEFORMER_HOST_TSAN)
+  void* tsan = nullptr;
+#endif
+#if defined(SLIDEFORMER_HOST_ASAN)
+  void* asan_fake_stack = nullptr;
+#endif
+  const void* stack_bottom = nullptr;
+  size_t stack_size = 0;
+};
+
+// Happens-before edges: a release on `token` by one fiber, then an acquire of it by another.
+inline void sanitizer_release(const void* token) {
+#if defined(SLIDEFORMER_HOST_TSAN)
+  __tsan_release(const_cast<void*>(token));
+#endif
+  (void)token;
+}
+inline void sanitizer_acquire(const void* token) {
+#if defined(SLIDEFORMER_HOST_TSAN)
+  __tsan_acquire(const_cast<void*>(token));
+#endif
+  (void)token;
+}
+
+// Right before swapcontext from `from` to `to`; `from_ends` when `from` never runs again. Only a
+// switch that starts `to` on a block orders what `from` did before it (the launch, the block's
+// set-up) before `to`; the others add no ordering, so only barriers order the threads' accesses.
+inline void sanitizer_before_switch(SanitizerFiber& from, const SanitizerFiber& to,
+                                    bool from_ends, bool starts_to = false) {
+#if defined(SLIDEFORMER_HOST_TSAN)
+  __tsan_switch_to_fiber(to.tsan, starts_to ? 0 : __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(SLIDEFORMER_HOST_ASAN)
+  __sanitizer_start_switch_fiber(from_ends ? nullptr : &from.asan_fake_stack, to.stack_bottom,
+                                 to.stack_size);
+#endif
+  (void)from, (void)to, (void)from_ends, (void)starts_to;
+}
+
+// Right after swapcontext returned into `self`; `previous` learns its stack (the scheduler's).
+inline void sanitizer_after_switch(SanitizerFiber& self, SanitizerFiber& previous) {
+#if defined(SLIDEFORMER_HOST_ASAN)
+  __sanitizer_finish_switch_fiber(self.asan_fake_stack, &previous.stack_bottom,
+                                  &previous.stack_size);
+#endif
+  (void)self, (void)previous;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fibers, barriers and the scheduler.
+
+// A barrier of `expected` fibers; generation counts the completed rounds. The counters are
+// atomics so that ThreadSanitizer sees no race in the bookkeeping (they add no ordering); the
+// ordering a barrier gives comes from the release / acquire annotations on `tokens_`, one per
+// parity of the generation, so a fiber that runs ahead to the next round cannot pass its new
+// accesses to a fiber still leaving this one.
+class Barrier {
+ public:
+  void reset(int expected) {
+    expected_ = expected;
+    arrived_.store(0, std::memory_order_relaxed);
+  }
+  const std::atomic<uint64_t>& generation() const { return generation_; }
+  uint64_t current_generation() const { return generation_.load(std::memory_order_relaxed); }
+  // Counts the caller in; true when it completed the round (the others may go on).
+  bool arrive(uint64_t round) {
+    sanitizer_release(&tokens_[round & 1]);
+    if (arrived_.fetch_add(1, std::memory_order_relaxed) + 1 < expected_) return false;
+    arrived_.store(0, std::memory_order_relaxed);
+    generation_.store(round + 1, std::memory_order_relaxed);
+    return true;
+  }
+  void leave(uint64_t round) const { sanitizer_acquire(&tokens_[round & 1]); }
+
+ private:
+  int expected_ = 0;
+  std::atomic<int> arrived_{0};
+  std::atomic<uint64_t> generation_{0};
+  char tokens_[2] = {};
+};
+
+// One CUDA thread.
+struct Fiber {
+  Index3 thread_idx, block_idx;
+  ucontext_t context;
+  char* stack = nullptr;
+  SanitizerFiber sanitizer;
+  bool started = false;  // the scheduler's: the fiber runs the current block
+  std::atomic<bool> finished{false};
+  // Set while the fiber waits: it may run again once *waiting_on != waiting_round.
+  std::atomic<const std::atomic<uint64_t>*> waiting_on{nullptr};
+  std::atomic<uint64_t> waiting_round{0};
+
+  bool runnable() const {
+    if (finished.load(std::memory_order_relaxed)) return false;
+    const std::atomic<uint64_t>* on = waiting_on.load(std::memory_order_relaxed);
+    return on == nullptr ||
+           on->load(std::memory_order_relaxed) != waiting_round.load(std::memory_order_relaxed);
+  }
+};
+
+// The state of one kernel launch on this thread.
+struct Launch {
+  Index3 grid_dim, block_dim;
+  unsigned char* shared = nullptr;
+  size_t shared_bytes = 0;
+  const std::function<void()>* body = nullptr;
+  Barrier block_barrier;
+  std::unique_ptr<Barrier[]> warp_barriers;
+  std::unique_ptr<unsigned char[]> warp_exchange;  // [warp][parity][lane] 8-byte slots
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;  // of the first fiber that threw; read after block_end_token
+  char block_end_token = 0;  // fibers release it when they end, the scheduler then acquires
+  SanitizerFiber scheduler;
+  ucontext_t scheduler_context;
+};
+
+inline constexpr size_t kFiberStackBytes = 256 * 1024;
+inline constexpr size_t kSharedCanaryBytes = 64;
+inline constexpr unsigned char kUnwrittenShared = 0xFF;
+
+struct ThreadState {
+  Launch* launch = nullptr;
+  std::atomic<Fiber*> fiber{nullptr};
+  // Fiber stacks (and ThreadSanitizer fibers) kept for the next launches of this thread.
+  std::vector<std::unique_ptr<char[]>> stacks;
+#if defined(SLIDEFORMER_HOST_TSAN)
+  std::vector<void*> tsan_fibers;
+  ~ThreadState() {
+    for (void* f : tsan_fibers) __tsan_destroy_fiber(f);
+  }
+#endif
+};
+
+inline ThreadState& thread_state() {
+  thread_local ThreadState state;
+  return state;
+}
+
+inline Fiber& current_fiber() {
+  Fiber* fiber = thread_state().fiber.load(std::memory_order_relaxed);
+  TORCH_CHECK(fiber != nullptr, "CUDA host runtime: a device built-in was used outside a kernel");
+  return *fiber;
+}
+
+inline Launch& current_launch() { return *thread_state().launch; }
+
+inline unsigned char* dynamic_shared_memory() { return current_launch().shared; }
+
+// Suspends the calling fiber until `barrier` completes `round`.
+inline void wait_for(Fiber& self, const Barrier& barrier, uint64_t round) {
+  self.waiting_round.store(round, std::memory_order_relaxed);
+  self.waiting_on.store(&barrier.generation(), std::memory_order_relaxed);
+  Launch& launch = current_launch();
+  sanitizer_before_switch(self.sanitizer, launch.scheduler, false);
+  swapcontext(&self.context, &launch.scheduler_context);
+  sanitizer_after_switch(self.sanitizer, launch.scheduler);
+  self.waiting_on.store(nullptr, std::memory_order_relaxed);
+}
+
+// Counts the calling fiber in at `barrier`, whose current round is `round`, and returns once
+// every fiber of the round arrived.
+inline void arrive_and_wait(Barrier& barrier, uint64_t round) {
+  if (!barrier.arrive(round)) wait_for(current_fiber(), barrier, round);
+  barrier.leave(round);
+}
+
+inline void sync_threads() {
+  Barrier& barrier = current_launch().block_barrier;
+  arrive_and_wait(barrier, barrier.current_generation());
+}
+
+// __shfl_xor_sync: the value of lane (lane ^ lane_mask) of the caller's warp. Every lane of the
+// warp takes part (mask = the full warp), as in our kernels.
+template <typename T>
+T shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = kWarpSize) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "8-byte shuffles at most");
+  const Fiber& self = current_fiber();
+  Launch& launch = current_launch();
+  const unsigned int thread = self.thread_idx.x;
+  const unsigned int warp = thread / kWarpSize, lane = thread % kWarpSize;
+  const unsigned int warp_lanes =
+      std::min<unsigned int>(kWarpSize, launch.block_dim.x - warp * kWarpSize);
+  const unsigned int full_mask = warp_lanes == 32 ? 0xffffffffu : (1u << warp_lanes) - 1;
+  TORCH_CHECK(mask == full_mask && width == kWarpSize,
+              "CUDA host runtime: __shfl_xor_sync over part of a warp is not emulated (mask ",
+              mask, ", width ", width, ")");
+  TORCH_CHECK((lane ^ static_cast<unsigned int>(lane_mask)) < warp_lanes,
+              "CUDA host runtime: __shfl_xor_sync reads lane ",
+              lane ^ static_cast<unsigned int>(lane_mask), " of a warp of ", warp_lanes);
+  Barrier& barrier = launch.warp_barriers[warp];
+  const uint64_t round = barrier.current_generation();
+  unsigned char* slots = launch.warp_exchange.get() + (warp * 2 + (round & 1)) * kWarpSize * 8;
+  std::memcpy(slots + lane * 8, &value, sizeof(T));
+  arrive_and_wait(barrier, round);
+  T result;
+  std::memcpy(&result, slots + (lane ^ static_cast<unsigned int>(lane_mask)) * 8, sizeof(T));
+  return result;
+}
+
+// The entry of every fiber: runs the kernel body for the fiber's thread of the current block.
+inline void fiber_main() {
+  ThreadState& state = thread_state();
+  Launch& launch = *state.launch;
+  Fiber& self = *state.fiber.load(std::memory_order_relaxed);
+  sanitizer_after_switch(self.sanitizer, launch.scheduler);
+  try {
+    (*launch.body)();
+  } catch (...) {
+    if (!launch.failed.exchange(true, std::memory_order_relaxed)) {
+      launch.error = std::current_exception();
+    }
+  }
+  // Last reads of the launch's state before the release that orders them before its clean-up.
+  SanitizerFiber me = self.sanitizer;
+  const SanitizerFiber scheduler = launch.scheduler;
+  const ucontext_t* scheduler_context = &launch.scheduler_context;
+  sanitizer_release(&launch.block_end_token);
+  self.finished.store(true, std::memory_order_relaxed);
+  sanitizer_before_switch(me, scheduler, true);
+  setcontext(scheduler_context);
+}
+
+// While a test points it at a vector, the launches of this thread are appended to it.
+struct LaunchRecord {
+  const void* kernel;
+  unsigned int blocks, threads;
+  size_t shared_bytes;
+};
+inline std::vector<LaunchRecord>*& launch_log() {
+  thread_local std::vector<LaunchRecord>* log = nullptr;
+  return log;
+}
+// Kernels launched on this thread so far.
+inline uint64_t& launch_count() {
+  thread_local uint64_t count = 0;
+  return count;
+}
+
+// Per-kernel dynamic shared memory opt-ins (cudaFuncSetAttribute).
+inline std::map<const void*, size_t>& shared_memory_opt_ins() {
+  static std::map<const void*, size_t> opt_ins;
+  return opt_ins;
+}
+inline std::mutex& shared_memory_opt_ins_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+inline void set_max_dynamic_shared_memory(const void* kernel, size_t bytes) {
+  TORCH_CHECK(bytes <= emulated_device().shared_memory_per_block_optin,
+              "CUDA host runtime: cudaFuncSetAttribute(MaxDynamicSharedMemorySize = ", bytes,
+              ") is more than the ", emulated_device().shared_memory_per_block_optin, " bytes of ",
+              emulated_device().name);
+  const std::lock_guard<std::mutex> lock(shared_memory_opt_ins_mutex());
+  shared_memory_opt_ins()[kernel] = bytes;
+}
+
+inline size_t max_dynamic_shared_memory(const void* kernel) {
+  const std::lock_guard<std::mutex> lock(shared_memory_opt_ins_mutex());
+  const auto it = shared_memory_opt_ins().find(kernel);
+  return it == shared_memory_opt_ins().end() ? kDefaultDynamicSharedBytes
+                                             : std::max(it->second, kDefaultDynamicSharedBytes);
+}
+
+// Runs blocks 0 .. grid - 1 of `body` (the kernel applied to its parameters), one after another,
+// `threads` fibers each.
+inline void run_grid(const void* kernel, unsigned int grid, unsigned int threads,
+                     size_t shared_bytes, const std::function<void()>& body) {
+  ThreadState& state = thread_state();
+  TORCH_CHECK(state.launch == nullptr, "CUDA host runtime: a kernel launched another kernel");
+  TORCH_CHECK(grid >= 1 && threads >= 1 &&
+                  threads <= static_cast<unsigned int>(emulated_device().max_threads_per_block),
+              "CUDA host runtime: invalid configuration argument: ", grid, " blocks of ", threads,
+              " threads");
+  TORCH_CHECK(shared_bytes <= max_dynamic_shared_memory(kernel),
+              "CUDA host runtime: too many resources requested for launch: ", shared_bytes,
+              " bytes of dynamic shared memory, the kernel may use ",
+              max_dynamic_shared_memory(kernel));
+  ++launch_count();
+  if (launch_log() != nullptr) launch_log()->push_back({kernel, grid, threads, shared_bytes});
+  while (state.stacks.size() < threads) {
+    // Not zeroed: only the pages a fiber touches get memory.
+    state.stacks.push_back(std::unique_ptr<char[]>(new char[kFiberStackBytes]));
+#if defined(SLIDEFORMER_HOST_TSAN)
+    state.tsan_fibers.push_back(__tsan_create_fiber(0));
+#endif
+  }
+  Launch launch;
+  launch.grid_dim = {grid, 1, 1};
+  launch.block_dim = {threads, 1, 1};
+  launch.body = &body;
+  const unsigned int warps = (threads + kWarpSize - 1) / kWarpSize;
+  launch.warp_barriers = std::make_unique<Barrier[]>(warps);
+  launch.warp_exchange = std::make_unique<unsigned char[]>(warps * 2 * kWarpSize * 8);
+  std::vector<unsigned char> shared(shared_bytes + kSharedCanaryBytes + 16);
+  // 16-byte aligned, like __align__(16) extern __shared__ arrays.
+  launch.shared = shared.data() + (16 - reinterpret_cast<uintptr_t>(shared.data()) % 16) % 16;
+  launch.shared_bytes = shared_bytes;
+  std::vector<Fiber> fibers(threads);
+#if defined(SLIDEFORMER_HOST_TSAN)
+  launch.scheduler.tsan = __tsan_get_current_fiber();
+#endif
+  // The context every fiber starts from (its signal mask and floating-point environment).
+  ucontext_t fresh;
+  getcontext(&fresh);
+  state.launch = &launch;
+  struct Restore {
+    ThreadState& state;
+    ~Restore() {
+      state.launch = nullptr;
+      state.fiber.store(nullptr, std::memory_order_relaxed);
+    }
+  } restore{state};
+
+  for (unsigned int block = 0; block < grid; ++block) {
+    std::memset(launch.shared, kUnwrittenShared, shared_bytes + kSharedCanaryBytes);
+    launch.block_barrier.reset(static_cast<int>(threads));
+    for (unsigned int w = 0; w < warps; ++w) {
+      launch.warp_barriers[w].reset(static_cast<int>(std::min(kWarpSize * (w + 1), threads) -
+                                                     kWarpSize * w));
+    }
+    for (unsigned int t = 0; t < threads; ++t) {
+      Fiber& f = fibers[t];
+      f.thread_idx = {t, 0, 0};
+      f.block_idx = {block, 0, 0};
+      f.started = false;
+      f.finished.store(false, std::memory_order_relaxed);
+      f.waiting_on.store(nullptr, std::memory_order_relaxed);
+      f.stack = state.stacks[t].get();
+      f.sanitizer = SanitizerFiber{};
+      f.sanitizer.stack_bottom = f.stack;
+      f.sanitizer.stack_size = kFiberStackBytes;
+#if defined(SLIDEFORMER_HOST_TSAN)
+      f.sanitizer.tsan = state.tsan_fibers[t];
+#endif
+      f.context = fresh;
+      f.context.uc_stack.ss_sp = f.stack;
+      f.context.uc_stack.ss_size = kFiberStackBytes;
+      f.context.uc_link = nullptr;
+      makecontext(&f.context, &fiber_main, 0);
+    }
+    // Round robin over the fibers that may run, until all finished or none can go on; in
+    // ascending thread order in even blocks, descending in odd ones, so that a missing barrier
+    // shows whichever of two threads reads what the other writes.
+    unsigned int finished = 0;
+    while (finished < threads) {
+      bool progressed = false;
+      finished = 0;
+      for (unsigned int i = 0; i < threads; ++i) {
+        Fiber& f = fibers[block % 2 == 0 ? i : threads - 1 - i];
+        if (f.runnable()) {
+          progressed = true;
+          state.fiber.store(&f, std::memory_order_relaxed);
+          const bool starts = !f.started;
+          f.started = true;
+          sanitizer_before_switch(launch.scheduler, f.sanitizer, false, starts);
+          swapcontext(&launch.scheduler_context, &f.context);
+          sanitizer_after_switch(launch.scheduler, f.sanitizer);
+          state.fiber.store(nullptr, std::memory_order_relaxed);
+        }
+        finished += f.finished.load(std::memory_order_relaxed);
+      }
+      if (launch.failed.load(std::memory_order_relaxed)) break;
+      TORCH_CHECK(progressed || finished == threads, "CUDA host runtime: deadlock in block ",
+                  block, ": ", threads - finished,
+                  " threads wait at a barrier that the other threads of the block or warp never "
+                  "reach");
+    }
+    sanitizer_acquire(&launch.block_end_token);
+    if (launch.error) std::rethrow_exception(launch.error);
+    for (size_t i = 0; i < kSharedCanaryBytes; ++i) {
+      TORCH_CHECK(launch.shared[shared_bytes + i] == kUnwrittenShared,
+                  "CUDA host runtime: block ", block, " wrote past its ", shared_bytes,
+                  " bytes of dynamic shared memory");
+    }
+  }
+}
+
+// kernel<<<grid, threads, shared_bytes>>>(args...) on the host. The arguments are copied once,
+// as a launch copies kernel parameters.
+template <typename... KernelArgs, typename... Args>
+void launch(void (*kernel)(KernelArgs...), unsigned int grid, unsigned int threads,
+            size_t shared_bytes, Args&&... args) {
+  std::tuple<std::decay_t<KernelArgs>...> parameters(std::forward<Args>(args)...);
+  const std::function<void()> body = [&] { std::apply(kernel, parameters); };
+  run_grid(reinterpret_cast<const void*>(kernel), grid, threads, shared_bytes, body);
+}
+
+}  // namespace slideformer::ops::cuda::host_runtime
