@@ -1,5 +1,6 @@
 // MultiHeadAttention and SlideAttention modules.
 #include "nn/init.h"
+#include "nn/script.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 #include "slideformer/ops.h"
@@ -74,6 +75,22 @@ at::Tensor MultiHeadAttentionImpl::forward(const at::Tensor& x) {
   return proj(out.transpose(1, 2).reshape({batch, tokens, options.dim()}));
 }
 
+torch::jit::Module MultiHeadAttentionImpl::script_form() const {
+  torch::jit::Module module("MultiHeadAttention");
+  const at::Tensor bias = relative_position_bias();
+  if (bias.defined()) script::add_buffer(module, "attn_bias", bias);
+  const std::string heads = std::to_string(options.heads()), dim = std::to_string(options.dim());
+  script::define(module, R"(
+def forward(self, x: Tensor) -> Tensor:
+    b, n = x.size(0), x.size(1)
+    qkv = )" + script::linear(module, "qkv", *qkv, "x") + ".view(b, n, 3, " + heads + ", " +
+                             std::to_string(options.dim() / options.heads()) + R"().permute(2, 0, 3, 1, 4)
+    a = slideformer.attention(qkv[0], qkv[1], qkv[2], )" +
+                             (bias.defined() ? "self.attn_bias" : "None") + R"(, False, None)
+    return )" + script::linear(module, "proj", *proj, "a.transpose(1, 2).reshape(b, n, " + dim + ")") + "\n");
+  return module;
+}
+
 SlideAttentionImpl::SlideAttentionImpl(SlideAttentionOptions options_)
     : options(std::move(options_)) {
   reset();
@@ -145,6 +162,25 @@ at::Tensor SlideAttentionImpl::forward(const at::Tensor& x) {
           .shift_weight(effective_shift_weight())
           .shift_bias(effective_shift_bias()));
   return proj(out.permute({0, 2, 3, 1, 4}).reshape({batch, rows, cols, options.dim()}));
+}
+
+torch::jit::Module SlideAttentionImpl::script_form() const {
+  torch::jit::Module module("SlideAttention");
+  script::add_parameter(module, "key_bias", key_bias);
+  script::add_parameter(module, "shift_weight", effective_shift_weight());  // paths merged
+  script::add_parameter(module, "shift_bias", effective_shift_bias());
+  module.register_attribute("border", c10::StringType::get(), options.border());
+  const std::string dim = std::to_string(options.dim());
+  script::define(module, R"(
+def forward(self, x: Tensor) -> Tensor:
+    b, y, w = x.size(0), x.size(1), x.size(2)
+    qkv = )" + script::linear(module, "qkv", *qkv, "x") + ".view(b, y, w, " + std::to_string(options.heads()) +
+                             ", 3, " + std::to_string(options.dim() / options.heads()) + R"().permute(4, 0, 3, 1, 2, 5)
+    a = slideformer.slide_attention(qkv[0], qkv[1], qkv[2], )" + std::to_string(options.kernel_size()) + ", " +
+                             std::to_string(options.dilation()) + R"(,
+        self.key_bias, self.shift_weight, self.shift_bias, self.border, None)
+    return )" + script::linear(module, "proj", *proj, "a.permute(0, 2, 3, 1, 4).reshape(b, y, w, " + dim + ")") + "\n");
+  return module;
 }
 
 }  // namespace slideformer::nn

@@ -53,3 +53,39 @@ SlideTransformerOptions preset(const std::string& name) {
 }
 
 }  // namespace slideformer::nn
+
+namespace slideformer::nn {
+
+// timm's mvitv2_* (MultiScaleVitCfg defaults): embed 96, heads 1 doubling per stage, 3x3 conv
+// pooling, key / value stride 4 then 2, 1, 1, decomposed relative position, residual pooling.
+MViTOptions mvitv2_tiny() { return MViTOptions().depths({1, 2, 5, 2}).drop_path_rate(0.1); }
+
+MViTOptions mvitv2_small() { return MViTOptions().depths({1, 2, 11, 2}).drop_path_rate(0.1); }
+
+MViTOptions mvitv2_base() { return MViTOptions().depths({2, 3, 16, 3}).drop_path_rate(0.3); }
+
+// 28x28 grey images: overlapping 2x2 patches (a 14x14 map), keys and values pooled to 7x7 in the
+// first stage, then 7x7 and 4x4 maps; a learned absolute position table (the items are centred).
+MViTOptions fashion_mvit() {
+  return MViTOptions()
+      .image_size(28).in_channels(1).num_classes(10).patch_size(2).embed_dim(32)
+      .depths({1, 2, 2}).heads({1, 2, 4}).stride_kv(2)
+      .position_encoding(PositionEncoding::kLearned)
+      .mlp_ratio(2.0).drop_path_rate(0.05)
+      .input_mean({0.2860}).input_std({0.3530});  // Fashion-MNIST training-set statistics
+}
+
+std::vector<std::string> mvit_preset_names() {
+  return {"mvitv2_tiny", "mvitv2_small", "mvitv2_base", "fashion_mvit"};
+}
+
+MViTOptions mvit_preset(const std::string& name) {
+  if (name == "mvitv2_tiny") return mvitv2_tiny();
+  if (name == "mvitv2_small") return mvitv2_small();
+  if (name == "mvitv2_base") return mvitv2_base();
+  if (name == "fashion_mvit") return fashion_mvit();
+  TORCH_CHECK(false, "slideformer: unknown MViT preset '", name,
+              "', expected one of mvitv2_tiny, mvitv2_small, mvitv2_base, fashion_mvit");
+}
+
+}  // namespace slideformer::nn

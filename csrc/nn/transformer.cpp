@@ -2,6 +2,7 @@
 #include <torch/nn/functional/activation.h>
 
 #include "nn/init.h"
+#include "nn/script.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 
@@ -10,6 +11,12 @@ namespace slideformer::nn {
 namespace {
 torch::nn::LayerNorm layer_norm(int64_t dim) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}));
+}
+
+// A module whose forward is `body`, indented under def forward(self, x: Tensor) -> Tensor.
+torch::jit::Module with_forward(torch::jit::Module module, const std::string& body) {
+  script::define(module, "def forward(self, x: Tensor) -> Tensor:\n" + body);
+  return module;
 }
 }  // namespace
 
@@ -26,6 +33,12 @@ void MlpImpl::pretty_print(std::ostream& stream) const {
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) { return fc2(at::gelu(fc1(x))); }
+
+torch::jit::Module MlpImpl::script_form() const {
+  torch::jit::Module module("Mlp");
+  const std::string hidden = "torch.gelu(" + script::linear(module, "fc1", *fc1, "x") + ")";
+  return with_forward(module, "    return " + script::linear(module, "fc2", *fc2, hidden) + "\n");
+}
 
 TransformerBlockImpl::TransformerBlockImpl(TransformerBlockOptions options_)
     : options(std::move(options_)) {
@@ -70,6 +83,18 @@ at::Tensor TransformerBlockImpl::forward(const at::Tensor& x) {
   return y + functional::drop_path(mlp(norm2(y)), options.drop_path(), is_training());
 }
 
+torch::jit::Module TransformerBlockImpl::script_form() const {
+  torch::jit::Module module("TransformerBlock");
+  const std::string normed = script::layer_norm(module, "norm1", *norm1, "x");
+  const std::string attended =
+      slide_attention ? script::submodule(module, "attn", *slide_attention, normed)
+                      : script::submodule(module, "attn", *global_attention, normed + ".flatten(1, 2)") +
+                            ".view(x.size())";
+  const std::string mlp_out =
+      script::submodule(module, "mlp", *mlp, script::layer_norm(module, "norm2", *norm2, "x"));
+  return with_forward(module, "    x = x + " + attended + "\n    return x + " + mlp_out + "\n");
+}
+
 PatchEmbedImpl::PatchEmbedImpl(PatchEmbedOptions options_) : options(std::move(options_)) {
   reset();
 }
@@ -92,14 +117,17 @@ void PatchEmbedImpl::reset() {
                                            options.overlapping() ? 2 * patch - 1 : patch)
                       .stride(patch)
                       .padding(options.overlapping() ? patch - 1 : 0)));
-  norm = register_module("norm", layer_norm(options.dim()));
+  if (options.norm()) {
+    norm = register_module(
+        "norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({options.dim()}).eps(options.norm_eps())));
+  }
 }
 
 void PatchEmbedImpl::pretty_print(std::ostream& stream) const {
   stream << "slideformer::nn::PatchEmbed(in_channels=" << options.in_channels()
          << ", dim=" << options.dim() << ", patch_size=" << options.patch_size()
          << ", stem_channels=" << options.stem_channels()
-         << ", overlapping=" << options.overlapping() << ")";
+         << ", overlapping=" << options.overlapping() << ", norm=" << options.norm() << ")";
 }
 
 at::Tensor PatchEmbedImpl::forward(const at::Tensor& images) {
@@ -107,7 +135,24 @@ at::Tensor PatchEmbedImpl::forward(const at::Tensor& images) {
               "slideformer::PatchEmbed: input must be (B, ", options.in_channels(),
               ", H, W), got shape ", images.sizes());
   const at::Tensor x = stem ? stem->forward(images) : images;
-  return norm(projection(x).permute({0, 2, 3, 1}));
+  const at::Tensor map = projection(x).permute({0, 2, 3, 1});
+  return norm ? norm(map) : map;
+}
+
+torch::jit::Module PatchEmbedImpl::script_form() const {
+  torch::jit::Module module("PatchEmbed");
+  std::string body;
+  if (stem) {  // Sequential(conv, GELU, conv, GELU)
+    int convs = 0;
+    for (const auto& layer : stem->children()) {
+      if (const auto* conv = layer->as<torch::nn::Conv2d>()) {
+        body += "    x = torch.gelu(" + script::conv2d(module, "stem" + std::to_string(convs++), *conv, "x") + ")\n";
+      }
+    }
+  }
+  body += "    x = " + script::conv2d(module, "proj", *projection, "x") + ".permute(0, 2, 3, 1)\n";
+  body += "    return " + (norm ? script::layer_norm(module, "norm", *norm, "x") : std::string("x")) + "\n";
+  return with_forward(module, body);
 }
 
 PatchMergingImpl::PatchMergingImpl(PatchMergingOptions options_) : options(std::move(options_)) {
@@ -125,6 +170,14 @@ void PatchMergingImpl::pretty_print(std::ostream& stream) const {
 
 at::Tensor PatchMergingImpl::forward(const at::Tensor& x) {
   return reduction(norm(functional::merge_patches(x)));
+}
+
+torch::jit::Module PatchMergingImpl::script_form() const {
+  torch::jit::Module module("PatchMerging");
+  return with_forward(module, R"(
+    x = torch.constant_pad_nd(x, [0, 0, 0, x.size(2) % 2, 0, x.size(1) % 2])
+    x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+)" + ("    return " + script::linear(module, "reduction", *reduction, script::layer_norm(module, "norm", *norm, "x")) + "\n"));
 }
 
 SlideTransformerImpl::SlideTransformerImpl(SlideTransformerOptions options_)
@@ -152,6 +205,10 @@ void SlideTransformerImpl::reset() {
     absolute_position = register_parameter(
         "absolute_position", torch::empty({1, patches, patches, options.embed_dim()}));
     init::trunc_normal_(absolute_position, 0.02);
+  }
+  if (options.sinusoidal_position_encoding()) {
+    sinusoidal_position = register_module(
+        "sinusoidal_position", SinusoidalPositionEncoding(SinusoidalPositionEncodingOptions(options.embed_dim())));
   }
   stages = register_module("stages", torch::nn::ModuleList());
   mergings = register_module("mergings", torch::nn::ModuleList());
@@ -190,20 +247,20 @@ void SlideTransformerImpl::pretty_print(std::ostream& stream) const {
          << ", classes=" << options.num_classes() << ")";
 }
 
-at::Tensor SlideTransformerImpl::forward_features(const at::Tensor& images) {
-  at::Tensor x = patch_embed(images);
-  if (absolute_position.defined()) x = x + absolute_position;
-  for (size_t s = 0; s < stages->size(); ++s) {
-    for (const auto& block : *stages[s]->as<torch::nn::ModuleList>()) {
-      x = block->as<TransformerBlock>()->forward(x);
-    }
-    if (s < mergings->size()) x = mergings[s]->as<PatchMerging>()->forward(x);
+NamedLayers SlideTransformerImpl::layers() const {
+  NamedLayers out{{"patch_embed", patch_embed.ptr()}};
+  if (absolute_position.defined()) {
+    out.emplace_back("absolute_position", AbsolutePositionEmbedding(absolute_position).ptr());
   }
-  return x;
-}
-
-at::Tensor SlideTransformerImpl::forward(const at::Tensor& images) {
-  return head(norm(forward_features(images)).mean({1, 2}));
+  if (sinusoidal_position) out.emplace_back("sinusoidal_position", sinusoidal_position.ptr());
+  for (size_t s = 0; s < stages->size(); ++s) {
+    const auto& stage = *stages->ptr(s)->as<torch::nn::ModuleList>();
+    for (size_t i = 0; i < stage.size(); ++i) {
+      out.emplace_back("block_" + std::to_string(s) + "_" + std::to_string(i), stage.ptr(i));
+    }
+    if (s < mergings->size()) out.emplace_back("merge_" + std::to_string(s), mergings->ptr(s));
+  }
+  return out;
 }
 
 void SlideTransformerImpl::reparameterize() {

@@ -6,7 +6,7 @@ outputs. SlideTransformerConfig's fields are the names of the C++ SlideTransform
 """
 import dataclasses
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, ClassVar, Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from . import ops
 
 __all__ = [
-    "InputNormalization", "MultiHeadAttention", "Mlp", "PatchEmbed", "PatchMerging", "SlideAttention",
+    "InputNormalization", "MultiHeadAttention", "Mlp", "PatchEmbed", "PatchMerging", "SinusoidalPositionEncoding",
+    "SlideAttention",
     "SlideTransformer", "SlideTransformerConfig", "TransformerBlock", "drop_path", "fashion",
     "merge_patches", "preset", "preset_names", "relative_position_index", "slide_swin_base",
     "slide_swin_small", "slide_swin_tiny",
@@ -241,6 +242,27 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
+class SinusoidalPositionEncoding(nn.Module):
+    """The fixed 2-D sinusoidal encoding of "Attention Is All You Need" added to a (B, Y, X, dim)
+    map: channels [0, dim/4) are sin(row w_i), [dim/4, dim/2) cos(row w_i), then the same for the
+    column, w_i = temperature^(-i / (dim/4)). No parameters."""
+
+    def __init__(self, dim: int, temperature: float = 10000.0):
+        super().__init__()
+        if dim <= 0 or dim % 4 != 0:
+            raise ValueError(f"slideformer.nn.SinusoidalPositionEncoding: dim must be a positive multiple of 4, got {dim}")
+        self.dim, self.temperature = dim, temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows, cols, quarter = x.shape[1], x.shape[2], self.dim // 4
+        omega = torch.pow(self.temperature, torch.arange(quarter, dtype=x.dtype, device=x.device) / -quarter)
+        r = torch.arange(rows, dtype=x.dtype, device=x.device).unsqueeze(1) * omega
+        c = torch.arange(cols, dtype=x.dtype, device=x.device).unsqueeze(1) * omega
+        row_part = torch.cat([r.sin(), r.cos()], 1).unsqueeze(1).expand(-1, cols, -1)
+        col_part = torch.cat([c.sin(), c.cos()], 1).unsqueeze(0).expand(rows, -1, -1)
+        return x + torch.cat([row_part, col_part], -1)
+
+
 class PatchMerging(nn.Module):
     """(B, Y, X, C) -> (B, ceil(Y/2), ceil(X/2), 2C): merge_patches, LayerNorm(4C),
     Linear(4C, 2C, no bias)."""
@@ -267,6 +289,7 @@ class SlideTransformerConfig:
     overlapping_patches: bool = False
     embed_dim: int = 96
     absolute_position_embedding: bool = False
+    sinusoidal_position_encoding: bool = False
     depths: List[int] = dataclasses.field(default_factory=lambda: [2, 2, 6, 2])
     heads: List[int] = dataclasses.field(default_factory=lambda: [3, 6, 12, 24])
     stage_kinds: List[str] = dataclasses.field(default_factory=lambda: ["slide", "slide", "global", "global"])
@@ -278,10 +301,15 @@ class SlideTransformerConfig:
     input_mean: List[float] = dataclasses.field(default_factory=lambda: [0.485, 0.456, 0.406])
     input_std: List[float] = dataclasses.field(default_factory=lambda: [0.229, 0.224, 0.225])
 
+    # The C++ reader's kAddedLater (apps/slideformer/model_config.cpp).
+    ADDED_LATER: ClassVar[Dict[str, Any]] = {"sinusoidal_position_encoding": False}
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any], source: str = "options") -> "SlideTransformerConfig":
         """The config of a checkpoint's "options" object. Every option must be there, and no other:
-        a model this package cannot build exactly is refused rather than approximated."""
+        a model this package cannot build exactly is refused rather than approximated. Options added
+        after the format (ADDED_LATER) take the value that reproduces the models written before them."""
+        options = {**cls.ADDED_LATER, **options}
         names = [field.name for field in dataclasses.fields(cls)]
         unknown = [name for name in options if name not in names]
         missing = [name for name in names if name not in options]
@@ -317,6 +345,8 @@ class SlideTransformer(nn.Module):
             self.absolute_position = nn.Parameter(_trunc_normal_(table, 0.02))
         else:
             self.absolute_position = None
+        self.sinusoidal_position = (SinusoidalPositionEncoding(config.embed_dim)
+                                    if config.sinusoidal_position_encoding else None)
         self.stages, self.mergings = nn.ModuleList(), nn.ModuleList()
         total_blocks = sum(config.depths)
         block_index, dim, map_size = 0, config.embed_dim, patches
@@ -340,6 +370,8 @@ class SlideTransformer(nn.Module):
         x = self.patch_embed(images)
         if self.absolute_position is not None:
             x = x + self.absolute_position
+        if self.sinusoidal_position is not None:
+            x = self.sinusoidal_position(x)
         for s, stage in enumerate(self.stages):
             for block in stage:
                 x = block(x)

@@ -1,5 +1,5 @@
 #pragma once
-// TorchScript export of a trained SlideTransformer.
+// TorchScript export of a trained classifier (SlideTransformer, MViT).
 #include <torch/script.h>
 
 #include "slideformer/nn/modules.h"
@@ -10,6 +10,11 @@ namespace slideformer::nn {
 // model's weights with the slide blocks' shift paths merged (the model itself is left as it is).
 // Its input is a float batch (N, C, H, W) scaled to [0, 1]; it normalises with the options'
 // input_mean / input_std and returns logits. Loading it needs only the slideformer op library.
-torch::jit::Module to_torchscript(const SlideTransformer& model);
+// It is model.script_form(): every module writes its own part (script_form.h).
+torch::jit::Module to_torchscript(const Classifier& model);
+template <typename Impl>
+torch::jit::Module to_torchscript(const torch::nn::ModuleHolder<Impl>& model) {
+  return to_torchscript(*model);
+}
 
 }  // namespace slideformer::nn

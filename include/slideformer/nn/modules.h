@@ -11,18 +11,21 @@
 #include <torch/nn/pimpl.h>
 
 #include "slideformer/nn/options.h"
+#include "slideformer/nn/script_form.h"
 
 namespace slideformer::nn {
 
 // Global multi-head attention on slideformer::attention. Input and output (B, N, C). With
 // relative_position_size R > 0, N must be R*R and a Swin bias table ((2R-1)^2, heads), trained
 // through the operator's bias gradient, is added to the logits.
-class MultiHeadAttentionImpl : public torch::nn::Cloneable<MultiHeadAttentionImpl> {
+class MultiHeadAttentionImpl : public torch::nn::Cloneable<MultiHeadAttentionImpl>, public ScriptForm {
  public:
   explicit MultiHeadAttentionImpl(MultiHeadAttentionOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x);
+  // The relative-position bias is stored gathered (it is constant at inference).
+  torch::jit::Module script_form() const override;
   // (1, heads, N, N) bias gathered from the table, or undefined without one.
   at::Tensor relative_position_bias() const;
 
@@ -38,12 +41,14 @@ TORCH_MODULE(MultiHeadAttention);
 // reference's two paths: a frozen identity (one-hot) path with a trainable bias, and a learnable
 // (d, k*k, k*k) mixing with its own bias; the operator receives W = I + W_learn and
 // b = b_fixed + b_learn. reparameterize() folds them into one weight and bias (inference).
-class SlideAttentionImpl : public torch::nn::Cloneable<SlideAttentionImpl> {
+class SlideAttentionImpl : public torch::nn::Cloneable<SlideAttentionImpl>, public Layer {
  public:
   explicit SlideAttentionImpl(SlideAttentionOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x) override;
+  // With the two shift paths merged (the operator receives their sums either way).
+  torch::jit::Module script_form() const override;
   // Merges the two shift paths into the learnable one: shift_weight <- I + shift_weight,
   // shift_bias <- sum of the biases, and zeroes the fixed path's weight and bias. The operator
   // still receives their sums (unchanged), and the merged state lives in the parameters alone,
@@ -67,12 +72,13 @@ class SlideAttentionImpl : public torch::nn::Cloneable<SlideAttentionImpl> {
 TORCH_MODULE(SlideAttention);
 
 // Linear(dim, hidden) -> GELU -> Linear(hidden, dim).
-class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
+class MlpImpl : public torch::nn::Cloneable<MlpImpl>, public Layer {
  public:
   explicit MlpImpl(MlpOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x) override;
+  torch::jit::Module script_form() const override;
 
   MlpOptions options;
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
@@ -80,12 +86,13 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
 TORCH_MODULE(Mlp);
 
 // Pre-norm Transformer block on a (B, Y, X, C) map with slide or global attention.
-class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl> {
+class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl>, public Layer {
  public:
   explicit TransformerBlockImpl(TransformerBlockOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x) override;
+  torch::jit::Module script_form() const override;
 
   TransformerBlockOptions options;
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
@@ -95,28 +102,30 @@ class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl> {
 };
 TORCH_MODULE(TransformerBlock);
 
-// (B, C_in, H, W) -> (B, H/p, W/p, dim): strided convolution then LayerNorm.
-class PatchEmbedImpl : public torch::nn::Cloneable<PatchEmbedImpl> {
+// (B, C_in, H, W) -> (B, H/p, W/p, dim): strided convolution then LayerNorm (optional).
+class PatchEmbedImpl : public torch::nn::Cloneable<PatchEmbedImpl>, public Layer {
  public:
   explicit PatchEmbedImpl(PatchEmbedOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  at::Tensor forward(const at::Tensor& images);
+  at::Tensor forward(const at::Tensor& images) override;
+  torch::jit::Module script_form() const override;
 
   PatchEmbedOptions options;
   torch::nn::Sequential stem{nullptr};  // only with options.stem_channels() > 0
   torch::nn::Conv2d projection{nullptr};
-  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::LayerNorm norm{nullptr};  // only with options.norm()
 };
 TORCH_MODULE(PatchEmbed);
 
 // (B, Y, X, C) -> (B, ceil(Y/2), ceil(X/2), 2C).
-class PatchMergingImpl : public torch::nn::Cloneable<PatchMergingImpl> {
+class PatchMergingImpl : public torch::nn::Cloneable<PatchMergingImpl>, public Layer {
  public:
   explicit PatchMergingImpl(PatchMergingOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x) override;
+  torch::jit::Module script_form() const override;
 
   PatchMergingOptions options;
   torch::nn::LayerNorm norm{nullptr};
@@ -124,27 +133,171 @@ class PatchMergingImpl : public torch::nn::Cloneable<PatchMergingImpl> {
 };
 TORCH_MODULE(PatchMerging);
 
-// The whole classifier: (B, C, H, W) normalised images -> (B, classes) logits.
-class SlideTransformerImpl : public torch::nn::Cloneable<SlideTransformerImpl> {
+// Learned absolute position embedding: x + weight, weight (1, rows, cols, dim).
+class AbsolutePositionEmbeddingImpl : public torch::nn::Cloneable<AbsolutePositionEmbeddingImpl>,
+                                      public Layer {
+ public:
+  explicit AbsolutePositionEmbeddingImpl(AbsolutePositionEmbeddingOptions options);
+  // Over an existing (1, rows, cols, dim) table, shared, not copied (SlideTransformer keeps its
+  // table under the name its checkpoints have, "absolute_position").
+  explicit AbsolutePositionEmbeddingImpl(const at::Tensor& table);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x) override;
+  torch::jit::Module script_form() const override;
+
+  AbsolutePositionEmbeddingOptions options;
+  at::Tensor weight;
+
+ private:
+  at::Tensor shared_table_;
+};
+TORCH_MODULE(AbsolutePositionEmbedding);
+
+// Fixed 2-D sinusoidal position encoding (no parameters): x + encoding of (rows, cols) of x.
+class SinusoidalPositionEncodingImpl : public torch::nn::Cloneable<SinusoidalPositionEncodingImpl>,
+                                       public Layer {
+ public:
+  explicit SinusoidalPositionEncodingImpl(SinusoidalPositionEncodingOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x) override;
+  torch::jit::Module script_form() const override;
+
+  SinusoidalPositionEncodingOptions options;
+};
+TORCH_MODULE(SinusoidalPositionEncoding);
+
+// What the classifiers share: (B, C, H, W) normalised images -> layers() -> LayerNorm, mean
+// over the map, Linear -> (B, classes) logits. script_form() is the whole exported model: it
+// takes [0, 1] images and normalises them with input_mean() / input_std() itself.
+class Classifier : public ScriptForm {
+ public:
+  // The steps from images to (B, Y, X, C) features, in forward order.
+  virtual NamedLayers layers() const = 0;
+  virtual int64_t in_channels() const = 0;
+  virtual int64_t image_size() const = 0;
+  virtual int64_t num_classes() const = 0;
+  virtual const std::vector<double>& input_mean() const = 0;
+  virtual const std::vector<double>& input_std() const = 0;
+  // (B, Y, X, C) features before the final norm and pooling; `visit` as in forward_layers.
+  at::Tensor forward_features(
+      const at::Tensor& images,
+      const std::function<void(const std::string&, torch::nn::Module&, const at::Tensor&)>& visit = {});
+  at::Tensor forward_head(const at::Tensor& features);
+  at::Tensor forward(const at::Tensor& images);
+  torch::jit::Module script_form() const override;
+
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+
+// The Slide-Transformer classifier.
+class SlideTransformerImpl : public torch::nn::Cloneable<SlideTransformerImpl>, public Classifier {
  public:
   explicit SlideTransformerImpl(SlideTransformerOptions options = {});
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  at::Tensor forward(const at::Tensor& images);
-  // (B, Y, X, C) features before the final norm and pooling.
-  at::Tensor forward_features(const at::Tensor& images);
   // Folds every slide block's two shift paths (see SlideAttention::reparameterize).
   void reparameterize();
+  // patch_embed, the position encodings, then each stage's blocks ("block_<stage>_<i>") and
+  // merging ("merge_<stage>").
+  NamedLayers layers() const override;
+  int64_t in_channels() const override { return options.in_channels(); }
+  int64_t image_size() const override { return options.image_size(); }
+  int64_t num_classes() const override { return options.num_classes(); }
+  const std::vector<double>& input_mean() const override { return options.input_mean(); }
+  const std::vector<double>& input_std() const override { return options.input_std(); }
 
   SlideTransformerOptions options;
   PatchEmbed patch_embed{nullptr};
   at::Tensor absolute_position;  // (1, Y, X, embed_dim); undefined unless the option is on
+  SinusoidalPositionEncoding sinusoidal_position{nullptr};  // sinusoidal_position_encoding
   torch::nn::ModuleList stages{nullptr};   // ModuleList of ModuleList<TransformerBlock>
   torch::nn::ModuleList mergings{nullptr}; // PatchMerging after every stage but the last
-  torch::nn::LayerNorm norm{nullptr};
-  torch::nn::Linear head{nullptr};
 };
 TORCH_MODULE(SlideTransformer);
+
+// MViTv2's decomposed relative position term. forward(q) takes the (pooled) queries (B, heads,
+// query_size^2, head_dim) and returns the (B, heads, query_size^2, key_size^2) attention bias;
+// the tables train through the attention operator's bias gradient.
+class DecomposedRelativePositionImpl : public torch::nn::Cloneable<DecomposedRelativePositionImpl>,
+                                       public ScriptForm {
+ public:
+  explicit DecomposedRelativePositionImpl(DecomposedRelativePositionOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& q);
+  torch::jit::Module script_form() const override;
+
+  DecomposedRelativePositionOptions options;
+  at::Tensor height, width;  // (2 * max(query_size, key_size) - 1, head_dim) parameters
+  at::Tensor index;          // (query_size, key_size) int64 buffer: rows of the tables
+};
+TORCH_MODULE(DecomposedRelativePosition);
+
+// Multi-head pooling attention on slideformer::attention. Input (B, Y, X, dim) with Y = X =
+// input_size, output (B, Y', X', dim_out) with Y' = ceil(Y / stride_q). qkv's output channels are
+// ({q, k, v}, head, d), d = dim_out / heads; each head's q, k and v are pooled with the same
+// depthwise (d-channel) convolution + LayerNorm(d) (or max / average pooling, without norm).
+class PoolingAttentionImpl : public torch::nn::Cloneable<PoolingAttentionImpl>, public Layer {
+ public:
+  explicit PoolingAttentionImpl(PoolingAttentionOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x) override;
+  torch::jit::Module script_form() const override;
+  // Side of the pooled query and key maps.
+  int64_t query_size() const;
+  int64_t key_size() const;
+
+  PoolingAttentionOptions options;
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  // Convolution mode; a pooling is absent when its kernel and stride are both 1.
+  torch::nn::Conv2d pool_q{nullptr}, pool_k{nullptr}, pool_v{nullptr};
+  torch::nn::LayerNorm norm_q{nullptr}, norm_k{nullptr}, norm_v{nullptr};
+  DecomposedRelativePosition relative_position{nullptr};  // options.relative_position()
+};
+TORCH_MODULE(PoolingAttention);
+
+// MViTv2 block on a (B, Y, X, dim) map -> (B, Y', X', dim_out).
+class MViTBlockImpl : public torch::nn::Cloneable<MViTBlockImpl>, public Layer {
+ public:
+  explicit MViTBlockImpl(MViTBlockOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x) override;
+  torch::jit::Module script_form() const override;
+
+  MViTBlockOptions options;
+  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Linear shortcut_proj{nullptr};  // only when dim != dim_out
+  PoolingAttention attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(MViTBlock);
+
+// The MViTv2 classifier.
+class MViTImpl : public torch::nn::Cloneable<MViTImpl>, public Classifier {
+ public:
+  explicit MViTImpl(MViTOptions options = {});
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  // patch_embed, the position encoding, then the blocks ("block_<stage>_<i>").
+  NamedLayers layers() const override;
+  int64_t in_channels() const override { return options.in_channels(); }
+  int64_t image_size() const override { return options.image_size(); }
+  int64_t num_classes() const override { return options.num_classes(); }
+  const std::vector<double>& input_mean() const override { return options.input_mean(); }
+  const std::vector<double>& input_std() const override { return options.input_std(); }
+
+  MViTOptions options;
+  PatchEmbed patch_embed{nullptr};
+  AbsolutePositionEmbedding absolute_position{nullptr};     // position_encoding kLearned
+  SinusoidalPositionEncoding sinusoidal_position{nullptr};  // position_encoding kSinusoidal
+  torch::nn::ModuleList stages{nullptr};  // ModuleList of ModuleList<MViTBlock>
+};
+TORCH_MODULE(MViT);
 
 // Parameter counts: all parameters (frozen ones included, as the reference counts them) and the
 // trainable ones.

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace slideformer::nn {
@@ -69,6 +70,9 @@ struct PatchEmbedOptions {
   // Overlapping patches: the projection's kernel is 2 * patch - 1 (padding patch - 1), still
   // with stride patch.
   TORCH_ARG(bool, overlapping) = false;
+  // LayerNorm after the projection (MViTv2 has none).
+  TORCH_ARG(bool, norm) = true;
+  TORCH_ARG(double, norm_eps) = 1e-5;
 };
 
 // 2x2 neighbours concatenated, LayerNorm(4C), Linear(4C, 2C, no bias). Odd maps are padded.
@@ -90,6 +94,8 @@ struct SlideTransformerOptions {
   // A learned (Y, X, embed_dim) table added to the patch embedding (Swin's "ape"): where a
   // patch lies, which the relative-position tables and slide windows do not see.
   TORCH_ARG(bool, absolute_position_embedding) = false;
+  // The fixed 2-D sinusoidal encoding (SinusoidalPositionEncoding) added to the patch embedding.
+  TORCH_ARG(bool, sinusoidal_position_encoding) = false;
   TORCH_ARG(std::vector<int64_t>, depths) = std::vector<int64_t>{2, 2, 6, 2};
   TORCH_ARG(std::vector<int64_t>, heads) = std::vector<int64_t>{3, 6, 12, 24};
   TORCH_ARG(std::vector<AttentionKind>, stage_kinds) = std::vector<AttentionKind>{
@@ -104,6 +110,114 @@ struct SlideTransformerOptions {
   TORCH_ARG(std::vector<double>, input_mean) = std::vector<double>{0.485, 0.456, 0.406};
   TORCH_ARG(std::vector<double>, input_std) = std::vector<double>{0.229, 0.224, 0.225};
 };
+
+// Learned absolute position embedding: a (1, rows, cols, dim) table added to a (B, rows, cols, dim)
+// map (Swin's "ape", ViT's position embedding).
+struct AbsolutePositionEmbeddingOptions {
+  AbsolutePositionEmbeddingOptions(int64_t rows, int64_t cols, int64_t dim)
+      : rows_(rows), cols_(cols), dim_(dim) {}
+  TORCH_ARG(int64_t, rows);
+  TORCH_ARG(int64_t, cols);
+  TORCH_ARG(int64_t, dim);
+};
+
+// The fixed sinusoidal encoding of "Attention Is All You Need" over rows and columns: channels
+// [0, dim/4) are sin(row * w_i), [dim/4, dim/2) cos(row * w_i), then the same for the column,
+// with w_i = temperature^(-i / (dim/4)). dim must be a multiple of 4; any map size.
+struct SinusoidalPositionEncodingOptions {
+  explicit SinusoidalPositionEncodingOptions(int64_t dim) : dim_(dim) {}
+  TORCH_ARG(int64_t, dim);
+  TORCH_ARG(double, temperature) = 10000.0;
+};
+
+// MViTv2's decomposed relative position between a query_size^2 map of queries and a key_size^2
+// map of keys: for a query at (i, j) and a key at (k, l) the logit gets q . R_h[d(i, k)] +
+// q . R_w[d(j, l)], where d scales both sides to the larger map (d = i * max(key_size /
+// query_size, 1) - k * max(query_size / key_size, 1) + (key_size - 1) * max(query_size /
+// key_size, 1), truncated). Tables of 2 * max(query_size, key_size) - 1 rows of head_dim.
+struct DecomposedRelativePositionOptions {
+  DecomposedRelativePositionOptions(int64_t query_size, int64_t key_size, int64_t head_dim)
+      : query_size_(query_size), key_size_(key_size), head_dim_(head_dim) {}
+  TORCH_ARG(int64_t, query_size);
+  TORCH_ARG(int64_t, key_size);
+  TORCH_ARG(int64_t, head_dim);
+};
+
+// How PoolingAttention pools: a strided depthwise convolution per head followed by LayerNorm
+// (MViTv2), or max / average pooling.
+enum class PoolMode { kConv, kMax, kAvg };
+
+// Multi-head pooling attention (MViT / MViTv2) over a (B, Y, X, dim) map of side input_size:
+// queries, keys and values are pooled (kernel, stride, padding kernel / 2) before attention, so the
+// output map is ceil(Y / stride_q) and the keys number ceil(Y / stride_kv)^2.
+struct PoolingAttentionOptions {
+  PoolingAttentionOptions(int64_t dim, int64_t dim_out, int64_t heads, int64_t input_size)
+      : dim_(dim), dim_out_(dim_out), heads_(heads), input_size_(input_size) {}
+  TORCH_ARG(int64_t, dim);
+  TORCH_ARG(int64_t, dim_out);
+  TORCH_ARG(int64_t, heads);
+  TORCH_ARG(int64_t, input_size);
+  TORCH_ARG(int64_t, kernel_size) = 3;
+  TORCH_ARG(int64_t, stride_q) = 1;
+  TORCH_ARG(int64_t, stride_kv) = 1;
+  TORCH_ARG(PoolMode, mode) = PoolMode::kConv;
+  // The decomposed relative position term (DecomposedRelativePosition) as the attention bias.
+  TORCH_ARG(bool, relative_position) = true;
+  // Adds the pooled queries to the attention output (MViTv2).
+  TORCH_ARG(bool, residual_pooling) = true;
+  TORCH_ARG(bool, qkv_bias) = true;
+  TORCH_ARG(double, norm_eps) = 1e-6;
+};
+
+// MViTv2 block: x' = pool(shortcut) + drop_path(attn(norm1(x))), then x' + drop_path(mlp(norm2(x'))).
+// The shortcut is x, or Linear(dim, dim_out)(norm1(x)) when the width changes; with stride_q > 1 it
+// is max-pooled (kernel stride_q + 1) to the queries' map.
+struct MViTBlockOptions {
+  MViTBlockOptions(PoolingAttentionOptions attention) : attention_(std::move(attention)) {}
+  TORCH_ARG(PoolingAttentionOptions, attention);
+  TORCH_ARG(double, mlp_ratio) = 4.0;
+  TORCH_ARG(double, drop_path) = 0.0;
+};
+
+// Which absolute position encoding a model adds to its patch embedding.
+enum class PositionEncoding { kNone, kLearned, kSinusoidal };
+
+// Multiscale vision Transformer v2 (MViTv2, Li et al. 2022): patch embedding (overlapping
+// convolution, no norm), stages of pooling-attention blocks (the first block of every stage but
+// the first halves the map and doubles the width and heads), LayerNorm, mean pool, linear head.
+struct MViTOptions {
+  TORCH_ARG(int64_t, image_size) = 224;
+  TORCH_ARG(int64_t, in_channels) = 3;
+  TORCH_ARG(int64_t, num_classes) = 1000;
+  // Patch embedding: kernel 2 * patch_size - 1, stride patch_size.
+  TORCH_ARG(int64_t, patch_size) = 4;
+  TORCH_ARG(int64_t, embed_dim) = 96;
+  TORCH_ARG(std::vector<int64_t>, depths) = std::vector<int64_t>{1, 2, 5, 2};
+  TORCH_ARG(std::vector<int64_t>, heads) = std::vector<int64_t>{1, 2, 4, 8};
+  TORCH_ARG(int64_t, kernel_size) = 3;
+  // Key / value pooling stride of the first stage; later stages divide it by 2 (down to 1).
+  TORCH_ARG(int64_t, stride_kv) = 4;
+  TORCH_ARG(PoolMode, pool_mode) = PoolMode::kConv;
+  TORCH_ARG(PositionEncoding, position_encoding) = PositionEncoding::kNone;
+  TORCH_ARG(bool, relative_position) = true;
+  TORCH_ARG(bool, residual_pooling) = true;
+  TORCH_ARG(double, mlp_ratio) = 4.0;
+  // Stochastic depth rises linearly over all blocks from 0 to this.
+  TORCH_ARG(double, drop_path_rate) = 0.1;
+  TORCH_ARG(double, norm_eps) = 1e-6;
+  TORCH_ARG(std::vector<double>, input_mean) = std::vector<double>{0.485, 0.456, 0.406};
+  TORCH_ARG(std::vector<double>, input_std) = std::vector<double>{0.229, 0.224, 0.225};
+};
+
+// MViTv2 presets: timm's mvitv2_tiny / small / base (224x224, 1000 classes, same parameters),
+// and fashion_mvit, a small pooling-attention model for 28x28x1 images and 10 classes.
+MViTOptions mvitv2_tiny();
+MViTOptions mvitv2_small();
+MViTOptions mvitv2_base();
+MViTOptions fashion_mvit();
+// By name ("mvitv2_tiny", "mvitv2_small", "mvitv2_base", "fashion_mvit"); throws on others.
+MViTOptions mvit_preset(const std::string& name);
+std::vector<std::string> mvit_preset_names();
 
 // Presets. The three Slide-Swin ones reproduce the reference code's parameter counts at 224x224
 // and 1000 classes; "fashion" is a small model for 28x28x1 images and 10 classes.
