@@ -68,18 +68,21 @@ int bench(const BenchConfig& config) {
   at::set_num_threads(static_cast<int>(config.threads));
   torch::manual_seed(0);
   const ModelConfig model = preset_model(config.preset);
+  if (model.family != kSlideTransformerFamily) {
+    throw std::runtime_error("bench: preset '" + config.preset + "' is not a slide_transformer (the FLOP count is theirs)");
+  }
   const nn::SlideTransformerOptions& options = model.options;
   const int64_t n = config.batch_size;
   const at::Tensor images =
       torch::randn({n, options.in_channels(), options.image_size(), options.image_size()});
   const at::Tensor labels = torch::randint(options.num_classes(), {n}, at::kLong);
 
-  nn::SlideTransformer inference = build_model(model);
-  inference->reparameterize();
-  inference->eval();
-  nn::SlideTransformer training = build_model(model);
-  training->train();
-  torch::optim::AdamW optimizer(training->parameters(), torch::optim::AdamWOptions(1e-4));
+  const Model inference = build_model(model);
+  dynamic_cast<nn::SlideTransformerImpl&>(*inference.module).reparameterize();
+  inference.module->eval();
+  const Model training = build_model(model);
+  training.module->train();
+  torch::optim::AdamW optimizer(training.module->parameters(), torch::optim::AdamWOptions(1e-4));
   const at::Tensor a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
 
   // Round-robin after one warm-up round, so that a background load slows each step alike.

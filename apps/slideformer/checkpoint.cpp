@@ -164,9 +164,9 @@ ModelConfig v1_model(OpenedCheckpoint& opened, const std::string& path) {
   const std::vector<ModelConfig> versions = v1_preset_versions(preset, path);
   if (versions.size() == 1) return versions.front();  // load_checkpoint_weights checks the shapes
   for (const ModelConfig& version : versions) {
-    nn::SlideTransformer model = build_model(version);
+    const Model model = build_model(version);
     try {
-      load_weights(opened.archive, path, *model, nullptr);
+      load_weights(opened.archive, path, *model.module, nullptr);
       return version;
     } catch (const std::runtime_error&) {
     }

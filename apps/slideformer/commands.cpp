@@ -1,5 +1,6 @@
 #include "commands.h"
 
+#include <c10/util/Type.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
@@ -68,47 +69,32 @@ at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>&
 
 int summary(ModelConfig config, int64_t image_size) {
   if (image_size > 0) {
-    config.options.image_size(image_size);
+    config.set_image_size(image_size);
     check_model_config(config, "--image-size " + std::to_string(image_size));
   }
-  const nn::SlideTransformerOptions& options = config.options;
-  nn::SlideTransformer model = build_model(config);
-  fmt::print("model {} ({}, {}x{}x{} images, {} classes)\n", model_name(config), config.family,
-             options.in_channels(), options.image_size(), options.image_size(), options.num_classes());
-  model->eval();
+  const Model model = build_model(config);
+  const int64_t channels = config.in_channels(), size = config.image_size();
+  fmt::print("model {} ({}, {}x{}x{} images, {} classes)\n", model_name(config), config.family, channels, size,
+             size, config.num_classes());
+  model.module->eval();
   torch::NoGradGuard no_grad;
   fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
   auto row = [](const std::string& name, const at::Tensor& out, int64_t parameters) {
     fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out), parameters);
   };
   auto count = [](const torch::nn::Module& module) { return nn::count_parameters(module, false); };
-  at::Tensor x = model->patch_embed(at::zeros({1, options.in_channels(), options.image_size(), options.image_size()}));
-  row("patch_embed", x, count(*model->patch_embed));
-  if (model->absolute_position.defined()) {
-    x = x + model->absolute_position;
-    row("absolute_position", x, model->absolute_position.numel());
-  }
-  for (size_t s = 0; s < model->stages->size(); ++s) {
-    const auto& stage = *model->stages[s]->as<torch::nn::ModuleList>();
-    for (size_t i = 0; i < stage.size(); ++i) {
-      auto* block = stage.ptr(i)->as<nn::TransformerBlock>();
-      x = block->forward(x);
-      row(fmt::format("stage{}.block{} ({})", s + 1, i,
-                      block->options.kind() == nn::AttentionKind::kSlide ? "slide" : "global"),
-          x, count(*block));
-    }
-    if (s < model->mergings->size()) {
-      auto* merging = model->mergings[s]->as<nn::PatchMerging>();
-      x = merging->forward(x);
-      row(fmt::format("stage{}.merge", s + 1), x, count(*merging));
-    }
-  }
-  x = model->norm(x);
-  row("norm", x, count(*model->norm));
-  x = model->head(x.mean({1, 2}));
-  row("head", x, count(*model->head));
-  fmt::print("total_params {}\ntrainable_params {}\n", nn::count_parameters(*model, false),
-             nn::count_parameters(*model, true));
+  // The model's own walk (layers()), each layer's output as it passes.
+  at::Tensor x = model->forward_features(
+      at::zeros({1, channels, size, size}),
+      [&](const std::string& name, torch::nn::Module& layer, const at::Tensor& out) {
+        std::string type = c10::demangle(typeid(layer).name());
+        type = type.substr(type.rfind(':') + 1);
+        row(fmt::format("{} ({})", name, type.substr(0, type.size() - 4)), out, count(layer));  // "...Impl"
+      });
+  x = model->forward_head(x);
+  row("norm, mean, head", x, count(*model->norm) + count(*model->head));
+  fmt::print("total_params {}\ntrainable_params {}\n", nn::count_parameters(*model.module, false),
+             nn::count_parameters(*model.module, true));
   return 0;
 }
 
@@ -118,10 +104,9 @@ int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t
   const Dataset test =
       load_fashion_mnist(data_dir.empty() ? loaded.config.data_dir : data_dir, false, limit);
   check_data_fits(loaded.model_config, test);
-  const auto& options = loaded.model->options;
   const at::Tensor predictions = classify_test_set(
-      [&](const at::Tensor& unit) { return loaded.model(normalise(options, unit)); }, test, outputs);
-  const int64_t classes = options.num_classes();
+      [&](const at::Tensor& unit) { return loaded.model(normalise(*loaded.model.classifier, unit)); }, test, outputs);
+  const int64_t classes = loaded.model->num_classes();
   const at::Tensor confusion =
       at::bincount(test.labels * classes + predictions, {}, classes * classes).view({classes, classes});
   fmt::print("model {}: test accuracy {:.2f}% ({} images)\n", model_name(loaded.model_config),
@@ -154,14 +139,14 @@ int export_model(const std::string& checkpoint, const std::string& out) {
   if (fd < 0) fail(std::strerror(errno));
   ::close(fd);
   try {
-    nn::to_torchscript(loaded.model).save(temporary);
+    nn::to_torchscript(*loaded.model.classifier).save(temporary);
   } catch (const c10::Error& e) {
     fail(first_line(e.what_without_backtrace()));
   }
   if (std::rename(temporary.c_str(), out.c_str()) != 0) fail(std::strerror(errno));
   fmt::print("exported {} ({}) to {}: input (N, {}, {}, {}) floats in [0, 1], output logits\n",
-             checkpoint, model_name(loaded.model_config), out, loaded.model->options.in_channels(),
-             loaded.model->options.image_size(), loaded.model->options.image_size());
+             checkpoint, model_name(loaded.model_config), out, loaded.model->in_channels(),
+             loaded.model->image_size(), loaded.model->image_size());
   return 0;
 }
 

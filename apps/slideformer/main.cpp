@@ -63,7 +63,7 @@ constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 
 int main(int argc, char** argv) {
   using namespace slideformer::app;
-  CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer models"};
+  CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer and MViTv2 models"};
   app.require_subcommand(1);
   app.failure_message([](const CLI::App*, const CLI::Error& error) {
     return fmt::format("slideformer: error: {} (see --help)\n", error.what());
@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
   TrainRun run;
   run.threads = std::max(1u, std::thread::hardware_concurrency());
   TrainConfig& config = run.config;
-  const auto presets = slideformer::nn::preset_names();
+  const auto presets = preset_names();
 
   auto* summary_cmd = app.add_subcommand("summary", "layers, output shapes and parameter counts");
   auto* summary_model = summary_cmd->add_option_group("model", "one of");
@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
   BenchConfig bench_config;
   bench_config.threads = run.threads;
   auto* bench_cmd = app.add_subcommand("bench", "forward and training-step throughput, FLOPs, fraction of the at::mm rate");
-  bench_cmd->add_option("--preset", bench_config.preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
+  bench_cmd->add_option("--preset", bench_config.preset, "model preset")->check(CLI::IsMember(slideformer::nn::preset_names()))->capture_default_str();
   bench_cmd->add_option("--batch-size", bench_config.batch_size, "images per step")->capture_default_str()->check(positive);
   bench_cmd->add_option("--threads", bench_config.threads, "intra-op threads")->capture_default_str()->check(threads_range);
   bench_cmd->add_option("--rounds", bench_config.rounds, "timed rounds (medians)")->capture_default_str()->check(positive);

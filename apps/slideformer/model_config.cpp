@@ -19,7 +19,8 @@ using Json = nlohmann::ordered_json;  // keys in the options' own order: readabl
 // checkpoint written before it then lacks the key, so the reader needs a fallback that means
 // "as before this option existed" (see kAddedLater).
 template <typename Options, typename Visit>
-void for_each_option(Options& o, Visit&& visit) {
+std::enable_if_t<std::is_same_v<std::decay_t<Options>, nn::SlideTransformerOptions>> for_each_option(
+    Options& o, Visit&& visit) {
   visit("image_size", o.image_size());
   visit("in_channels", o.in_channels());
   visit("num_classes", o.num_classes());
@@ -28,6 +29,7 @@ void for_each_option(Options& o, Visit&& visit) {
   visit("overlapping_patches", o.overlapping_patches());
   visit("embed_dim", o.embed_dim());
   visit("absolute_position_embedding", o.absolute_position_embedding());
+  visit("sinusoidal_position_encoding", o.sinusoidal_position_encoding());
   visit("depths", o.depths());
   visit("heads", o.heads());
   visit("stage_kinds", o.stage_kinds());
@@ -40,11 +42,41 @@ void for_each_option(Options& o, Visit&& visit) {
   visit("input_std", o.input_std());
 }
 
+// The same for MViTOptions (family "mvit").
+template <typename Options, typename Visit>
+std::enable_if_t<std::is_same_v<std::decay_t<Options>, nn::MViTOptions>> for_each_option(Options& o,
+                                                                                          Visit&& visit) {
+  visit("image_size", o.image_size());
+  visit("in_channels", o.in_channels());
+  visit("num_classes", o.num_classes());
+  visit("patch_size", o.patch_size());
+  visit("embed_dim", o.embed_dim());
+  visit("depths", o.depths());
+  visit("heads", o.heads());
+  visit("kernel_size", o.kernel_size());
+  visit("stride_kv", o.stride_kv());
+  visit("pool_mode", o.pool_mode());
+  visit("position_encoding", o.position_encoding());
+  visit("relative_position", o.relative_position());
+  visit("residual_pooling", o.residual_pooling());
+  visit("mlp_ratio", o.mlp_ratio());
+  visit("drop_path_rate", o.drop_path_rate());
+  visit("norm_eps", o.norm_eps());
+  visit("input_mean", o.input_mean());
+  visit("input_std", o.input_std());
+}
+
+// The JSON names of the enumerations, in enumerator order.
+const std::vector<std::string> kPoolModes = {"conv", "max", "avg"};
+const std::vector<std::string> kPositionEncodings = {"none", "learned", "sinusoidal"};
+
 // Options added after the model_config format, with the value that reproduces the models
-// written before them: {name, JSON value}. Empty so far.
-const std::vector<std::pair<const char*, Json>> kAddedLater = {};
+// written before them: {name, JSON value}.
+const std::vector<std::pair<const char*, Json>> kAddedLater = {{"sinusoidal_position_encoding", false}};
 
 Json to_json(nn::AttentionKind kind) { return kind == nn::AttentionKind::kSlide ? "slide" : "global"; }
+Json to_json(nn::PoolMode mode) { return kPoolModes[static_cast<size_t>(mode)]; }
+Json to_json(nn::PositionEncoding encoding) { return kPositionEncodings[static_cast<size_t>(encoding)]; }
 template <typename T>
 Json to_json(const T& value) { return value; }
 Json to_json(const std::vector<nn::AttentionKind>& kinds) {
@@ -86,6 +118,16 @@ struct Reader {
       fail(name, "a list of \"slide\" or \"global\"", j);
     }
   }
+  template <typename Enum>
+  void read_enum(const std::string& name, const Json& j, const std::vector<std::string>& names, Enum& out) const {
+    const auto found = j.is_string() ? std::find(names.begin(), names.end(), j.get<std::string>()) : names.end();
+    if (found == names.end()) fail(name, fmt::format("one of \"{}\"", fmt::join(names, "\", \"")), j);
+    out = static_cast<Enum>(found - names.begin());
+  }
+  void read(const std::string& name, const Json& j, nn::PoolMode& out) const { read_enum(name, j, kPoolModes, out); }
+  void read(const std::string& name, const Json& j, nn::PositionEncoding& out) const {
+    read_enum(name, j, kPositionEncodings, out);
+  }
   template <typename T>
   void read(const std::string& name, const Json& j, std::vector<T>& out) const {
     if (!j.is_array()) fail(name, "a list", j);
@@ -94,90 +136,178 @@ struct Reader {
   }
 };
 
-// Values the modules accept, and a size this program can build: a checkpoint is outside input.
-void check_options(const nn::SlideTransformerOptions& o, const std::string& source) {
-  auto fail = [&](const char* name, const std::string& expected, const auto& got) {
-    throw std::runtime_error(
-        fmt::format("{}: model option '{}' must be {}, got {}", source, name, expected, got));
-  };
-  auto check_range = [&](const char* name, int64_t value, int64_t low, int64_t high) {
+// Throws "<source>: model option '<name>' must be <expected>, got <value>".
+struct Checker {
+  const std::string& source;
+
+  template <typename T>
+  [[noreturn]] void fail(const char* name, const std::string& expected, const T& got) const {
+    throw std::runtime_error(fmt::format("{}: model option '{}' must be {}, got {}", source, name, expected, got));
+  }
+  void range(const char* name, int64_t value, int64_t low, int64_t high) const {
     if (value < low || value > high) fail(name, fmt::format("in [{}, {}]", low, high), value);
-  };
-  check_range("image_size", o.image_size(), 1, 4096);
-  check_range("in_channels", o.in_channels(), 1, 1024);
-  check_range("num_classes", o.num_classes(), 1, 1 << 20);
-  check_range("patch_size", o.patch_size(), 1, o.image_size());
-  if (o.image_size() % o.patch_size() != 0) {
-    fail("patch_size", fmt::format("a divisor of image_size {}", o.image_size()), o.patch_size());
   }
-  check_range("stem_channels", o.stem_channels(), 0, 1024);
-  check_range("embed_dim", o.embed_dim(), 1, 4096);
-  const size_t stages = o.depths().size();
-  if (stages < 1 || stages > 8) fail("depths", "a list of 1 to 8 stages", fmt::format("{}", o.depths()));
-  for (int64_t depth : o.depths()) check_range("depths", depth, 1, 64);
-  if (o.heads().size() != stages) fail("heads", fmt::format("a list of {} (one per stage)", stages), fmt::format("{}", o.heads()));
-  if (o.stage_kinds().size() != stages) {
-    fail("stage_kinds", fmt::format("a list of {} (one per stage)", stages), o.stage_kinds().size());
-  }
-  for (size_t s = 0; s < stages; ++s) {
-    const int64_t dim = o.embed_dim() << s;
-    if (o.heads()[s] < 1 || dim % o.heads()[s] != 0) {
-      fail("heads", fmt::format("divisors of each stage's width (stage {}: {})", s + 1, dim), fmt::format("{}", o.heads()));
+  // The options both families have: sizes, stages (heads divide each stage's width embed_dim *
+  // 2^s), the MLP, stochastic depth and the input normalisation.
+  template <typename Options>
+  void common(const Options& o) const {
+    range("image_size", o.image_size(), 1, 4096);
+    range("in_channels", o.in_channels(), 1, 1024);
+    range("num_classes", o.num_classes(), 1, 1 << 20);
+    range("patch_size", o.patch_size(), 1, o.image_size());
+    range("embed_dim", o.embed_dim(), 1, 4096);
+    const size_t stages = o.depths().size();
+    if (stages < 1 || stages > 8) fail("depths", "a list of 1 to 8 stages", fmt::format("{}", o.depths()));
+    for (int64_t depth : o.depths()) range("depths", depth, 1, 64);
+    if (o.heads().size() != stages) {
+      fail("heads", fmt::format("a list of {} (one per stage)", stages), fmt::format("{}", o.heads()));
+    }
+    for (size_t s = 0; s < stages; ++s) {
+      const int64_t dim = o.embed_dim() << s;
+      if (o.heads()[s] < 1 || dim % o.heads()[s] != 0) {
+        fail("heads", fmt::format("divisors of each stage's width (stage {}: {})", s + 1, dim),
+             fmt::format("{}", o.heads()));
+      }
+    }
+    if (o.kernel_size() < 1 || o.kernel_size() > 31 || o.kernel_size() % 2 == 0) {
+      fail("kernel_size", "odd and in [1, 31]", o.kernel_size());
+    }
+    if (!(o.mlp_ratio() > 0 && o.mlp_ratio() <= 64)) fail("mlp_ratio", "in (0, 64]", o.mlp_ratio());
+    if (!(o.drop_path_rate() >= 0 && o.drop_path_rate() < 1)) fail("drop_path_rate", "in [0, 1)", o.drop_path_rate());
+    const auto channels = static_cast<size_t>(o.in_channels());
+    if (o.input_mean().size() != channels ||
+        !std::all_of(o.input_mean().begin(), o.input_mean().end(), [](double m) { return std::isfinite(m); })) {
+      fail("input_mean", fmt::format("one finite number per input channel ({})", channels), fmt::format("{}", o.input_mean()));
+    }
+    if (o.input_std().size() != channels ||
+        !std::all_of(o.input_std().begin(), o.input_std().end(), [](double s) { return std::isfinite(s) && s > 0; })) {
+      fail("input_std", fmt::format("one positive number per input channel ({})", channels), fmt::format("{}", o.input_std()));
     }
   }
-  if (o.kernel_size() < 1 || o.kernel_size() > 31 || o.kernel_size() % 2 == 0) {
-    fail("kernel_size", "odd and in [1, 31]", o.kernel_size());
+  // Weights of the blocks dominate: (4 + 2 * mlp_ratio) d^2 per block, plus `extra` (the
+  // embedding tables, mergings) and the head.
+  template <typename Options>
+  void size(const Options& o, double extra) const {
+    double parameters = extra, dim = static_cast<double>(o.embed_dim());
+    for (size_t s = 0; s < o.depths().size(); ++s, dim *= 2) {
+      parameters += o.depths()[s] * (4 + 2 * o.mlp_ratio()) * dim * dim;
+    }
+    parameters += dim / 2 * o.num_classes();
+    constexpr double kMaxParameters = 1e9;
+    if (parameters > kMaxParameters) {
+      throw std::runtime_error(fmt::format(
+          "{}: the model would have about {:.3g} parameters, more than this program builds ({:.0e})",
+          source, parameters, kMaxParameters));
+    }
   }
-  check_range("dilation", o.dilation(), 1, o.image_size());
-  if (o.border() != "zeros" && o.border() != "clamp") fail("border", "\"zeros\" or \"clamp\"", Json(o.border()).dump());
-  if (!(o.mlp_ratio() > 0 && o.mlp_ratio() <= 64)) fail("mlp_ratio", "in (0, 64]", o.mlp_ratio());
-  if (!(o.drop_path_rate() >= 0 && o.drop_path_rate() < 1)) fail("drop_path_rate", "in [0, 1)", o.drop_path_rate());
-  const auto channels = static_cast<size_t>(o.in_channels());
-  if (o.input_mean().size() != channels ||
-      !std::all_of(o.input_mean().begin(), o.input_mean().end(), [](double m) { return std::isfinite(m); })) {
-    fail("input_mean", fmt::format("one finite number per input channel ({})", channels), fmt::format("{}", o.input_mean()));
+};
+
+// Values the modules accept, and a size this program can build: a checkpoint is outside input.
+void check_options(const nn::SlideTransformerOptions& o, const std::string& source) {
+  const Checker check{source};
+  check.common(o);
+  if (o.image_size() % o.patch_size() != 0) {
+    check.fail("patch_size", fmt::format("a divisor of image_size {}", o.image_size()), o.patch_size());
   }
-  if (o.input_std().size() != channels ||
-      !std::all_of(o.input_std().begin(), o.input_std().end(), [](double s) { return std::isfinite(s) && s > 0; })) {
-    fail("input_std", fmt::format("one positive number per input channel ({})", channels), fmt::format("{}", o.input_std()));
+  check.range("stem_channels", o.stem_channels(), 0, 1024);
+  if (o.sinusoidal_position_encoding() && o.embed_dim() % 4 != 0) {
+    check.fail("embed_dim", "a multiple of 4 with sinusoidal_position_encoding", o.embed_dim());
   }
-  // Weights of the blocks and mergings dominate: (4 + 2 * mlp_ratio) d^2 per block, 8 d^2 per
-  // merging, plus the embedding tables and the head.
+  if (o.stage_kinds().size() != o.depths().size()) {
+    check.fail("stage_kinds", fmt::format("a list of {} (one per stage)", o.depths().size()), o.stage_kinds().size());
+  }
+  check.range("dilation", o.dilation(), 1, o.image_size());
+  if (o.border() != "zeros" && o.border() != "clamp") check.fail("border", "\"zeros\" or \"clamp\"", Json(o.border()).dump());
   const double patches = static_cast<double>(o.image_size() / o.patch_size());
-  double parameters = 9.0 * o.stem_channels() * (o.in_channels() + o.stem_channels()) +
-                      patches * patches * o.embed_dim();
-  double dim = static_cast<double>(o.embed_dim());
-  for (size_t s = 0; s < stages; ++s, dim *= 2) {
-    parameters += o.depths()[s] * (4 + 2 * o.mlp_ratio()) * dim * dim + (s + 1 < stages ? 8 * dim * dim : 0);
-  }
-  parameters += dim / 2 * o.num_classes();
-  constexpr double kMaxParameters = 1e9;
-  if (parameters > kMaxParameters) {
-    throw std::runtime_error(fmt::format(
-        "{}: the model would have about {:.3g} parameters, more than this program builds ({:.0e})",
-        source, parameters, kMaxParameters));
-  }
+  double mergings = 0, dim = static_cast<double>(o.embed_dim());
+  for (size_t s = 0; s + 1 < o.depths().size(); ++s, dim *= 2) mergings += 8 * dim * dim;
+  check.size(o, 9.0 * o.stem_channels() * (o.in_channels() + o.stem_channels()) +
+                    patches * patches * o.embed_dim() + mergings);
 }
 
-Json options_to_json(const nn::SlideTransformerOptions& options) {
+void check_options(const nn::MViTOptions& o, const std::string& source) {
+  const Checker check{source};
+  check.common(o);
+  check.range("stride_kv", o.stride_kv(), 1, o.image_size());
+  if (o.position_encoding() == nn::PositionEncoding::kSinusoidal && o.embed_dim() % 4 != 0) {
+    check.fail("embed_dim", "a multiple of 4 with the sinusoidal position encoding", o.embed_dim());
+  }
+  if (!(o.norm_eps() > 0 && o.norm_eps() <= 1)) check.fail("norm_eps", "in (0, 1]", o.norm_eps());
+  const double patches = static_cast<double>((o.image_size() + o.patch_size() - 1) / o.patch_size());
+  check.size(o, patches * patches * o.embed_dim());
+}
+
+template <typename Options>
+Json options_to_json(const Options& options) {
   Json out = Json::object();
   for_each_option(options, [&](const char* name, const auto& value) { out[name] = to_json(value); });
   return out;
 }
 
+Json options_to_json(const ModelConfig& config) {
+  return config.family == kMViTFamily ? options_to_json(config.mvit) : options_to_json(config.options);
+}
+
+// Reads every option of `out` from `options` (a JSON object), strictly, then checks them.
+template <typename Options>
+void read_options(Json options, const std::vector<std::pair<const char*, Json>>& added_later, Options& out,
+                  const std::string& source) {
+  for (const auto& [name, value] : added_later) {
+    if (!options.contains(name)) options[name] = value;
+  }
+  const Json known = options_to_json(out);
+  for (const auto& item : options.items()) {
+    if (!known.contains(item.key())) {
+      throw std::runtime_error(fmt::format(
+          "{}: unknown model option '{}' (written by a newer slideformer?)", source, item.key()));
+    }
+  }
+  const Reader reader{source};
+  for_each_option(out, [&](const char* name, auto& field) {
+    if (!options.contains(name)) throw std::runtime_error(fmt::format("{}: model option '{}' is missing", source, name));
+    reader.read(name, options[name], field);
+  });
+  check_options(out, source);
+}
+
 }  // namespace
 
+int64_t ModelConfig::in_channels() const { return family == kMViTFamily ? mvit.in_channels() : options.in_channels(); }
+int64_t ModelConfig::image_size() const { return family == kMViTFamily ? mvit.image_size() : options.image_size(); }
+int64_t ModelConfig::num_classes() const { return family == kMViTFamily ? mvit.num_classes() : options.num_classes(); }
+void ModelConfig::set_image_size(int64_t size) {
+  if (family == kMViTFamily) {
+    mvit.image_size(size);
+  } else {
+    options.image_size(size);
+  }
+}
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names = nn::preset_names();
+  for (const std::string& name : nn::mvit_preset_names()) names.push_back(name);
+  return names;
+}
+
 ModelConfig preset_model(const std::string& preset) {
-  const auto names = nn::preset_names();
+  const auto names = preset_names();
   if (std::find(names.begin(), names.end(), preset) == names.end()) {
     throw std::runtime_error(fmt::format("unknown preset '{}' (expected one of {})", preset,
                                          fmt::join(names, ", ")));
   }
-  return {kSlideTransformerFamily, nn::preset(preset)};
+  ModelConfig config;
+  const auto mvit_names = nn::mvit_preset_names();
+  if (std::find(mvit_names.begin(), mvit_names.end(), preset) != mvit_names.end()) {
+    config.family = kMViTFamily;
+    config.mvit = nn::mvit_preset(preset);
+  } else {
+    config.options = nn::preset(preset);
+  }
+  return config;
 }
 
 std::string model_config_to_json(const ModelConfig& config) {
-  return Json{{"family", config.family}, {"options", options_to_json(config.options)}}.dump();
+  return Json{{"family", config.family}, {"options", options_to_json(config)}}.dump();
 }
 
 ModelConfig model_config_from_json(const std::string& text, const std::string& source) {
@@ -194,49 +324,44 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& s
   }
   ModelConfig config;
   config.family = json["family"].get<std::string>();
-  if (config.family != kSlideTransformerFamily) {
-    throw std::runtime_error(fmt::format("{}: unknown model family '{}' (this program builds '{}')",
-                                         source, config.family, kSlideTransformerFamily));
+  if (config.family == kSlideTransformerFamily) {
+    read_options(json["options"], kAddedLater, config.options, source);
+  } else if (config.family == kMViTFamily) {
+    read_options(json["options"], {}, config.mvit, source);
+  } else {
+    throw std::runtime_error(fmt::format("{}: unknown model family '{}' (this program builds '{}' and '{}')",
+                                         source, config.family, kSlideTransformerFamily, kMViTFamily));
   }
-  Json options = json["options"];
-  for (const auto& [name, value] : kAddedLater) {
-    if (!options.contains(name)) options[name] = value;
-  }
-  const Json known = options_to_json(config.options);
-  for (const auto& item : options.items()) {
-    if (!known.contains(item.key())) {
-      throw std::runtime_error(fmt::format(
-          "{}: unknown model option '{}' (written by a newer slideformer?)", source, item.key()));
-    }
-  }
-  const Reader reader{source};
-  for_each_option(config.options, [&](const char* name, auto& field) {
-    if (!options.contains(name)) throw std::runtime_error(fmt::format("{}: model option '{}' is missing", source, name));
-    reader.read(name, options[name], field);
-  });
-  check_options(config.options, source);
   return config;
 }
 
 void check_model_config(const ModelConfig& config, const std::string& source) {
-  check_options(config.options, source);
+  if (config.family == kMViTFamily) {
+    check_options(config.mvit, source);
+  } else {
+    check_options(config.options, source);
+  }
 }
 
 bool operator==(const ModelConfig& a, const ModelConfig& b) {
-  return a.family == b.family && options_to_json(a.options) == options_to_json(b.options);
+  return a.family == b.family && options_to_json(a) == options_to_json(b);
 }
 
 std::string model_name(const ModelConfig& config) {
-  for (const std::string& name : nn::preset_names()) {
+  for (const std::string& name : preset_names()) {
     if (config == preset_model(name)) return name;
   }
   return "custom";
 }
 
-nn::SlideTransformer build_model(const ModelConfig& config) {
-  TORCH_CHECK(config.family == kSlideTransformerFamily, "slideformer: unknown model family '",
-              config.family, "'");
-  return nn::SlideTransformer(config.options);
+Model build_model(const ModelConfig& config) {
+  if (config.family == kMViTFamily) {
+    nn::MViT model(config.mvit);
+    return {model.ptr(), model.get()};
+  }
+  TORCH_CHECK(config.family == kSlideTransformerFamily, "slideformer: unknown model family '", config.family, "'");
+  nn::SlideTransformer model(config.options);
+  return {model.ptr(), model.get()};
 }
 
 }  // namespace slideformer::app

@@ -244,20 +244,19 @@ void write_plot(const std::string& out_dir) {
 }  // namespace
 
 void check_data_fits(const ModelConfig& model, const Dataset& data) {
-  const nn::SlideTransformerOptions& options = model.options;
-  if (data.images.size(1) != options.in_channels() || data.images.size(2) != options.image_size() ||
-      data.images.size(3) != options.image_size()) {
+  if (data.images.size(1) != model.in_channels() || data.images.size(2) != model.image_size() ||
+      data.images.size(3) != model.image_size()) {
     throw std::runtime_error(fmt::format(
         "model '{}' expects {}x{}x{} images, the data has {}x{}x{}", model_name(model),
-        options.in_channels(), options.image_size(), options.image_size(), data.images.size(1),
+        model.in_channels(), model.image_size(), model.image_size(), data.images.size(1),
         data.images.size(2), data.images.size(3)));
   }
 }
 
-at::Tensor normalise(const nn::SlideTransformerOptions& options, const at::Tensor& unit) {
-  const int64_t c = options.in_channels();
-  const at::Tensor mean = torch::tensor(options.input_mean(), at::kFloat).view({1, c, 1, 1});
-  const at::Tensor std = torch::tensor(options.input_std(), at::kFloat).view({1, c, 1, 1});
+at::Tensor normalise(const nn::Classifier& model, const at::Tensor& unit) {
+  const int64_t c = model.in_channels();
+  const at::Tensor mean = torch::tensor(model.input_mean(), at::kFloat).view({1, c, 1, 1});
+  const at::Tensor std = torch::tensor(model.input_std(), at::kFloat).view({1, c, 1, 1});
   return (unit - mean) / std;
 }
 
@@ -279,8 +278,8 @@ LoadedModel load_model(const std::string& checkpoint_path) {
   loaded.model_config = state.model;
   loaded.config = state.config;
   loaded.model = build_model(state.model);
-  load_checkpoint_weights(checkpoint_path, *loaded.model, nullptr);
-  loaded.model->eval();
+  load_checkpoint_weights(checkpoint_path, *loaded.model.module, nullptr);
+  loaded.model.module->eval();
   return loaded;
 }
 
@@ -323,9 +322,9 @@ int train(TrainRun run) {
   check_data_fits(state.model, train_data);
   check_data_fits(state.model, test_data);
   torch::manual_seed(static_cast<uint64_t>(config.seed));
-  nn::SlideTransformer model = build_model(state.model);
-  const nn::SlideTransformerOptions& options = model->options;
-  torch::optim::AdamW optimizer(parameter_groups(*model, config.weight_decay));
+  const Model model = build_model(state.model);
+  const nn::Classifier& classifier = *model.classifier;
+  torch::optim::AdamW optimizer(parameter_groups(*model.module, config.weight_decay));
   const int64_t n = train_data.images.size(0);
   const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
   if (resume) {
@@ -335,7 +334,7 @@ int train(TrainRun run) {
           "epoch: not the data it was trained on",
           checkpoint_path, state.progress.step_in_epoch, n, config.data_dir, steps_per_epoch));
     }
-    load_checkpoint_weights(checkpoint_path, *model, &optimizer);
+    load_checkpoint_weights(checkpoint_path, *model.module, &optimizer);
     at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the global one
     std::lock_guard<std::mutex> lock(generator.mutex());
     generator.set_state(state.rng_state);
@@ -347,11 +346,11 @@ int train(TrainRun run) {
   interrupted = false;
   std::signal(SIGINT, on_interrupt);
   fmt::print("training {} ({} trainable parameters) on {} images, {} epochs of {} steps, {} threads\n",
-             model_name(state.model), nn::count_parameters(*model, true), n, config.epochs, steps_per_epoch,
+             model_name(state.model), nn::count_parameters(*model.module, true), n, config.epochs, steps_per_epoch,
              threads);
   auto save = [&] {
     state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
-    save_checkpoint(checkpoint_path, state, *model, optimizer);
+    save_checkpoint(checkpoint_path, state, *model.module, optimizer);
   };
 
   const auto run_start = Clock::now();
@@ -365,7 +364,7 @@ int train(TrainRun run) {
     at::Generator order = at::detail::createCPUGenerator(seed * 1000003 + index);
     const at::Tensor permutation = at::randperm(n, order, at::kLong);
     if (progress.step_in_epoch == 0) torch::manual_seed(seed * 7919 + index + 1);
-    model->train();
+    model.module->train();
     const auto epoch_start = Clock::now();
     // The epoch's loss and time so far, carried over an interrupted run.
     double loss_sum = progress.epoch_loss_sum;
@@ -374,7 +373,7 @@ int train(TrainRun run) {
       const int64_t start = step * config.batch_size;
       const at::Tensor index = permutation.narrow(0, start, std::min(config.batch_size, n - start));
       const at::Tensor unit = unit_images(train_data, index);
-      const at::Tensor images = normalise(options, config.augment ? augment(unit) : unit);
+      const at::Tensor images = normalise(classifier, config.augment ? augment(unit) : unit);
       const at::Tensor labels = train_data.labels.index_select(0, index);
       const double lr = learning_rate(config, progress.global_step, total_steps);
       for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
@@ -412,9 +411,9 @@ int train(TrainRun run) {
     }
     const double train_seconds = epoch_seconds();
     const double train_loss = loss_sum / steps_per_epoch;
-    model->eval();
+    model.module->eval();
     const at::Tensor predictions = predict_classes(
-        [&](const at::Tensor& unit) { return model(normalise(options, unit)); }, test_data);
+        [&](const at::Tensor& unit) { return model(normalise(classifier, unit)); }, test_data);
     const double accuracy = predictions.eq(test_data.labels).to(at::kDouble).mean().item<double>();
     progress.epoch += 1;
     progress.step_in_epoch = 0;

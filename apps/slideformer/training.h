@@ -61,7 +61,7 @@ at::Tensor predict_classes(const std::function<at::Tensor(const at::Tensor&)>& l
 
 // The model a checkpoint holds (weights loaded, eval mode), its description and recipe.
 struct LoadedModel {
-  slideformer::nn::SlideTransformer model{nullptr};
+  Model model;
   ModelConfig model_config;
   TrainConfig config;
 };
@@ -71,6 +71,6 @@ LoadedModel load_model(const std::string& checkpoint_path);
 void check_data_fits(const ModelConfig& model, const Dataset& data);
 
 // [0, 1] float images normalised as the model expects.
-at::Tensor normalise(const slideformer::nn::SlideTransformerOptions& options, const at::Tensor& unit_images);
+at::Tensor normalise(const slideformer::nn::Classifier& model, const at::Tensor& unit_images);
 
 }  // namespace slideformer::app

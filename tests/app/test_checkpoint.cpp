@@ -157,11 +157,11 @@ TEST_F(CheckpointTest, CustomModelLoadsIntoExactlyThatModel) {
   EXPECT_EQ(loaded.model.options.border(), "clamp");
   EXPECT_EQ(loaded.model.options.dilation(), 2);
   EXPECT_EQ(loaded.model.options.input_std(), std::vector<double>{0.25});
-  nn::SlideTransformer restored = build_model(loaded.model);
-  load_checkpoint_weights(file, *restored, nullptr);
-  expect_same_tensors(*restored, *original.model);
+  const Model restored = build_model(loaded.model);
+  load_checkpoint_weights(file, *restored.module, nullptr);
+  expect_same_tensors(*restored.module, *original.model);
   original.model->eval();
-  restored->eval();
+  restored.module->eval();
   const at::Tensor images = torch::rand({2, 1, 28, 28});
   EXPECT_TRUE(at::equal(restored(images), original.model(images)));
 }

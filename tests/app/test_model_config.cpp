@@ -14,7 +14,7 @@ namespace {
 // The TORCH_ARG names of SlideTransformerOptions, the contract other readers code against.
 const std::vector<std::string> kOptionNames = {
     "image_size", "in_channels", "num_classes", "patch_size", "stem_channels",
-    "overlapping_patches", "embed_dim", "absolute_position_embedding", "depths", "heads",
+    "overlapping_patches", "embed_dim", "absolute_position_embedding", "sinusoidal_position_encoding", "depths", "heads",
     "stage_kinds", "kernel_size", "dilation", "border", "mlp_ratio", "drop_path_rate",
     "input_mean", "input_std"};
 
@@ -39,7 +39,7 @@ TEST(ModelConfig, JsonNamesEveryOptionOfTheFamily) {
 
 TEST(ModelConfig, RoundTripIsExactForEveryPresetAndCustomModels) {
   std::vector<ModelConfig> configs;
-  for (const std::string& name : nn::preset_names()) configs.push_back(preset_model(name));
+  for (const std::string& name : preset_names()) configs.push_back(preset_model(name));
   ModelConfig custom = preset_model("fashion");
   // Doubles that do not print short: the JSON must keep every bit.
   custom.options.mlp_ratio(1.0 / 3.0).drop_path_rate(0.1 + 0.2).input_mean({1.0 / 7.0}).border("clamp");
@@ -54,22 +54,23 @@ TEST(ModelConfig, RoundTripIsExactForEveryPresetAndCustomModels) {
 }
 
 TEST(ModelConfig, NamesPresetsAndCallsEverythingElseCustom) {
-  for (const std::string& name : nn::preset_names()) EXPECT_EQ(model_name(preset_model(name)), name);
+  for (const std::string& name : preset_names()) EXPECT_EQ(model_name(preset_model(name)), name);
   ModelConfig config = preset_model("fashion");
   config.options.input_std({0.35});  // no shape changes, still another model
   EXPECT_EQ(model_name(config), "custom");
   EXPECT_FALSE(config == preset_model("fashion"));
   EXPECT_RUNTIME_ERROR(preset_model("swin_huge"),
                        "unknown preset 'swin_huge' (expected one of slide_swin_tiny, slide_swin_small, "
-                       "slide_swin_base, fashion)");
+                       "slide_swin_base, fashion, mvitv2_tiny, mvitv2_small, mvitv2_base, fashion_mvit)");
 }
 
 TEST(ModelConfig, BuildsTheDescribedModel) {
   ModelConfig config = preset_model("fashion");
   config.options.embed_dim(24).heads({2, 4});
-  const nn::SlideTransformer model = build_model(config);
-  EXPECT_EQ(model->head->options.in_features(), 48);
-  EXPECT_EQ(model_config_to_json({kSlideTransformerFamily, model->options}), model_config_to_json(config));
+  const Model model = build_model(config);
+  const auto& built = dynamic_cast<const nn::SlideTransformerImpl&>(*model.module);
+  EXPECT_EQ(built.head->options.in_features(), 48);
+  EXPECT_EQ(model_config_to_json({kSlideTransformerFamily, built.options}), model_config_to_json(config));
 }
 
 // The fashion description with one edit applied to its JSON.
@@ -90,7 +91,7 @@ TEST(ModelConfig, RefusesBadDescriptionsWithOneMessage) {
       {"{\"family\": ", "model description is not valid JSON ([json.exception.parse_error.101] parse error at line 1, column 12: syntax error while parsing value - unexpected end of input; expected '[', '{', or a literal)"},
       {"[1, 2]", "model description must be {\"family\": ..., \"options\": {...}}, got [1,2]"},
       {"{\"options\": {}}", "model description must be {\"family\": ..., \"options\": {...}}, got {\"options\":{}}"},
-      {edited([](J& j) { j["family"] = "mvit2"; }), "unknown model family 'mvit2' (this program builds 'slide_transformer')"},
+      {edited([](J& j) { j["family"] = "mvit2"; }), "unknown model family 'mvit2' (this program builds 'slide_transformer' and 'mvit')"},
       {edited([](J& j) { j["options"].erase("depths"); }), "model option 'depths' is missing"},
       {edited([](J& j) { j["options"]["window"] = 7; }), "unknown model option 'window' (written by a newer slideformer?)"},
       {edited([](J& j) { j["options"]["embed_dim"] = 48.5; }), "model option 'embed_dim' must be an integer, got 48.5"},

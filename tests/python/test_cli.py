@@ -44,17 +44,28 @@ def trained(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("preset,total,trainable", [
-    ("slide_swin_tiny", 28348834, 28338466),
-    ("slide_swin_small", 49747378, 49737010),
-    ("slide_swin_base", 87948704, 87938336),
+@pytest.fixture(scope="module")
+def trained_mvit(tmp_path_factory):
+    """The pooling-attention preset, trained like `fashion` (family "mvit" in the checkpoint)."""
+    out = tmp_path_factory.mktemp("run_mvit")
+    checked("train", *QUICK[2:], "--preset", "fashion_mvit", "--epochs", "1", "--out", out)
+    return out
+
+
+@pytest.mark.parametrize("preset,total,trainable,first_block", [
+    ("slide_swin_tiny", 28348834, 28338466, "block_0_0 (TransformerBlock) [1, 56, 56, 96]"),
+    ("slide_swin_small", 49747378, 49737010, "block_0_0 (TransformerBlock) [1, 56, 56, 96]"),
+    ("slide_swin_base", 87948704, 87938336, "block_0_0 (TransformerBlock) [1, 56, 56, 128]"),
+    # timm 1.0.31's mvitv2_* (tests/python/test_model_parity.py)
+    ("mvitv2_tiny", 24173320, 24173320, "block_0_0 (MViTBlock)      [1, 56, 56, 96]"),
+    ("mvitv2_small", 34870216, 34870216, "block_0_0 (MViTBlock)      [1, 56, 56, 96]"),
+    ("mvitv2_base", 51472744, 51472744, "block_0_0 (MViTBlock)      [1, 56, 56, 96]"),
 ])
-def test_summary_prints_reference_parameter_counts(preset, total, trainable):
+def test_summary_prints_reference_parameter_counts(preset, total, trainable, first_block):
     lines = checked("summary", "--preset", preset).splitlines()
     assert f"total_params {total}" in lines
     assert f"trainable_params {trainable}" in lines
-    assert any(line.startswith("stage1.block0 (slide)") and "[1, 56, 56, 96" in line or
-               line.startswith("stage1.block0 (slide)") and "[1, 56, 56, 128" in line for line in lines)
+    assert any(" ".join(line.split()).startswith(" ".join(first_block.split())) for line in lines), lines
 
 
 def test_training_writes_checkpoint_metrics_and_plot(trained):
@@ -140,7 +151,18 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
                         checkpoint_tensors(straight / "checkpoint.pt"))
 
 
-def test_exported_model_reproduces_module_logits_from_cpp_and_python(trained, tmp_path):
+def test_mvit_checkpoint_stores_its_family_and_summarises(trained_mvit):
+    saved = torch.jit.load(str(trained_mvit / "checkpoint.pt"))
+    description = json.loads(saved.model_config)
+    assert description["family"] == "mvit" and description["options"]["position_encoding"] == "learned"
+    lines = checked("summary", "--checkpoint", trained_mvit / "checkpoint.pt").splitlines()
+    assert lines[0] == "model fashion_mvit (mvit, 1x28x28 images, 10 classes)"
+    assert any(line.startswith("block_1_0 (MViTBlock)") and "[1, 7, 7, 64]" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("run_dir", ["trained", "trained_mvit"])
+def test_exported_model_reproduces_module_logits_from_cpp_and_python(run_dir, request, tmp_path):
+    trained = request.getfixturevalue(run_dir)
     module_logits, scripted_logits, eval_predictions, predict_predictions = (
         tmp_path / n for n in ("module.f32", "scripted.f32", "eval.txt", "predict.txt"))
     checked("eval", "--checkpoint", trained / "checkpoint.pt", "--limit", "300",
@@ -170,7 +192,7 @@ def test_checkpoint_weights_load_bit_exact_into_the_export(trained, tmp_path):
     saved = checkpoint_tensors(trained / "checkpoint.pt")
     scripted = torch.jit.load(str(exported)).state_dict()
     assert torch.equal(scripted["head_weight"], saved["model.head.weight"])
-    assert torch.equal(scripted["block_1_0.qkv_weight"], saved["model.stages.1.0.attn.qkv.weight"])
+    assert torch.equal(scripted["block_1_0.attn.qkv_weight"], saved["model.stages.1.0.attn.qkv.weight"])
 
 
 def write_idx(path, header, payload, compress=True):
