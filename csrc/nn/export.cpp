@@ -9,6 +9,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "nn/layers.h"
 #include "nn/script.h"
 
 namespace slideformer::nn {
@@ -142,7 +143,7 @@ at::Tensor Classifier::forward_features(
 }
 
 at::Tensor Classifier::forward_head(const at::Tensor& features) {
-  return head(norm(features).mean({1, 2}));
+  return apply_linear(head, norm(features).mean({1, 2}));
 }
 
 at::Tensor Classifier::forward(const at::Tensor& images) { return forward_head(forward_features(images)); }

@@ -2,6 +2,7 @@
 #include <torch/nn/functional/pooling.h>
 
 #include "nn/init.h"
+#include "nn/layers.h"
 #include "nn/script.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
@@ -128,7 +129,7 @@ at::Tensor PoolingAttentionImpl::forward(const at::Tensor& x) {
               "slideformer::PoolingAttention: input must be (B, ", o.input_size(), ", ", o.input_size(), ", ",
               o.dim(), "), got shape ", x.sizes());
   const int64_t batch = x.size(0), heads = o.heads(), head_dim = o.dim_out() / heads;
-  const std::vector<at::Tensor> qkv_out = qkv(x)
+  const std::vector<at::Tensor> qkv_out = apply_linear(qkv, x)
                                               .view({batch, o.input_size() * o.input_size(), 3, heads, head_dim})
                                               .permute({2, 0, 3, 1, 4})
                                               .unbind();
@@ -139,7 +140,7 @@ at::Tensor PoolingAttentionImpl::forward(const at::Tensor& x) {
       q, k, v, relative_position ? std::optional<at::Tensor>(relative_position(q)) : std::nullopt);
   if (o.residual_pooling()) out = out + q;
   const int64_t side = query_size();
-  return proj(out.transpose(1, 2).reshape({batch, side, side, o.dim_out()}));
+  return apply_linear(proj, out.transpose(1, 2).reshape({batch, side, side, o.dim_out()}));
 }
 
 torch::jit::Module PoolingAttentionImpl::script_form() const {
@@ -186,7 +187,7 @@ void MViTBlockImpl::pretty_print(std::ostream& stream) const {
 at::Tensor MViTBlockImpl::forward(const at::Tensor& x) {
   const int64_t stride = options.attention().stride_q();
   const at::Tensor normed = norm1(x);
-  at::Tensor shortcut = shortcut_proj ? shortcut_proj(normed) : x;
+  at::Tensor shortcut = shortcut_proj ? apply_linear(shortcut_proj, normed) : x;
   if (stride > 1) {  // to the pooled queries' map
     shortcut = at::max_pool2d(shortcut.permute({0, 3, 1, 2}), {stride + 1, stride + 1}, {stride, stride},
                               {(stride + 1) / 2, (stride + 1) / 2})

@@ -2,6 +2,7 @@
 #include <torch/nn/functional/activation.h>
 
 #include "nn/init.h"
+#include "nn/layers.h"
 #include "nn/script.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
@@ -32,7 +33,9 @@ void MlpImpl::pretty_print(std::ostream& stream) const {
          << ")";
 }
 
-at::Tensor MlpImpl::forward(const at::Tensor& x) { return fc2(at::gelu(fc1(x))); }
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  return apply_linear(fc2, apply_linear(fc1, x, functional::Activation::kGelu));
+}
 
 torch::jit::Module MlpImpl::script_form() const {
   torch::jit::Module module("Mlp");
@@ -169,7 +172,7 @@ void PatchMergingImpl::pretty_print(std::ostream& stream) const {
 }
 
 at::Tensor PatchMergingImpl::forward(const at::Tensor& x) {
-  return reduction(norm(functional::merge_patches(x)));
+  return apply_linear(reduction, norm(functional::merge_patches(x)));
 }
 
 torch::jit::Module PatchMergingImpl::script_form() const {
