@@ -258,3 +258,16 @@ def test_nproc_must_agree_with_the_launcher():
     assert result.returncode == 1
     assert result.stderr == ("slideformer: error: --nproc 3 disagrees with WORLD_SIZE=2 set by the launcher "
                              "(under a launcher, leave --nproc out)\n")
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--nproc", "0", "an integer in [1, 1024]"),
+    ("--master-port", "70000", "an integer in [0, 65535]"),
+    ("--timeout", "0", "an integer in [1, 86400]"),
+    ("--bucket-kb", "0", "an integer in [1, 1073741824]"),
+])
+def test_bad_values_of_the_options(tmp_path, option, value, expected):
+    result = run("train", "--out", tmp_path, option, value)
+    assert result.returncode > 100
+    assert result.stderr == f"slideformer: error: {option}: must be {expected}, got '{value}' (see --help)\n"
+    assert list(tmp_path.iterdir()) == []
