@@ -453,7 +453,12 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
   const nn::SlideTransformerOptions& options = model->options;
   // Every rank starts from rank 0's weights (the same here: the same seed or checkpoint).
   std::optional<dist::DataParallel> parallel;
-  if (ranks.group) parallel.emplace(model.ptr(), *ranks.group);
+  if (ranks.group) {
+    parallel.emplace(model.ptr(), *ranks.group,
+                     dist::DataParallelOptions()
+                         .bucket_cap_bytes(run.bucket_kib * 1024)
+                         .first_bucket_cap_bytes(std::min<int64_t>(run.bucket_kib, 1024) * 1024));
+  }
 
   const int64_t n = train_data.images.size(0);
   // Global batches of --batch-size images split over the ranks (see DistributedSampler): the
