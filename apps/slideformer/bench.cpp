@@ -113,7 +113,7 @@ int bench(const BenchConfig& config) {
   }
   fmt::print("{}: batch {}, {} threads, {}x{} images, medians of {} rounds (round-robin)\n",
              config.preset, n, config.threads, options.image_size(), options.image_size(),
-             1, static_cast<int>(config.rounds));
+             config.rounds);
   fmt::print("FLOPs per image (forward)  {:.3f} G: linear {:.3f}, convolution {:.3f}, global "
              "attention {:.3f}, slide attention {:.3f}\n",
              flops.total() / 1e9, flops.linear / 1e9, flops.convolution / 1e9,

@@ -101,6 +101,12 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str()->check(any_integer());
   train_cmd->add_option("--stop-after", run.stop_after, "end this run after N epochs (resume later)")->check(non_negative);
   train_cmd->add_flag("--resume", run.resume, "continue from OUT/checkpoint.pt");
+  train_cmd->add_option("--nproc", run.nproc, "data-parallel processes on this machine (--batch-size is split over them)")
+      ->capture_default_str()->check(integer_in(1, 1024));
+  train_cmd->add_option("--master-port", run.master_port, "with --nproc: rendezvous port of 127.0.0.1 (0: a free one)")
+      ->capture_default_str()->check(integer_in(0, 65535));
+  train_cmd->add_option("--timeout", run.timeout_seconds, "seconds the processes wait for each other (rendezvous, each step)")
+      ->capture_default_str()->check(integer_in(1, 86400));
 
   auto* eval_cmd = app.add_subcommand("eval", "test accuracy and confusion matrix of a checkpoint");
   eval_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
@@ -144,6 +150,7 @@ int main(int argc, char** argv) {
     }
     if (*train_cmd) {
       run.model = preset_model(train_preset);
+      run.argv.assign(argv, argv + argc);
       for (const CLI::Option* option : train_cmd->get_options()) {
         if (option->count() > 0) run.given_options.insert(option->get_name());
       }

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -17,9 +18,12 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "checkpoint.h"
+#include "slideformer/distributed.h"
+#include "slideformer/nn/functional.h"
 
 namespace slideformer::app {
 
@@ -27,6 +31,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace F = torch::nn::functional;
+namespace dist = slideformer::distributed;
 
 std::atomic<bool> interrupted{false};
 
@@ -50,13 +55,15 @@ double learning_rate(const TrainConfig& config, int64_t step, int64_t total_step
 }
 
 // Random crop from a 2-pixel zero-padded image and a horizontal flip, one draw per image, done
-// for the whole batch as one gather: a flip only reverses an image's column indices.
-at::Tensor augment(const at::Tensor& images) {
+// for the whole batch as one gather: a flip only reverses an image's column indices. The images
+// are rows [offset, offset + n) of a global batch of global_size: the draws are made for all of
+// it, so each image gets the same crop and flip however the batch is split over processes.
+at::Tensor augment(const at::Tensor& images, int64_t offset, int64_t global_size) {
   constexpr int64_t pad = 2;
   const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
   const at::Tensor padded = at::constant_pad_nd(images, {pad, pad, pad, pad}).view({n, c, -1});
-  const at::Tensor offsets = at::randint(0, 2 * pad + 1, {n, 2}, at::kLong);
-  const at::Tensor flips = (at::rand({n}) < 0.5).unsqueeze(1);
+  const at::Tensor offsets = at::randint(0, 2 * pad + 1, {global_size, 2}, at::kLong).narrow(0, offset, n);
+  const at::Tensor flips = (at::rand({global_size}) < 0.5).narrow(0, offset, n).unsqueeze(1);
   const at::Tensor xs = at::arange(w, at::kLong);
   const at::Tensor rows = offsets.select(1, 0).unsqueeze(1) + at::arange(h, at::kLong);  // (n, h)
   const at::Tensor cols = offsets.select(1, 1).unsqueeze(1) + at::where(flips, xs.flip(0), xs);
@@ -284,15 +291,27 @@ LoadedModel load_model(const std::string& checkpoint_path) {
   return loaded;
 }
 
-int train(TrainRun run) {
+namespace {
+
+// The processes of a run: this one alone, or the ranks of a data-parallel job.
+struct Ranks {
+  std::optional<dist::ProcessGroup> group;
+
+  int64_t rank() const { return group ? group->rank() : 0; }
+  int64_t size() const { return group ? group->world_size() : 1; }
+  // Sums over the ranks (the values themselves in a single process).
+  std::vector<double> sum(const std::vector<double>& values) const {
+    return group ? dist::all_reduce_sum(*group, values) : values;
+  }
+};
+
+// The state a run starts from: with --resume the checkpoint's (checked against the options given,
+// its recipe then replacing run.config), else a fresh one. Writes nothing.
+CheckpointState starting_state(TrainRun& run) {
   TrainConfig& config = run.config;
-  const std::string& out_dir = run.out_dir;
-  const int64_t threads = run.threads;
-  const bool resume = run.resume;
-  const std::string checkpoint_path = out_dir + "/checkpoint.pt";
-  prepare_out_dir(out_dir, checkpoint_path);
+  const std::string checkpoint_path = run.out_dir + "/checkpoint.pt";
   CheckpointState state;
-  if (resume) {
+  if (run.resume) {
     if (access(checkpoint_path.c_str(), F_OK) != 0) {
       throw std::runtime_error(checkpoint_path + ": no checkpoint to resume (train without --resume to start)");
     }
@@ -301,54 +320,160 @@ int train(TrainRun run) {
     const std::string data_dir = config.data_dir;
     config = state.config;  // the run continues with the settings it started with
     if (run.given_options.count("--data")) config.data_dir = data_dir;
-    if (state.metrics.empty() && state.progress.epoch > 0) {
-      state.metrics = read_text(out_dir + "/metrics.jsonl");  // a v1 checkpoint: keep the file's
-    }
-    write_metrics_files(out_dir, state.metrics);
   } else {
     if (access(checkpoint_path.c_str(), F_OK) == 0) {
       throw std::runtime_error(checkpoint_path +
                                ": a checkpoint is already there (continue it with --resume, or "
                                "train into another --out)");
     }
-    // A fresh run starts fresh curves.
-    for (const char* name : {"metrics.jsonl", "curves.dat", "curves.png", "curves.gp", "curves.log"}) std::remove((out_dir + "/" + name).c_str());
     state.model = run.model;
   }
   state.config = config;
-  at::set_num_threads(static_cast<int>(threads));
+  return state;
+}
 
-  const Dataset train_data = load_fashion_mnist(config.data_dir, true, config.limit);
-  const Dataset test_data = load_fashion_mnist(config.data_dir, false, config.limit);
-  check_data_fits(state.model, train_data);
-  check_data_fits(state.model, test_data);
+// What a run needs before its first step. Every rank loads it; the writer (rank 0) also prepares
+// the output directory: a resumed run's metrics files are rewritten from the checkpoint's history,
+// a fresh run removes a previous run's curves.
+struct Session {
+  CheckpointState state;
+  Dataset train_data, test_data;
+  nn::SlideTransformer model{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+};
+
+Session open_session(TrainRun& run, bool writer) {
+  const std::string& out_dir = run.out_dir;
+  const std::string checkpoint_path = out_dir + "/checkpoint.pt";
+  if (writer) prepare_out_dir(out_dir, checkpoint_path);
+  Session session;
+  CheckpointState& state = session.state;
+  state = starting_state(run);
+  const TrainConfig& config = run.config;
+  if (writer && run.resume) {
+    if (state.metrics.empty() && state.progress.epoch > 0) {
+      state.metrics = read_text(out_dir + "/metrics.jsonl");  // a v1 checkpoint: keep the file's
+    }
+    write_metrics_files(out_dir, state.metrics);
+  } else if (writer) {
+    for (const char* name : {"metrics.jsonl", "curves.dat", "curves.png", "curves.gp", "curves.log"}) std::remove((out_dir + "/" + name).c_str());
+  }
+  at::set_num_threads(static_cast<int>(run.threads));
+
+  session.train_data = load_fashion_mnist(config.data_dir, true, config.limit);
+  session.test_data = load_fashion_mnist(config.data_dir, false, config.limit);
+  check_data_fits(state.model, session.train_data);
+  check_data_fits(state.model, session.test_data);
   torch::manual_seed(static_cast<uint64_t>(config.seed));
-  nn::SlideTransformer model = build_model(state.model);
-  const nn::SlideTransformerOptions& options = model->options;
-  torch::optim::AdamW optimizer(parameter_groups(*model, config.weight_decay));
-  const int64_t n = train_data.images.size(0);
-  const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
-  if (resume) {
+  session.model = build_model(state.model);
+  session.optimizer = std::make_unique<torch::optim::AdamW>(parameter_groups(*session.model, config.weight_decay));
+  if (run.resume) {
+    const int64_t n = session.train_data.images.size(0);
+    const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
     if (state.progress.step_in_epoch >= steps_per_epoch) {
       throw std::runtime_error(fmt::format(
           "{}: the checkpoint is at step {} of an epoch, the data ({} images in {}) has {} steps per "
           "epoch: not the data it was trained on",
           checkpoint_path, state.progress.step_in_epoch, n, config.data_dir, steps_per_epoch));
     }
-    load_checkpoint_weights(checkpoint_path, *model, &optimizer);
+    load_checkpoint_weights(checkpoint_path, *session.model, session.optimizer.get());
     at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the global one
     std::lock_guard<std::mutex> lock(generator.mutex());
     generator.set_state(state.rng_state);
   }
+  return session;
+}
 
+// Every rank learns whether all of them could start, so that none waits for one that gave up: the
+// first rank that failed reports its own error, the others that they stop because of it.
+void agree_on_start(const Ranks& ranks, const std::string& failure) {
+  std::vector<double> failed(ranks.size(), 0.0);
+  failed[ranks.rank()] = failure.empty() ? 0.0 : 1.0;
+  failed = ranks.sum(failed);
+  const auto first = std::find_if(failed.begin(), failed.end(), [](double f) { return f > 0; });
+  if (first == failed.end()) return;
+  const int64_t failing = first - failed.begin();
+  if (failing == ranks.rank()) throw std::runtime_error(failure);
+  throw std::runtime_error(fmt::format("rank {}: stopping: rank {} could not start the run", ranks.rank(), failing));
+}
+
+// This rank's part of the test set is scored; the counts are summed over the ranks.
+double test_accuracy(const Ranks& ranks, nn::SlideTransformer& model, const Dataset& test) {
+  const int64_t n = test.images.size(0);
+  const at::Tensor mine = dist::DistributedSampler(n, ranks.rank(), ranks.size(),
+                                                   dist::DistributedSamplerOptions(std::max<int64_t>(1, n)).shuffle(false))
+                              .shard(0);
+  const Dataset part{test.images.index_select(0, mine), test.labels.index_select(0, mine)};
+  const nn::SlideTransformerOptions& options = model->options;
+  const at::Tensor predictions = predict_classes(
+      [&](const at::Tensor& unit) { return model(normalise(options, unit)); }, part);
+  const std::vector<double> counts =
+      ranks.sum({predictions.eq(part.labels).sum().item<double>(), static_cast<double>(mine.numel())});
+  return counts[0] / std::max(counts[1], 1.0);
+}
+
+// Rank 0's view of the gradient all-reduce over an epoch (BackwardTiming summed), and the time
+// the per-step metric all-reduce waited for the slowest rank.
+struct CommunicationTotals {
+  double backward = 0, communication = 0, overlapped = 0, exposed = 0, metric_sync = 0;
+  void add(const dist::BackwardTiming& timing) {
+    backward += timing.backward;
+    communication += timing.communication;
+    overlapped += timing.overlapped;
+    exposed += timing.exposed();
+  }
+  std::string json(int64_t processes) const {
+    return fmt::format(
+        ", \"processes\": {}, \"backward_seconds\": {:.3f}, \"allreduce_seconds\": {:.3f}, "
+        "\"allreduce_overlapped_seconds\": {:.3f}, \"allreduce_exposed_seconds\": {:.3f}, "
+        "\"metric_sync_seconds\": {:.3f}",
+        processes, backward, communication, overlapped, exposed, metric_sync);
+  }
+};
+
+int train_ranks(TrainRun& run, const Ranks& ranks) {
+  const bool writer = ranks.rank() == 0;
+  std::optional<Session> opened;
+  std::string failure;
+  try {
+    opened = open_session(run, writer);
+  } catch (const c10::Error& error) {
+    failure = error.what_without_backtrace();
+  } catch (const std::exception& error) {
+    failure = error.what();
+  }
+  agree_on_start(ranks, failure);
+  Session& session = *opened;
+  CheckpointState& state = session.state;
+  const TrainConfig& config = run.config;
+  const std::string checkpoint_path = run.out_dir + "/checkpoint.pt";
+  const Dataset& train_data = session.train_data;
+  nn::SlideTransformer& model = session.model;
+  torch::optim::AdamW& optimizer = *session.optimizer;
+  const nn::SlideTransformerOptions& options = model->options;
+  // Every rank starts from rank 0's weights (the same here: the same seed or checkpoint).
+  std::optional<dist::DataParallel> parallel;
+  if (ranks.group) parallel.emplace(model.ptr(), *ranks.group);
+
+  const int64_t n = train_data.images.size(0);
+  // Global batches of --batch-size images split over the ranks (see DistributedSampler): the
+  // same batches, augmentation and drop-path draws as one process, whatever the rank count.
+  const dist::DistributedSampler sampler(n, ranks.rank(), ranks.size(),
+                                         dist::DistributedSamplerOptions(config.batch_size).seed(static_cast<uint64_t>(config.seed)));
+  const int64_t steps_per_epoch = sampler.steps_per_epoch();
   const int64_t total_steps = steps_per_epoch * config.epochs;
   TrainProgress& progress = state.progress;
-  const bool terminal = isatty(STDOUT_FILENO);
+  const bool terminal = writer && isatty(STDOUT_FILENO);
   interrupted = false;
   std::signal(SIGINT, on_interrupt);
-  fmt::print("training {} ({} trainable parameters) on {} images, {} epochs of {} steps, {} threads\n",
-             model_name(state.model), nn::count_parameters(*model, true), n, config.epochs, steps_per_epoch,
-             threads);
+  const std::string processes =
+      ranks.size() > 1 ? fmt::format("{} processes x {} threads", ranks.size(), run.threads) : fmt::format("{} threads", run.threads);
+  if (writer) {
+    fmt::print("training {} ({} trainable parameters) on {} images, {} epochs of {} steps, {}\n",
+               model_name(state.model), nn::count_parameters(*model, true), n, config.epochs, steps_per_epoch,
+               processes);
+    std::fflush(stdout);
+  }
   auto save = [&] {
     state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
     save_checkpoint(checkpoint_path, state, *model, optimizer);
@@ -361,29 +486,45 @@ int train(TrainRun run) {
     // Data order and (at an epoch's start) the random stream are functions of (seed, epoch), so
     // a resumed run draws exactly what an uninterrupted one would.
     // (Unsigned arithmetic: any seed, no overflow.)
-    const auto seed = static_cast<uint64_t>(config.seed), index = static_cast<uint64_t>(epoch);
-    at::Generator order = at::detail::createCPUGenerator(seed * 1000003 + index);
-    const at::Tensor permutation = at::randperm(n, order, at::kLong);
-    if (progress.step_in_epoch == 0) torch::manual_seed(seed * 7919 + index + 1);
+    const at::Tensor order = sampler.order(epoch);
+    if (progress.step_in_epoch == 0) torch::manual_seed(static_cast<uint64_t>(config.seed) * 7919 + static_cast<uint64_t>(epoch) + 1);
     model->train();
     const auto epoch_start = Clock::now();
     // The epoch's loss and time so far, carried over an interrupted run.
     double loss_sum = progress.epoch_loss_sum;
     auto epoch_seconds = [&] { return progress.epoch_seconds + seconds_since(epoch_start); };
+    CommunicationTotals communication;
     for (int64_t step = progress.step_in_epoch; step < steps_per_epoch; ++step) {
-      const int64_t start = step * config.batch_size;
-      const at::Tensor index = permutation.narrow(0, start, std::min(config.batch_size, n - start));
-      const at::Tensor unit = unit_images(train_data, index);
-      const at::Tensor images = normalise(options, config.augment ? augment(unit) : unit);
-      const at::Tensor labels = train_data.labels.index_select(0, index);
+      const dist::BatchShard part = sampler.batch(order, step);
+      const at::Tensor unit = unit_images(train_data, part.indices);
+      const at::Tensor images = normalise(options, config.augment ? augment(unit, part.offset, part.global_size) : unit);
+      const at::Tensor labels = train_data.labels.index_select(0, part.indices);
       const double lr = learning_rate(config, progress.global_step, total_steps);
       for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
-      const at::Tensor loss = F::cross_entropy(
-          model(images), labels, F::CrossEntropyFuncOptions().label_smoothing(config.label_smoothing));
+      at::Tensor logits;
+      {
+        nn::functional::GlobalBatchSlice slice(part.offset, part.global_size);
+        logits = model(images);
+      }
+      // This rank's share of the global batch's mean loss: the shares add up to it.
+      const at::Tensor loss =
+          F::cross_entropy(logits, labels,
+                           F::CrossEntropyFuncOptions().label_smoothing(config.label_smoothing).reduction(torch::kSum)) /
+          static_cast<double>(part.global_size);
       optimizer.zero_grad();
-      loss.backward();
+      if (parallel) {
+        parallel->backward(loss, 1.0);  // the sum of the shares' gradients
+        communication.add(parallel->last_timing());
+      } else {
+        loss.backward();
+      }
       optimizer.step();
-      loss_sum += loss.item<double>();
+      // The global batch's loss, and whether any rank was interrupted: every rank stops at the
+      // same step.
+      const auto sync_start = Clock::now();
+      const std::vector<double> reduced = ranks.sum({loss.item<double>(), interrupted ? 1.0 : 0.0});
+      communication.metric_sync += seconds_since(sync_start);
+      loss_sum += reduced[0];
       ++progress.step_in_epoch;
       ++progress.global_step;
       ++steps_this_run;
@@ -398,11 +539,12 @@ int train(TrainRun run) {
       if (terminal) {
         fmt::print("\r{:<78}", line);
         std::fflush(stdout);
-      } else if ((step + 1) % std::max<int64_t>(1, steps_per_epoch / 5) == 0 || step + 1 == steps_per_epoch) {
+      } else if (writer && ((step + 1) % std::max<int64_t>(1, steps_per_epoch / 5) == 0 || step + 1 == steps_per_epoch)) {
         fmt::print("{}\n", line);
         std::fflush(stdout);
       }
-      if (interrupted) {
+      if (reduced[1] > 0) {
+        if (!writer) return 130;
         progress.epoch_loss_sum = loss_sum;
         progress.epoch_seconds = epoch_seconds();
         save();
@@ -413,9 +555,7 @@ int train(TrainRun run) {
     const double train_seconds = epoch_seconds();
     const double train_loss = loss_sum / steps_per_epoch;
     model->eval();
-    const at::Tensor predictions = predict_classes(
-        [&](const at::Tensor& unit) { return model(normalise(options, unit)); }, test_data);
-    const double accuracy = predictions.eq(test_data.labels).to(at::kDouble).mean().item<double>();
+    const double accuracy = test_accuracy(ranks, model, session.test_data);
     progress.epoch += 1;
     progress.step_in_epoch = 0;
     progress.epoch_loss_sum = 0.0;
@@ -423,19 +563,67 @@ int train(TrainRun run) {
     const double images_per_second = n / std::max(train_seconds, 1e-9);
     state.metrics += fmt::format(
         "{{\"epoch\": {}, \"train_loss\": {:.6f}, \"test_accuracy\": {:.6f}, "
-        "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}}}\n",
-        progress.epoch, train_loss, accuracy, images_per_second, train_seconds);
-    save();
-    write_metrics_files(out_dir, state.metrics);
-    write_plot(out_dir);
-    fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}\n",
-               terminal ? "\n" : "", progress.epoch, config.epochs, train_loss, 100 * accuracy,
-               images_per_second, duration_text(train_seconds));
+        "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}{}}}\n",
+        progress.epoch, train_loss, accuracy, images_per_second, train_seconds,
+        ranks.size() > 1 ? communication.json(ranks.size()) : "");
+    if (writer) {
+      save();
+      write_metrics_files(run.out_dir, state.metrics);
+      write_plot(run.out_dir);
+      fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}\n",
+                 terminal ? "\n" : "", progress.epoch, config.epochs, train_loss, 100 * accuracy,
+                 images_per_second, duration_text(train_seconds));
+    }
     if (run.stop_after > 0 && ++epochs_this_run >= run.stop_after) break;
   }
-  fmt::print("done in {}: {} (metrics.jsonl, curves.png in {})\n",
-             duration_text(seconds_since(run_start)), checkpoint_path, out_dir);
+  if (writer) {
+    fmt::print("done in {}: {} (metrics.jsonl, curves.png in {})\n",
+               duration_text(seconds_since(run_start)), checkpoint_path, run.out_dir);
+  }
   return 0;
+}
+
+// This program's file, which the launcher starts as the ranks.
+std::string this_program() {
+  std::error_code error;
+  const std::filesystem::path path = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) throw std::runtime_error("--nproc: cannot find this program's file to start the ranks (" + error.message() + ")");
+  return path.string();
+}
+
+// --nproc N: the ranks as N processes of this program on this machine. The mistakes every rank
+// would make are found once, before any starts.
+int launch_ranks(const TrainRun& run) {
+  TrainRun checked = run;
+  prepare_out_dir(checked.out_dir, checked.out_dir + "/checkpoint.pt");
+  starting_state(checked);
+  std::vector<std::string> argv = run.argv;
+  argv.at(0) = this_program();
+  // A rank that fails makes the others stop within the timeout; only a hung one is terminated.
+  const auto grace = std::chrono::seconds(run.timeout_seconds + 10);
+  return dist::launch_local(argv, dist::LaunchOptions(run.nproc).master_port(run.master_port).grace(grace)).exit_code;
+}
+
+}  // namespace
+
+int train(TrainRun run) {
+  if (!dist::launched_from_environment()) return run.nproc > 1 ? launch_ranks(run) : train_ranks(run, Ranks{});
+  // A rank of a job a launcher started (launch_local above, torchrun, ...).
+  if (!run.given_options.count("--threads")) {
+    // The processes of this machine share its cores.
+    const char* local = std::getenv("LOCAL_WORLD_SIZE");
+    run.threads = std::max<int64_t>(1, run.threads / std::max<int64_t>(1, local ? std::atoll(local) : 1));
+  }
+  const dist::ProcessGroupOptions options =
+      dist::ProcessGroupOptions::from_environment(std::chrono::seconds(run.timeout_seconds));
+  if (run.given_options.count("--nproc") && run.nproc != options.world_size()) {
+    throw std::runtime_error(fmt::format(
+        "--nproc {} disagrees with WORLD_SIZE={} set by the launcher (under a launcher, leave --nproc out)",
+        run.nproc, options.world_size()));
+  }
+  Ranks ranks;
+  ranks.group.emplace(options);
+  return train_ranks(run, ranks);
 }
 
 }  // namespace slideformer::app

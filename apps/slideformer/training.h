@@ -4,6 +4,7 @@
 
 #include <set>
 #include <string>
+#include <vector>
 
 #include "idx.h"
 #include "model_config.h"
@@ -49,10 +50,22 @@ struct TrainRun {
   std::set<std::string> given_options;
   // > 0: end this invocation after that many epochs (the schedule still spans config.epochs).
   int64_t stop_after = 0;
+  // Data parallelism. nproc > 1 starts that many processes of this program on this machine (the
+  // ranks, each with `threads` threads), which meet on 127.0.0.1:master_port (0: a free port).
+  // A process a launcher started (WORLD_SIZE, RANK, ... in the environment, as torchrun sets
+  // them) joins that job instead. Either way --batch-size is the global batch, split over the
+  // ranks, so the results do not depend on their number; rank 0 alone prints and writes files.
+  int64_t nproc = 1;
+  int64_t master_port = 0;
+  // Bound on the rendezvous, on each collective and on how long a silent rank stalls the others.
+  int64_t timeout_seconds = 300;
+  // The command line (argv[0] is replaced by this program's file): what the ranks run.
+  std::vector<std::string> argv;
 };
 
 // Trains run.model into run.out_dir (checkpoint.pt, metrics.jsonl, curves.png). Returns
-// the process exit code (130 after Ctrl-C, with the checkpoint saved).
+// the process exit code (130 after Ctrl-C, with the checkpoint saved; with nproc > 1, 1 when a
+// rank failed).
 int train(TrainRun run);
 
 // Predicted classes of [0, 1] images run through `logits` in batches.

@@ -1,5 +1,6 @@
 // MultiHeadAttention and SlideAttention modules.
 #include "nn/init.h"
+#include "nn/layers.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 #include "slideformer/ops.h"
@@ -64,14 +65,14 @@ at::Tensor MultiHeadAttentionImpl::forward(const at::Tensor& x) {
   // unbind, not three selects: its backward stacks the three gradients in one copy, where each
   // select would zero a full-size buffer and the three would then be added.
   const int64_t head_dim = options.dim() / heads;
-  const std::vector<at::Tensor> qkv_out = qkv(x)
+  const std::vector<at::Tensor> qkv_out = apply_linear(qkv, x)
                                               .view({batch, tokens, 3, heads, head_dim})
                                               .permute({2, 0, 3, 1, 4})
                                               .unbind();
   const at::Tensor out = slideformer::attention(qkv_out[0], qkv_out[1], qkv_out[2],
                                                 bias.defined() ? std::optional<at::Tensor>(bias)
                                                                : std::nullopt);
-  return proj(out.transpose(1, 2).reshape({batch, tokens, options.dim()}));
+  return apply_linear(proj, out.transpose(1, 2).reshape({batch, tokens, options.dim()}));
 }
 
 SlideAttentionImpl::SlideAttentionImpl(SlideAttentionOptions options_)
@@ -132,7 +133,7 @@ at::Tensor SlideAttentionImpl::forward(const at::Tensor& x) {
   // Head-major channels (head, {q, k, v}, d) -> 3 x (B, heads, Y, X, d) strided views (unbind:
   // see MultiHeadAttentionImpl::forward).
   const int64_t head_dim = options.dim() / heads;
-  const std::vector<at::Tensor> qkv_out = qkv(x)
+  const std::vector<at::Tensor> qkv_out = apply_linear(qkv, x)
                                               .view({batch, rows, cols, heads, 3, head_dim})
                                               .permute({4, 0, 3, 1, 2, 5})
                                               .unbind();
@@ -144,7 +145,7 @@ at::Tensor SlideAttentionImpl::forward(const at::Tensor& x) {
           .key_bias(key_bias)
           .shift_weight(effective_shift_weight())
           .shift_bias(effective_shift_bias()));
-  return proj(out.permute({0, 2, 3, 1, 4}).reshape({batch, rows, cols, options.dim()}));
+  return apply_linear(proj, out.permute({0, 2, 3, 1, 4}).reshape({batch, rows, cols, options.dim()}));
 }
 
 }  // namespace slideformer::nn

@@ -2,6 +2,7 @@
 #include <torch/nn/functional/activation.h>
 
 #include "nn/init.h"
+#include "nn/layers.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 
@@ -25,7 +26,9 @@ void MlpImpl::pretty_print(std::ostream& stream) const {
          << ")";
 }
 
-at::Tensor MlpImpl::forward(const at::Tensor& x) { return fc2(at::gelu(fc1(x))); }
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  return apply_linear(fc2, apply_linear(fc1, x, functional::Activation::kGelu));
+}
 
 TransformerBlockImpl::TransformerBlockImpl(TransformerBlockOptions options_)
     : options(std::move(options_)) {
@@ -124,7 +127,7 @@ void PatchMergingImpl::pretty_print(std::ostream& stream) const {
 }
 
 at::Tensor PatchMergingImpl::forward(const at::Tensor& x) {
-  return reduction(norm(functional::merge_patches(x)));
+  return apply_linear(reduction, norm(functional::merge_patches(x)));
 }
 
 SlideTransformerImpl::SlideTransformerImpl(SlideTransformerOptions options_)
@@ -203,7 +206,7 @@ at::Tensor SlideTransformerImpl::forward_features(const at::Tensor& images) {
 }
 
 at::Tensor SlideTransformerImpl::forward(const at::Tensor& images) {
-  return head(norm(forward_features(images)).mean({1, 2}));
+  return apply_linear(head, norm(forward_features(images)).mean({1, 2}));
 }
 
 void SlideTransformerImpl::reparameterize() {

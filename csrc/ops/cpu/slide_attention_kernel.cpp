@@ -23,6 +23,7 @@
 
 #include "ops/attention.h"
 #include "ops/common/online_softmax.h"
+#include "ops/common/slide_parameters.h"
 #include "ops/common/slide_math.h"
 #include "ops/cpu/channel_chunk.h"
 #include "ops/cpu/slide_zeros_kernel.h"
@@ -53,6 +54,8 @@ struct Geometry {
   math::SlideBorder border;
   math::SlideAxis rows, cols;
   double scale;
+  // The parameter tables and gradient partials: channels innermost, padded_dim apart.
+  SlideParameterLayout params;
   int64_t rows_total() const { return batch * heads * height; }
 };
 
@@ -97,26 +100,28 @@ struct Slot {
   int64_t n, row, col;
 };
 
-// The deformed shift with its weight, laid out [n][m][padded D]. Both operations run on kSets
-// windows or coefficient sets at once, reading the weight once for all of them.
+// The deformed shift with its weight table (laid out by `params`, channels innermost). Both
+// operations run on kSets windows or coefficient sets at once, reading the weight once for all
+// of them.
 template <typename T, int kVectors>
 struct WeightedShift {
   using Chunk = cpu::ChannelChunk<T, kVectors>;
   const T* weight;
-  int64_t kernel_size, k2, padded_dim;
+  int64_t kernel_size;
+  SlideParameterLayout params;
   // out[s] += shifted copy n of window s, channels [c, c + chunk) (out holds the bias on entry).
   template <int kSets>
   void shifted(const Slot& slot, int64_t c, const Slots<T>* windows, Chunk* out) const {
     Slots<T> at_channel[kSets];
     for (int s = 0; s < kSets; ++s) at_channel[s] = windows[s].at_channel(c);
-    math::mix_shifted_sets<kSets>(weight + slot.n * k2 * padded_dim + c, padded_dim, at_channel,
-                                  kernel_size, out);
+    math::mix_shifted_sets<kSets>(weight + params.weight(c, slot.n, 0), params.weight_slot_step,
+                                  at_channel, kernel_size, out);
   }
   // out[s] = sum_n coeffs[s][n] * W[c, n, m] for the channels [c, c + chunk).
   template <int kSets>
   void adjoint(int64_t m, int64_t c, const T* const* coeffs, Chunk* out) const {
-    math::mix_shifted_adjoint_sets<kSets>(weight + m * padded_dim + c, k2 * padded_dim, coeffs, k2,
-                                          out);
+    math::mix_shifted_adjoint_sets<kSets>(weight + params.weight(c, 0, m), params.weight_shift_step,
+                                          coeffs, params.k2, out);
   }
 };
 
@@ -136,12 +141,11 @@ struct PureShift {
   }
 };
 
-// Bias tables in scratch layout: per head [n][padded D] = shift_bias[c,n] + key_bias[h,n] for
-// keys, [n][padded D] = shift_bias[c,n] for values (zeros when absent).
+// The bias tables of ops/common/slide_parameters.h, laid out by Geometry::params.
 template <typename T>
 struct BiasTables {
-  const T* key;    // (H, k2, padded D)
-  const T* value;  // (k2, padded D)
+  const T* key;    // one table per head
+  const T* value;
 };
 
 // The window of one pixel: the position each row / column slot reads (-1: nothing) and which
@@ -212,7 +216,7 @@ Slots<T> gather_window(const Geometry& g, const MapView<const T>& map, int64_t b
 // contract the keys with u = q, backward's dp the values with u = dO.
 template <typename T>
 struct Contraction {
-  const T* bias;    // (k2, padded D)
+  const T* bias;    // a bias table
   const T* u;       // (padded D)
   Slots<T> window;  // the gathered neighbours
   T* contracted;    // (k2)
@@ -240,7 +244,7 @@ void contract_shifted(const Geometry& g, const Shift& shift, const Window& w,
       for (auto& a : acc) a = V(T(0));
       for (int64_t c = 0; c < g.padded_dim; c += V::size()) {
         for (size_t i = 0; i < kSets; ++i) {
-          copy[i] = V::loadu(sets[i].bias + slot.n * g.padded_dim + c);
+          copy[i] = V::loadu(sets[i].bias + g.params.bias(c, slot.n));
         }
         shift.template shifted<kSets>(slot, c, windows, copy);
         for (size_t i = 0; i < kSets; ++i) {
@@ -267,7 +271,8 @@ template <typename T, typename Shift>
 typename Shift::Chunk combine_shifted(const Geometry& g, const Shift& shift, const T* bias,
                                       const Slots<T>& window, const T* coeffs, int64_t c) {
   using V = typename Shift::Chunk;
-  V acc = math::mix_shifted_adjoint<V>(bias + c, g.padded_dim, coeffs, g.k2);
+  V acc = math::mix_shifted_adjoint<V>(bias + g.params.bias(c, 0), g.params.bias_shift_step,
+                                       coeffs, g.k2);
   for (int64_t row = 0; row < g.kernel_size; ++row) {
     for (int64_t col = 0; col < g.kernel_size; ++col) {
       V adjoint;
@@ -313,7 +318,7 @@ void forward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
     for (int64_t task = split.begin(group); task < split.end(group); ++task) {
       const int64_t bh = task / g.height, b = bh / g.heads, h = bh % g.heads;
       const int64_t y = task % g.height;
-      const T* key_bias = biases.key + h * g.k2 * g.padded_dim;
+      const T* key_bias = biases.key + g.params.key_bias_table(h);
       w.set_row(y);
       for (int64_t x = 0; x < g.width; ++x) {
         w.set_col(x);
@@ -393,17 +398,6 @@ std::vector<Band> make_bands(const Geometry& g, const AxisReaderTable& row_reade
   return bands;
 }
 
-// Where one work group accumulates the parameter gradients (null: not wanted), scratch layout.
-template <typename T>
-struct ParamGrads {
-  T* key_bias;      // (H, k2)
-  T* shift_weight;  // (k2, k2, padded D)
-  T* shift_bias;    // (k2, padded D)
-  static int64_t size(const Geometry& g) {
-    return g.heads * g.k2 + g.k2 * g.k2 * g.padded_dim + g.k2 * g.padded_dim;
-  }
-};
-
 template <typename T>
 struct BackwardScratch {
   // probs and scaled dlogits of every pixel of the band's reader rows, k2 each.
@@ -439,7 +433,7 @@ template <typename T, typename Shift>
 void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& biases,
                     const BackwardMaps<T>& maps, BackwardScratch<T>& s, const Window& w, int64_t b,
                     int64_t h, int64_t y, int64_t x, T* probs, T* dlogits, bool in_band,
-                    const ParamGrads<T>& grads) {
+                    T* grads) {
   using V = typename Shift::Chunk;
   const int64_t dp = g.padded_dim;
   copy_padded(maps.q.pixel(b, h, y, x), g.head_dim, dp, s.q);
@@ -449,7 +443,8 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
   contract_shifted(
       g, shift, w,
       std::array<Contraction<T>, 2>{
-          {{biases.key + h * g.k2 * dp, s.q, keys, s.logits, in_band ? s.shifted_keys : nullptr},
+          {{biases.key + g.params.key_bias_table(h), s.q, keys, s.logits,
+            in_band ? s.shifted_keys : nullptr},
            {biases.value, s.dout, values, s.dprobs, nullptr}}});
   finish_logits(g, w, s.logits);
   // p_n = exp(logit_n - lse), with the exp the forward summed for lse (0 for masked slots).
@@ -472,23 +467,24 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
     store_channels(acc, grad_q, c, g.head_dim);
   }
   // Kn holds key_bias[h, n] in every channel, Kn and Vn hold shift_bias[c, n].
-  if (grads.key_bias) {
+  const SlideParameterLayout& params = g.params;
+  if (params.key_bias_grads > 0) {
     T q_sum = 0;
     for (int64_t c = 0; c < g.head_dim; ++c) q_sum += s.q[c];
-    for (int64_t n = 0; n < g.k2; ++n) grads.key_bias[h * g.k2 + n] += dlogits[n] * q_sum;
+    for (int64_t n = 0; n < g.k2; ++n) grads[params.key_bias_grad(h, n)] += dlogits[n] * q_sum;
   }
-  if (grads.shift_bias) {
+  if (params.shift_bias_grads > 0) {
     for (int64_t n = 0; n < g.k2; ++n) {
-      T* row = grads.shift_bias + n * dp;
       for (int64_t c = 0; c < dp; c += V::size()) {
+        T* entry = grads + params.shift_bias_grad(c, n);
         const V update = V::fmadd(V(dlogits[n]), V::loadu(s.q + c),
-                                  V::fmadd(V(probs[n]), V::loadu(s.dout + c), V::loadu(row + c)));
-        update.store(row + c);
+                                  V::fmadd(V(probs[n]), V::loadu(s.dout + c), V::loadu(entry)));
+        update.store(entry);
       }
     }
   }
   // dW[c,n,m] += dlogit_n q[c] K[c, m] + p_n dO[c] V[c, m]
-  if (grads.shift_weight) {
+  if (params.weight_grads > 0) {
     for (int64_t row = 0; row < g.kernel_size; ++row) {
       for (int64_t col = 0; col < g.kernel_size; ++col) {
         const int64_t m = row * g.kernel_size + col;
@@ -496,7 +492,7 @@ void backward_pixel(const Geometry& g, const Shift& shift, const BiasTables<T>& 
           const V q_key = V::loadu(s.q + c) * V::loadu(keys.slot(row, col) + c);
           const V dout_value = V::loadu(s.dout + c) * V::loadu(values.slot(row, col) + c);
           for (int64_t n = 0; n < g.k2; ++n) {
-            T* block = grads.shift_weight + (n * g.k2 + m) * dp + c;
+            T* block = grads + params.weight_grad(c, n, m);
             V::fmadd(V(dlogits[n]), q_key, V::fmadd(V(probs[n]), dout_value, V::loadu(block)))
                 .store(block);
           }
@@ -540,13 +536,12 @@ void gather_key_value_grads(const Geometry& g, const Shift& shift, const Backwar
 
 template <typename T, typename Shift>
 void backward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>& biases,
-                     const BackwardMaps<T>& maps, std::array<bool, 3> want_param_grads,
-                     at::Tensor& param_grads) {
+                     const BackwardMaps<T>& maps, at::Tensor& param_grads) {
   const AxisReaderTable row_readers(g.border, g.rows), col_readers(g.border, g.cols);
   const std::vector<Band> bands = make_bands(g, row_readers);
   const int64_t num_bands = static_cast<int64_t>(bands.size());
   const WorkSplit split(g.batch * g.heads * num_bands);
-  param_grads = at::zeros({std::max<int64_t>(split.groups(), 1), ParamGrads<T>::size(g)},
+  param_grads = at::zeros({std::max<int64_t>(split.groups(), 1), g.params.gradient_size()},
                           c10::CppTypeToScalarType<T>::value);
   if (split.groups() == 0) return;
   int64_t max_reader_rows = 0;
@@ -557,13 +552,8 @@ void backward_kernel(const Geometry& g, const Shift& shift, const BiasTables<T>&
   split.run([&](int64_t group, int64_t worker) {
     BackwardScratch<T> s(ScratchCursor<T>(scratch.data_ptr<T>() + worker * per_worker), g,
                          max_reader_rows);
-    ScratchCursor<T> grads_cursor(param_grads.data_ptr<T>() + group * ParamGrads<T>::size(g));
-    ParamGrads<T> grads{grads_cursor.take(g.heads * g.k2),
-                        grads_cursor.take(g.k2 * g.k2 * g.padded_dim),
-                        grads_cursor.take(g.k2 * g.padded_dim)};
-    if (!want_param_grads[0]) grads.key_bias = nullptr;
-    if (!want_param_grads[1]) grads.shift_weight = nullptr;
-    if (!want_param_grads[2]) grads.shift_bias = nullptr;
+    // The group's partial sums of the parameter gradients.
+    T* grads = param_grads.data_ptr<T>() + group * g.params.gradient_size();
     Window w(g);
     // A task is one band of rows of one (b, h).
     for (int64_t task = split.begin(group); task < split.end(group); ++task) {
@@ -614,12 +604,8 @@ Geometry make_geometry(const at::Tensor& query, int64_t kernel_size, int64_t dil
   g.rows = {g.height, kernel_size, dilation};
   g.cols = {g.width, kernel_size, dilation};
   g.scale = slide_attention_scale(query, scale);
+  g.params = SlideParameterLayout::channels_innermost(g.heads, g.head_dim, g.k2, g.padded_dim);
   return g;
-}
-
-// (..., D) -> (..., padded D) with zeros, contiguous.
-at::Tensor pad_channels(const at::Tensor& t, const Geometry& g) {
-  return at::constant_pad_nd(t, {0, g.padded_dim - g.head_dim}).contiguous();
 }
 
 bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -630,60 +616,37 @@ bool takes_zeros_path(int64_t kernel_size, c10::string_view border,
                                          given(shift_weight));
 }
 
-// The parameters in the layouts of the zeros-border fast path (ops/cpu/slide_zeros_kernel.h).
+// The parameters as the zeros-border fast path reads them (ops/cpu/slide_zeros_kernel.h), with
+// gradient sections for `want`.
 cpu::SlideZerosParameters zeros_path_parameters(const at::Tensor& q, int64_t dilation,
                                                 std::optional<double> scale,
                                                 const std::optional<at::Tensor>& key_bias,
                                                 const std::optional<at::Tensor>& shift_weight,
-                                                const std::optional<at::Tensor>& shift_bias) {
-  const int64_t heads = q.size(1), head_dim = q.size(4), k2 = shift_weight->size(1);
-  const at::Tensor bias = given(shift_bias) ? shift_bias->to(q.options())
-                                            : at::zeros({head_dim, k2}, q.options());  // (D, k2)
-  at::Tensor keys = bias.unsqueeze(0).expand({heads, head_dim, k2});
-  if (given(key_bias)) keys = keys + key_bias->to(q.options()).unsqueeze(1);
-  return {dilation, slide_attention_scale(q, scale),
-          shift_weight->to(q.options()).transpose(1, 2).contiguous(), keys.contiguous(),
-          bias.contiguous()};
-}
-
-// Everything the kernels need from the optional parameters, in scratch layout.
-struct PreparedParameters {
-  at::Tensor weight;      // (k2, k2, padded D) or undefined (pure shift)
-  at::Tensor key_bias;    // (H, k2, padded D)
-  at::Tensor value_bias;  // (k2, padded D)
-};
-
-PreparedParameters prepare_parameters(const Geometry& g, const at::TensorOptions& options,
-                                      const std::optional<at::Tensor>& key_bias,
-                                      const std::optional<at::Tensor>& shift_weight,
-                                      const std::optional<at::Tensor>& shift_bias) {
-  PreparedParameters p;
-  at::Tensor bias = given(shift_bias) ? shift_bias->to(options).t()
-                                      : at::zeros({g.k2, g.head_dim}, options);  // (k2, D)
-  p.value_bias = pad_channels(bias, g);
-  at::Tensor keys = bias.unsqueeze(0).expand({g.heads, g.k2, g.head_dim});
-  if (given(key_bias)) keys = keys + key_bias->to(options).unsqueeze(-1);
-  p.key_bias = pad_channels(keys, g);
-  if (given(shift_weight)) p.weight = pad_channels(shift_weight->to(options).permute({1, 2, 0}), g);
-  return p;
+                                                const std::optional<at::Tensor>& shift_bias,
+                                                std::array<bool, 3> want = {}) {
+  const SlideParameterLayout layout =
+      SlideParameterLayout::channels_outermost(q.size(1), q.size(4), shift_weight->size(1))
+          .with_gradients(want);
+  return {dilation, slide_attention_scale(q, scale), layout,
+          slide_parameter_tables(layout, q.options(), key_bias, shift_weight, shift_bias)};
 }
 
 template <typename T>
-BiasTables<T> bias_tables(const PreparedParameters& p) {
+BiasTables<T> bias_tables(const SlideParameterTables& p) {
   return {p.key_bias.data_ptr<T>(), p.value_bias.data_ptr<T>()};
 }
 
 // Calls fn with the shift policy the parameters ask for, at the geometry's chunk width.
 template <typename T, int kVectors, typename Fn>
-void with_shift_of_width(const Geometry& g, const PreparedParameters& p, const Fn& fn) {
+void with_shift_of_width(const Geometry& g, const SlideParameterTables& p, const Fn& fn) {
   if (p.weight.defined()) {
-    fn(WeightedShift<T, kVectors>{p.weight.data_ptr<T>(), g.kernel_size, g.k2, g.padded_dim});
+    fn(WeightedShift<T, kVectors>{p.weight.data_ptr<T>(), g.kernel_size, g.params});
   } else {
     fn(PureShift<T, kVectors>{});
   }
 }
 template <typename T, typename Fn>
-void with_shift(const Geometry& g, const PreparedParameters& p, const Fn& fn) {
+void with_shift(const Geometry& g, const SlideParameterTables& p, const Fn& fn) {
   switch (g.chunk_vectors) {
     case 1: return with_shift_of_width<T, 1>(g, p, fn);
     case 2: return with_shift_of_width<T, 2>(g, p, fn);
@@ -710,8 +673,8 @@ std::tuple<at::Tensor, at::Tensor> slide_attention_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_forward_cpu", [&] {
     const Geometry g =
         make_geometry(q, kernel_size, dilation, border, scale, at::vec::Vectorized<scalar_t>::size());
-    const PreparedParameters params =
-        prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
+    const SlideParameterTables params =
+        slide_parameter_tables(g.params, q.options(), key_bias, shift_weight, shift_bias);
     with_shift<scalar_t>(g, params, [&](const auto& shift) {
       forward_kernel<scalar_t>(g, shift, bias_tables<scalar_t>(params), map_view<const scalar_t>(q),
                                map_view<const scalar_t>(k), map_view<const scalar_t>(v),
@@ -744,51 +707,37 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
   if (takes_zeros_path(kernel_size, border, shift_weight)) {
     const cpu::SlideZerosGrads grads = cpu::slide_zeros_backward(
         dout, q, k, v, logsumexp,
-        zeros_path_parameters(q, dilation, scale, key_bias, shift_weight, shift_bias), want);
-    return {to_input_type(grads.query),        to_input_type(grads.key),
-            to_input_type(grads.value),        to_input_type(grads.key_bias),
-            to_input_type(grads.shift_weight), to_input_type(grads.shift_bias)};
+        zeros_path_parameters(q, dilation, scale, key_bias, shift_weight, shift_bias, want));
+    return {to_input_type(grads.query),               to_input_type(grads.key),
+            to_input_type(grads.value),               to_input_type(grads.params.key_bias),
+            to_input_type(grads.params.shift_weight), to_input_type(grads.params.shift_bias)};
   }
   const at::Tensor lse = logsumexp.to(q.scalar_type()).contiguous();
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   at::Tensor grad_k = at::empty(q.sizes(), q.options());
   at::Tensor grad_v = at::empty(q.sizes(), q.options());
-  at::Tensor grad_key_bias, grad_shift_weight, grad_shift_bias;
+  SlideParameterGrads param_grads;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_backward_cpu", [&] {
     using T = scalar_t;
-    const Geometry g = make_geometry(q, kernel_size, dilation, border, scale, at::vec::Vectorized<T>::size());
-    const PreparedParameters params =
-        prepare_parameters(g, q.options(), key_bias, shift_weight, shift_bias);
+    Geometry g =
+        make_geometry(q, kernel_size, dilation, border, scale, at::vec::Vectorized<T>::size());
+    g.params = g.params.with_gradients(want);
+    const SlideParameterTables params =
+        slide_parameter_tables(g.params, q.options(), key_bias, shift_weight, shift_bias);
     const BackwardMaps<T> maps{map_view<const T>(q),    map_view<const T>(k), map_view<const T>(v),
                                map_view<const T>(dout), lse.data_ptr<T>(),    grad_q.data_ptr<T>(),
                                grad_k.data_ptr<T>(),    grad_v.data_ptr<T>()};
-    at::Tensor partials;  // (groups, ParamGrads size), summed in group order below
+    at::Tensor partials;  // (groups, gradient size), summed in group order below
     with_shift<T>(g, params, [&](const auto& shift) {
-      backward_kernel<T>(g, shift, bias_tables<T>(params), maps, want, partials);
+      backward_kernel<T>(g, shift, bias_tables<T>(params), maps, partials);
     });
     at::Tensor total = partials[0].clone();
     for (int64_t c = 1; c < partials.size(0); ++c) total += partials[c];
-    const int64_t kb_size = g.heads * g.k2, w_size = g.k2 * g.k2 * g.padded_dim;
-    if (want[0]) grad_key_bias = total.narrow(0, 0, kb_size).view({g.heads, g.k2});
-    if (want[1]) {
-      grad_shift_weight = total.narrow(0, kb_size, w_size)
-                              .view({g.k2, g.k2, g.padded_dim})
-                              .narrow(2, 0, g.head_dim)
-                              .permute({2, 0, 1});
-    }
-    if (want[2]) {
-      grad_shift_bias = total.narrow(0, kb_size + w_size, g.k2 * g.padded_dim)
-                            .view({g.k2, g.padded_dim})
-                            .narrow(1, 0, g.head_dim)
-                            .t();
-    }
+    param_grads = unpack_slide_parameter_grads(g.params, total, query.scalar_type());
   });
-  return {to_input_type(grad_q),
-          to_input_type(grad_k),
-          to_input_type(grad_v),
-          to_input_type(grad_key_bias),
-          to_input_type(grad_shift_weight),
-          to_input_type(grad_shift_bias)};
+  return {to_input_type(grad_q),       to_input_type(grad_k),
+          to_input_type(grad_v),       param_grads.key_bias,
+          param_grads.shift_weight,    param_grads.shift_bias};
 }
 
 }  // namespace

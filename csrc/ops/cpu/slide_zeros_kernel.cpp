@@ -113,33 +113,34 @@ struct PlaneBuffers {
 };
 
 // One contraction of a tile: out[n] = sum_c u[c] * (shifted copy n of map, channel c), with
-// shifted copy n of channel c = sum_m W[c, m, n] * map[c, slot m] + bias[c, n] (the deformed
+// shifted copy n of channel c = sum_m W[c, n, m] * map[c, slot m] + bias[c, n] (the deformed
 // shift). Logits contract q with the keys, backward's dp contracts dO with the values.
 template <typename T>
 struct TileContraction {
   const T* u;     // pixel-like planes at the tile
   const T* map;   // window-like planes at the tile's window
-  const T* bias;  // (D, k2)
+  const T* bias;  // a bias table
 };
 
-// Runs kSets contractions of one tile together, so that they share the weight reads.
+// Runs kSets contractions of one tile together, so that they share the weight reads. The
+// tables are laid out channels outermost: W[c, n, m] and bias[c, n] at unit steps in n.
 template <typename T, size_t kSets>
-void contract_tile(const PlaneGeometry& g, const T* weight,
+void contract_tile(const PlaneGeometry& g, const SlideParameterLayout& layout, const T* weight,
                    const std::array<TileContraction<T>, kSets>& sets, Vec<T> (*out)[kSlots]) {
   for (size_t s = 0; s < kSets; ++s) {
     for (int64_t n = 0; n < kSlots; ++n) out[s][n] = Vec<T>(T(0));
   }
   for (int64_t c = 0; c < g.head_dim; ++c) {
-    const T* w = weight + c * kSlots * kSlots;
     for (size_t s = 0; s < kSets; ++s) {
       const Vec<T> u = Vec<T>::loadu(sets[s].u + c * g.plane());
+      const T* bias = sets[s].bias + layout.bias(c, 0);
       for (int64_t n = 0; n < kSlots; ++n) {
-        out[s][n] = at::vec::fmadd(u, Vec<T>(sets[s].bias[c * kSlots + n]), out[s][n]);
+        out[s][n] = at::vec::fmadd(u, Vec<T>(bias[n]), out[s][n]);
       }
     }
     for (int64_t my = 0; my < kKernel; ++my) {
       for (int64_t mx = 0; mx < kKernel; ++mx) {
-        const T* w_m = w + (my * kKernel + mx) * kSlots;
+        const T* w_m = weight + layout.weight(c, 0, my * kKernel + mx);
         Vec<T> product[kSets];
         for (size_t s = 0; s < kSets; ++s) {
           product[s] = Vec<T>::loadu(sets[s].u + c * g.plane()) *
@@ -179,9 +180,9 @@ struct PlaneInputs {
       : q(buffers.pixel_planes()),
         k(buffers.window_planes()),
         v(buffers.window_planes()),
-        weight(p.weight.data_ptr<T>()),
-        key_bias(p.key_bias.data_ptr<T>() + h * buffers.g.head_dim * kSlots),
-        value_bias(p.value_bias.data_ptr<T>()) {
+        weight(p.tables.weight.data_ptr<T>()),
+        key_bias(p.tables.key_bias.data_ptr<T>() + p.layout.key_bias_table(h)),
+        value_bias(p.tables.value_bias.data_ptr<T>()) {
     buffers.load_pixels(query, b, h, q);
     buffers.load_window(key, b, h, k);
     buffers.load_window(value, b, h, v);
@@ -206,7 +207,8 @@ void forward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const 
   const Vec<T> scale(T(p.scale));
   for (int64_t t = 0; t < g.tiles(); ++t) {
     Vec<T> probs[1][kSlots];
-    contract_tile<T, 1>(g, weight, {{{qt + t * g.lanes, kt + g.window(t), key_bias}}}, probs);
+    contract_tile<T, 1>(g, p.layout, weight, {{{qt + t * g.lanes, kt + g.window(t), key_bias}}},
+                        probs);
     Vec<T> row_max = probs[0][0] * scale;
     for (int64_t n = 0; n < kSlots; ++n) {
       probs[0][n] = probs[0][n] * scale;
@@ -222,12 +224,12 @@ void forward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const 
     (row_max + sum.log()).store(lse_plane + g.row(t) * g.width + g.x0(t), g.valid(t));
     // out[c] = sum_m v[c, slot m] * slot_weight_m + sum_n p_n value_bias[c, n]
     for (int64_t c = 0; c < g.head_dim; ++c) {
-      const T* w = weight + c * kSlots * kSlots;
       const T* values = vt + c * g.padded_plane() + g.window(t);
-      Vec<T> acc = slot_weight(probs[0], value_bias + c * kSlots);
+      Vec<T> acc = slot_weight(probs[0], value_bias + p.layout.bias(c, 0));
       for (int64_t my = 0; my < kKernel; ++my) {
         for (int64_t mx = 0; mx < kKernel; ++mx) {
-          acc = at::vec::fmadd(slot_weight(probs[0], w + (my * kKernel + mx) * kSlots),
+          const T* w = weight + p.layout.weight(c, 0, my * kKernel + mx);
+          acc = at::vec::fmadd(slot_weight(probs[0], w),
                                Vec<T>::loadu(values + g.slot_offset(my, mx)), acc);
         }
       }
@@ -245,20 +247,6 @@ int64_t forward_scratch_size(const PlaneGeometry& g) {
 
 // ---------------------------------------------------------------------------------------------
 // Backward.
-
-// Per-lane partial sums of the parameter gradients, in the layout of the results:
-// key_bias (H, k2), shift_weight (D, k2 [n], k2 [m]), shift_bias (D, k2); `lanes` values each.
-struct ParamLayout {
-  int64_t heads, head_dim;
-  int64_t key_bias(int64_t h, int64_t n) const { return h * kSlots + n; }
-  int64_t weight(int64_t c, int64_t n, int64_t m) const {
-    return heads * kSlots + (c * kSlots + n) * kSlots + m;
-  }
-  int64_t bias(int64_t c, int64_t n) const {
-    return heads * kSlots + head_dim * kSlots * kSlots + c * kSlots + n;
-  }
-  int64_t size() const { return heads * kSlots + head_dim * kSlots * kSlots + head_dim * kSlots; }
-};
 
 template <typename T>
 void add_lanes(T* partial, const Vec<T>& v) {
@@ -285,8 +273,10 @@ struct ChannelTile {
 template <typename T>
 void backward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const at::Tensor& dout,
                     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const T* lse,
-                    int64_t b, int64_t h, std::array<bool, 3> want, const ParamLayout& layout,
-                    T* lane_partials, T* scratch, SlideZerosGrads& grads) {
+                    int64_t b, int64_t h, T* lane_partials, T* scratch, SlideZerosGrads& grads) {
+  // Per-lane partial sums of the parameter gradients: `lanes` values per entry of the layout's
+  // gradient vector.
+  const SlideParameterLayout& layout = p.layout;
   PlaneBuffers<T> buffers{g, scratch};
   const PlaneInputs<T> in(buffers, p, q, k, v, b, h);
   const T *qt = in.q, *kt = in.k, *vt = in.v;
@@ -304,7 +294,7 @@ void backward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const
   // Pass 1: p_n = exp(logit_n - lse), dp_n = <dO, shifted value n>, dlogit_n = p_n (dp_n - delta).
   for (int64_t t = 0; t < g.tiles(); ++t) {
     Vec<T> contracted[2][kSlots];
-    contract_tile<T, 2>(g, weight,
+    contract_tile<T, 2>(g, layout, weight,
                         {{{qt + t * g.lanes, kt + g.window(t), key_bias},
                           {dot + t * g.lanes, vt + g.window(t), value_bias}}},
                         contracted);
@@ -337,16 +327,16 @@ void backward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const
       Vec<T> dq(T(0));
       for (int64_t n = 0; n < kSlots; ++n) {
         const Vec<T> dlogit = tile.dlogit(n), prob = tile.prob(n);
-        dq = at::vec::fmadd(dlogit, Vec<T>(key_bias[c * kSlots + n]), dq);
+        dq = at::vec::fmadd(dlogit, Vec<T>(key_bias[layout.bias(c, n)]), dq);
         bias_grad[n] =
             at::vec::fmadd(dlogit, tile.q, at::vec::fmadd(prob, tile.dout, bias_grad[n]));
         key_bias_grad[n] = at::vec::fmadd(dlogit, tile.q, key_bias_grad[n]);
       }
       dq.store(dq_c + t * g.lanes);
     }
-    if (want[2]) {
+    if (layout.shift_bias_grads > 0) {
       for (int64_t n = 0; n < kSlots; ++n)
-        add_lanes(lane_partials + layout.bias(c, n) * g.lanes, bias_grad[n]);
+        add_lanes(lane_partials + layout.shift_bias_grad(c, n) * g.lanes, bias_grad[n]);
     }
     // Window slot m: with a_m = sum_n dlogit_n W[c, m, n] and b_m = sum_n p_n W[c, m, n],
     // dq[c] += a_m k[c, slot m], dk[c, slot m] += a_m q[c], dv[c, slot m] += b_m dO[c],
@@ -356,7 +346,7 @@ void backward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const
     for (int64_t my = 0; my < kKernel; ++my) {
       for (int64_t mx = 0; mx < kKernel; ++mx) {
         const int64_t m = my * kKernel + mx;
-        const T* w = weight + (c * kSlots + m) * kSlots;
+        const T* w = weight + layout.weight(c, 0, m);
         const int64_t offset = c * g.padded_plane() + g.slot_offset(my, mx);
         Vec<T> weight_grad[kSlots];
         for (auto& acc : weight_grad) acc = Vec<T>(T(0));
@@ -379,17 +369,17 @@ void backward_plane(const PlaneGeometry& g, const SlideZerosParameters& p, const
           at::vec::fmadd(a, tile.q, Vec<T>::loadu(dkt + window)).store(dkt + window);
           at::vec::fmadd(bw, tile.dout, Vec<T>::loadu(dvt + window)).store(dvt + window);
         }
-        if (want[1]) {
+        if (layout.weight_grads > 0) {
           for (int64_t n = 0; n < kSlots; ++n) {
-            add_lanes(lane_partials + layout.weight(c, n, m) * g.lanes, weight_grad[n]);
+            add_lanes(lane_partials + layout.weight_grad(c, n, m) * g.lanes, weight_grad[n]);
           }
         }
       }
     }
   }
-  if (want[0]) {
+  if (layout.key_bias_grads > 0) {
     for (int64_t n = 0; n < kSlots; ++n)
-      add_lanes(lane_partials + layout.key_bias(h, n) * g.lanes, key_bias_grad[n]);
+      add_lanes(lane_partials + layout.key_bias_grad(h, n) * g.lanes, key_bias_grad[n]);
   }
   from_channel_major(dqt, b, h, g, 0, g.cols, g.plane(), grads.query.data_ptr<T>());
   from_channel_major(dkt, b, h, g, g.pad, g.padded_cols(), g.padded_plane(),
@@ -430,32 +420,31 @@ void slide_zeros_forward(const at::Tensor& q, const at::Tensor& k, const at::Ten
 
 SlideZerosGrads slide_zeros_backward(const at::Tensor& dout, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v,
-                                     const at::Tensor& lse, const SlideZerosParameters& p,
-                                     std::array<bool, 3> want) {
+                                     const at::Tensor& lse, const SlideZerosParameters& p) {
   SlideZerosGrads grads{at::empty(q.sizes(), q.options()), at::empty(q.sizes(), q.options()),
                         at::empty(q.sizes(), q.options())};
   const at::Tensor lse_contiguous = lse.to(q.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slideformer_slide_attention_zeros_backward", [&] {
     using T = scalar_t;
     const PlaneGeometry g(q, p.dilation, Vec<T>::size());
-    const ParamLayout layout{g.heads, g.head_dim};
+    const int64_t entries = p.layout.gradient_size();
     const WorkSplit split(g.planes());
     // Per group: the partial sums, reduced over the lanes at the end of the group.
     at::Tensor partials =
-        at::zeros({std::max<int64_t>(split.groups(), 1), layout.size()}, q.options());
+        at::zeros({std::max<int64_t>(split.groups(), 1), entries}, q.options());
     if (split.groups() > 0) {
-      const int64_t per_worker = backward_scratch_size(g) + layout.size() * g.lanes;
+      const int64_t per_worker = backward_scratch_size(g) + entries * g.lanes;
       at::Tensor scratch = at::empty({split.workers(), per_worker}, q.options());
       split.run([&](int64_t group, int64_t worker) {
         T* lane_partials = scratch.data_ptr<T>() + worker * per_worker;
-        std::fill_n(lane_partials, layout.size() * g.lanes, T(0));
+        std::fill_n(lane_partials, entries * g.lanes, T(0));
         for (int64_t plane = split.begin(group); plane < split.end(group); ++plane) {
           backward_plane<T>(g, p, dout, q, k, v, lse_contiguous.data_ptr<T>(), plane / g.heads,
-                            plane % g.heads, want, layout, lane_partials,
-                            lane_partials + layout.size() * g.lanes, grads);
+                            plane % g.heads, lane_partials, lane_partials + entries * g.lanes,
+                            grads);
         }
-        T* partial = partials.data_ptr<T>() + group * layout.size();
-        for (int64_t i = 0; i < layout.size(); ++i) {
+        T* partial = partials.data_ptr<T>() + group * entries;
+        for (int64_t i = 0; i < entries; ++i) {
           partial[i] = at::vec::vec_reduce_all<T>([](Vec<T>& x, Vec<T>& y) { return x + y; },
                                                   Vec<T>::loadu(lane_partials + i * g.lanes));
         }
@@ -463,16 +452,7 @@ SlideZerosGrads slide_zeros_backward(const at::Tensor& dout, const at::Tensor& q
     }
     at::Tensor total = partials[0].clone();
     for (int64_t group = 1; group < partials.size(0); ++group) total += partials[group];
-    const int64_t weight_at = layout.weight(0, 0, 0), bias_at = layout.bias(0, 0);
-    if (want[0]) grads.key_bias = total.narrow(0, 0, weight_at).view({g.heads, kSlots});
-    if (want[1]) {
-      grads.shift_weight =
-          total.narrow(0, weight_at, bias_at - weight_at).view({g.head_dim, kSlots, kSlots});
-    }
-    if (want[2]) {
-      grads.shift_bias =
-          total.narrow(0, bias_at, layout.size() - bias_at).view({g.head_dim, kSlots});
-    }
+    grads.params = unpack_slide_parameter_grads(p.layout, total, q.scalar_type());
   });
   return grads;
 }

@@ -5,22 +5,21 @@
 // one in the tests, through the shared parity cases).
 #include <ATen/core/Tensor.h>
 
-#include <array>
-
 #include "ops/common/slide_math.h"
+#include "ops/common/slide_parameters.h"
 
 namespace slideformer::ops::cpu {
 
 bool slide_zeros_kernel_applies(int64_t kernel_size, math::SlideBorder border,
                                 bool has_shift_weight);
 
-// The parameters in the layouts of this kernel, in the dtype of q.
+// The parameters, in the dtype of q: tables (with a weight) laid out channels outermost
+// (SlideParameterLayout::channels_outermost), gradient sections as the backward wants them.
 struct SlideZerosParameters {
   int64_t dilation;
   double scale;
-  at::Tensor weight;      // (D, k2 [m], k2 [n]) = shift_weight[c, n, m]
-  at::Tensor key_bias;    // (H, D, k2) = shift_bias[c, n] + key_bias[h, n]
-  at::Tensor value_bias;  // (D, k2) = shift_bias[c, n]
+  SlideParameterLayout layout;
+  SlideParameterTables tables;
 };
 
 // q, k, v: (B, H, Y, X, D) float or double with unit channel stride. out (B, H, Y, X, D) and
@@ -30,15 +29,11 @@ void slide_zeros_forward(const at::Tensor& q, const at::Tensor& k, const at::Ten
 
 struct SlideZerosGrads {
   at::Tensor query, key, value;  // (B, H, Y, X, D) contiguous
-  at::Tensor key_bias;           // (H, k2) or undefined when not wanted
-  at::Tensor shift_weight;       // (D, k2 [n], k2 [m]) or undefined
-  at::Tensor shift_bias;         // (D, k2) or undefined
+  SlideParameterGrads params;    // in the dtype of q; those p.layout has no section for undefined
 };
 
-// want = which of (key_bias, shift_weight, shift_bias) get a gradient.
 SlideZerosGrads slide_zeros_backward(const at::Tensor& dout, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v,
-                                     const at::Tensor& lse, const SlideZerosParameters& p,
-                                     std::array<bool, 3> want);
+                                     const at::Tensor& lse, const SlideZerosParameters& p);
 
 }  // namespace slideformer::ops::cpu

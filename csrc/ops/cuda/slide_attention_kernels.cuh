@@ -18,8 +18,8 @@
 //  2. key/value kernel: one thread per element of dK and dV gathers over the pixels whose windows
 //     read it (the inverse neighbourhood) through the adjoint of the mixing;
 //  3. parameter kernel: a fixed number of blocks, each summing a fixed range of pixel rows into its
-//     own slice of a partial-sum buffer for dW, dshift_bias and dkey_bias; a second kernel adds the
-//     slices in block order.
+//     own slice of a partial-sum buffer for dkey_bias, dW and dshift_bias (laid out by
+//     ops/common/slide_parameters.h); a second kernel adds the slices in block order.
 // Inputs keep their dtype in global memory; staging and accumulation use at::opmath_type (float32
 // for the half types, float64 for float64).
 #include <ATen/ATen.h>
@@ -35,6 +35,7 @@
 #include "ops/attention.h"
 #include "ops/common/online_softmax.h"
 #include "ops/common/slide_math.h"
+#include "ops/common/slide_parameters.h"
 #include "ops/cuda/launch.h"
 #include "ops/slide_attention.h"
 
@@ -70,9 +71,12 @@ struct SlideParams {
   const scalar_t* query;  // (B, H, Y, X, D), contiguous
   const scalar_t* key;
   const scalar_t* value;
-  const acc_t* weight;      // (D, k2, k2) shift_weight, or null for the pure shift
-  const acc_t* key_bias;    // (H, D, k2): shift_bias[c, n] + key_bias[h, n]
-  const acc_t* value_bias;  // (D, k2): shift_bias[c, n]
+  // The parameter tables (ops/common/slide_parameters.h), laid out by `params`, channels
+  // outermost.
+  const acc_t* weight;  // null for the pure shift
+  const acc_t* key_bias;
+  const acc_t* value_bias;
+  SlideParameterLayout params;
   SlideLayout g;
   acc_t scale;
   // Backward only.
@@ -167,16 +171,19 @@ __device__ math::WindowSlots<acc_t> staged_window(const acc_t* region, const Sli
           g.rows.dilation * cols, g.rows.dilation};
 }
 
-// Shifted copy n of channel c: the deformed shift when there is a weight, else slot n itself.
-template <typename acc_t>
-__device__ acc_t shifted_copy(const acc_t* weight, const SlideLayout& g, int64_t c, int64_t n,
-                              const math::WindowSlots<acc_t>& window, acc_t bias) {
-  if (weight == nullptr) return *window.slot(n / g.kernel_size, n % g.kernel_size) + bias;
-  return math::mix_shifted<acc_t>(weight + (c * g.k2 + n) * g.k2, 1, window, g.kernel_size, bias);
+// Shifted copy n of channel c plus its bias: the deformed shift when there is a weight, else
+// slot n itself.
+template <typename scalar_t, typename acc_t>
+__device__ acc_t shifted_copy(const SlideParams<scalar_t, acc_t>& p, const acc_t* bias, int64_t c,
+                              int64_t n, const math::WindowSlots<acc_t>& window) {
+  const acc_t b = bias[p.params.bias(c, n)];
+  if (p.weight == nullptr) return *window.slot(n / p.g.kernel_size, n % p.g.kernel_size) + b;
+  return math::mix_shifted<acc_t>(p.weight + p.params.weight(c, n, 0), p.params.weight_slot_step,
+                                  window, p.g.kernel_size, b);
 }
 
 // out[n] += sum_c tile[c] * Xn[c] over all channels, where X is `plane` (keys or values) shifted
-// with `bias` ((D, k2)) and tile is `tile_plane` (q or dO) at the thread's pixel.
+// with the bias table `bias` and tile is `tile_plane` (q or dO) at the thread's pixel.
 template <typename scalar_t, typename acc_t>
 __device__ void accumulate_window_dots(const SlideParams<scalar_t, acc_t>& p,
                                        const TileShared<acc_t>& s, const TilePixel& t,
@@ -197,15 +204,14 @@ __device__ void accumulate_window_dots(const SlideParams<scalar_t, acc_t>& p,
           const acc_t factor = s.tile[c * pixels + me];
           const math::WindowSlots<acc_t> window = staged_window(s.region, g, t, c);
           for (int64_t n = 0; n < g.k2; ++n) {
-            out[n * pixels + me] +=
-                factor * shifted_copy(p.weight, g, c0 + c, n, window, bias[(c0 + c) * g.k2 + n]);
+            out[n * pixels + me] += factor * shifted_copy(p, bias, c0 + c, n, window);
           }
         }
       });
 }
 
-// dst[c] = multiplier * sum_n coeffs[n] * Xn[c] at the thread's pixel, X = `plane` shifted with
-// `bias` ((D, k2)); coeffs laid out [n][pixel] in shared memory.
+// dst[c] = sum_n coeffs[n] * Xn[c] at the thread's pixel, X = `plane` shifted with the bias table
+// `bias`; coeffs laid out [n][pixel] in shared memory.
 template <typename scalar_t, typename acc_t>
 __device__ void combine_shifted_copies(const SlideParams<scalar_t, acc_t>& p,
                                        const TileShared<acc_t>& s, const TilePixel& t,
@@ -225,8 +231,7 @@ __device__ void combine_shifted_copies(const SlideParams<scalar_t, acc_t>& p,
           for (int64_t n = 0; n < g.k2; ++n) {
             const acc_t coeff = coeffs[n * pixels + me];
             if (coeff == acc_t(0)) continue;  // masked or underflowed: contributes nothing
-            sum +=
-                coeff * shifted_copy(p.weight, g, c0 + c, n, window, bias[(c0 + c) * g.k2 + n]);
+            sum += coeff * shifted_copy(p, bias, c0 + c, n, window);
           }
           dst[c] = static_cast<scalar_t>(sum);
         }
@@ -243,7 +248,7 @@ __device__ void window_logits(const SlideParams<scalar_t, acc_t>& p, const TileS
     for (int64_t n = 0; n < g.k2; ++n) logits[n * pixels + me] = acc_t(0);
   }
   const int64_t plane = t.bh * g.plane_elems();
-  const acc_t* key_bias = p.key_bias + (t.bh % g.heads) * g.head_dim * g.k2;
+  const acc_t* key_bias = p.key_bias + p.params.key_bias_table(t.bh % g.heads);
   accumulate_window_dots(p, s, t, p.key + plane, p.query + plane, key_bias, logits);
   if (!t.inside) return;
   for (int64_t n = 0; n < g.k2; ++n) {
@@ -313,7 +318,7 @@ __global__ void slide_backward_window_kernel(const SlideParams<scalar_t, acc_t> 
       dlogits_out[t.pixel * g.k2 + n] = dlogit;
     }
   }
-  const acc_t* key_bias = p.key_bias + (t.bh % g.heads) * g.head_dim * g.k2;
+  const acc_t* key_bias = p.key_bias + p.params.key_bias_table(t.bh % g.heads);
   combine_shifted_copies(p, s, t, p.key + plane, key_bias, dlogits, grad_query + plane);
 }
 
@@ -348,8 +353,9 @@ __global__ void slide_backward_key_value_kernel(const SlideParams<scalar_t, acc_
           adjoint[0] = coeffs[0][slot];
           adjoint[1] = coeffs[1][slot];
         } else {
-          math::mix_shifted_adjoint_sets<2, acc_t>(p.weight + c * g.k2 * g.k2 + slot, g.k2, coeffs,
-                                                   g.k2, adjoint);
+          math::mix_shifted_adjoint_sets<2, acc_t>(p.weight + p.params.weight(c, 0, slot),
+                                                   p.params.weight_shift_step, coeffs, g.k2,
+                                                   adjoint);
         }
         dk += static_cast<acc_t>(p.query[reader * g.head_dim + c]) * adjoint[0];
         dv += static_cast<acc_t>(p.grad_output[reader * g.head_dim + c]) * adjoint[1];
@@ -360,64 +366,67 @@ __global__ void slide_backward_key_value_kernel(const SlideParams<scalar_t, acc_
   }
 }
 
-// The parameter-gradient entries, one flat vector: dW (D, k2, k2), then dshift_bias (D, k2),
-// then dkey_bias (H, k2); a section is empty when its gradient is not wanted.
-struct ParameterSections {
-  int64_t weight, shift_bias, key_bias;  // entries in each
-  C10_HOST_DEVICE int64_t total() const { return weight + shift_bias + key_bias; }
-};
-
 // Backward pass 3, block i sums rows [i R / P, (i + 1) R / P) of the R = B*H*Y pixel rows into
-// partials[i] (E entries); each thread owns entries threadIdx.x + j * blockDim.x.
-//   dW[c,n,m]      += dlogit_n q[c] K[c, slot m] + p_n dO[c] V[c, slot m]
-//   dshift_bias[c,n] += dlogit_n q[c] + p_n dO[c]
-//   dkey_bias[h,n] += dlogit_n sum_c q[c]            (pixels of head h)
+// partials[i], the gradient vector of p.params (E entries: dkey_bias, dW, dshift_bias); each thread
+// owns entries threadIdx.x + j * blockDim.x of the sections in this order:
+//   dkey_bias[h,n]   += dlogit_n sum_c q[c]          (h, n) (pixels of head h)
+//   dW[c,n,m]        += dlogit_n q[c] K[c, slot m] + p_n dO[c] V[c, slot m]    (c, n, m)
+//   dshift_bias[c,n] += dlogit_n q[c] + p_n dO[c]    (c, n)
+// and writes its sum where the layout puts that entry (the CUDA layout has no padding, so the
+// entries fill the vector).
 template <typename scalar_t, typename acc_t>
 __global__ void slide_backward_parameter_partials_kernel(const SlideParams<scalar_t, acc_t> p,
                                                          const acc_t* probs, const acc_t* dlogits,
-                                                         ParameterSections sections,
                                                          int64_t total_rows, acc_t* partials) {
   const SlideLayout& g = p.g;
+  const SlideParameterLayout& l = p.params;
   const int64_t row_begin = blockIdx.x * total_rows / gridDim.x;
   const int64_t row_end = (blockIdx.x + 1) * total_rows / gridDim.x;
   const int64_t d = g.head_dim, k2 = g.k2;
-  for (int64_t e = threadIdx.x; e < sections.total(); e += blockDim.x) {
+  acc_t* block_partials = partials + blockIdx.x * l.gradient_size();
+  for (int64_t e = threadIdx.x; e < l.gradient_size(); e += blockDim.x) {
     acc_t sum = acc_t(0);
-    for (int64_t row = row_begin; row < row_end; ++row) {
-      const int64_t bh = row / g.height, y = row % g.height;
-      const int64_t first_pixel = row * g.width;
-      if (e < sections.weight) {
-        const int64_t c = e / (k2 * k2), n = e / k2 % k2, m = e % k2;
+    int64_t entry = 0;  // where the layout puts it
+    if (e < l.key_bias_grads) {
+      const int64_t h = e / k2, n = e % k2;
+      entry = l.key_bias_grad(h, n);
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        if (row / g.height % g.heads != h) continue;
+        for (int64_t pixel = row * g.width; pixel < (row + 1) * g.width; ++pixel) {
+          acc_t q_sum = acc_t(0);
+          for (int64_t c = 0; c < d; ++c) q_sum += static_cast<acc_t>(p.query[pixel * d + c]);
+          sum += dlogits[pixel * k2 + n] * q_sum;
+        }
+      }
+    } else if (e < l.key_bias_grads + l.weight_grads) {
+      const int64_t i = e - l.key_bias_grads;
+      const int64_t c = i / (k2 * k2), n = i / k2 % k2, m = i % k2;
+      entry = l.weight_grad(c, n, m);
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t bh = row / g.height, y = row % g.height;
         const int64_t slot_row = math::neighbor_position(g.border, y, m / g.kernel_size, g.rows);
         if (slot_row < 0) continue;  // the slot reads 0 for every pixel of the row
         for (int64_t x = 0; x < g.width; ++x) {
           const int64_t slot_col = math::neighbor_position(g.border, x, m % g.kernel_size, g.cols);
           if (slot_col < 0) continue;
-          const int64_t pixel = first_pixel + x;
+          const int64_t pixel = row * g.width + x;
           const int64_t slot = ((bh * g.height + slot_row) * g.width + slot_col) * d + c;
           sum += dlogits[pixel * k2 + n] * static_cast<acc_t>(p.query[pixel * d + c]) *
                      static_cast<acc_t>(p.key[slot]) +
                  probs[pixel * k2 + n] * static_cast<acc_t>(p.grad_output[pixel * d + c]) *
                      static_cast<acc_t>(p.value[slot]);
         }
-      } else if (e < sections.weight + sections.shift_bias) {
-        const int64_t c = (e - sections.weight) / k2, n = (e - sections.weight) % k2;
-        for (int64_t pixel = first_pixel; pixel < first_pixel + g.width; ++pixel) {
-          sum += dlogits[pixel * k2 + n] * static_cast<acc_t>(p.query[pixel * d + c]) +
-                 probs[pixel * k2 + n] * static_cast<acc_t>(p.grad_output[pixel * d + c]);
-        }
-      } else {
-        const int64_t entry = e - sections.weight - sections.shift_bias;
-        if (bh % g.heads != entry / k2) continue;
-        const int64_t n = entry % k2;
-        for (int64_t pixel = first_pixel; pixel < first_pixel + g.width; ++pixel) {
-          acc_t q_sum = acc_t(0);
-          for (int64_t c = 0; c < d; ++c) q_sum += static_cast<acc_t>(p.query[pixel * d + c]);
-          sum += dlogits[pixel * k2 + n] * q_sum;
-        }
+      }
+    } else {
+      const int64_t i = e - l.key_bias_grads - l.weight_grads;
+      const int64_t c = i / k2, n = i % k2;
+      entry = l.shift_bias_grad(c, n);
+      for (int64_t pixel = row_begin * g.width; pixel < row_end * g.width; ++pixel) {
+        sum += dlogits[pixel * k2 + n] * static_cast<acc_t>(p.query[pixel * d + c]) +
+               probs[pixel * k2 + n] * static_cast<acc_t>(p.grad_output[pixel * d + c]);
       }
     }
-    partials[blockIdx.x * sections.total() + e] = sum;
+    block_partials[entry] = sum;
   }
 }
 
@@ -490,33 +499,13 @@ void launch_tiles(void (*kernel)(KernelArgs...), const SlideParams<scalar_t, acc
          shared_bytes, p, std::forward<Args>(args)...);
 }
 
-// The optional parameters as the kernels read them, in the accumulate type.
-struct ParameterTables {
-  at::Tensor weight;      // (D, k2, k2) or undefined
-  at::Tensor key_bias;    // (H, D, k2)
-  at::Tensor value_bias;  // (D, k2)
-};
-
 inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
-inline ParameterTables parameter_tables(const SlideLayout& g, const at::TensorOptions& acc,
-                                        const std::optional<at::Tensor>& key_bias,
-                                        const std::optional<at::Tensor>& shift_weight,
-                                        const std::optional<at::Tensor>& shift_bias) {
-  ParameterTables t;
-  t.value_bias = given(shift_bias) ? shift_bias->to(acc).contiguous()
-                                   : at::zeros({g.head_dim, g.k2}, acc);
-  at::Tensor keys = t.value_bias.unsqueeze(0).expand({g.heads, g.head_dim, g.k2});
-  if (given(key_bias)) keys = keys + key_bias->to(acc).unsqueeze(1);
-  t.key_bias = keys.contiguous();
-  if (given(shift_weight)) t.weight = shift_weight->to(acc).contiguous();
-  return t;
-}
 
 template <typename scalar_t, typename acc_t>
 SlideParams<scalar_t, acc_t> make_params(const at::Tensor& q, const at::Tensor& k,
-                                         const at::Tensor& v, const ParameterTables& tables,
-                                         const SlideLayout& g, double scale) {
+                                         const at::Tensor& v, const SlideParameterLayout& params,
+                                         const SlideParameterTables& tables, const SlideLayout& g,
+                                         double scale) {
   SlideParams<scalar_t, acc_t> p{};
   p.query = q.const_data_ptr<scalar_t>();
   p.key = k.const_data_ptr<scalar_t>();
@@ -524,6 +513,7 @@ SlideParams<scalar_t, acc_t> make_params(const at::Tensor& q, const at::Tensor& 
   p.weight = tables.weight.defined() ? tables.weight.const_data_ptr<acc_t>() : nullptr;
   p.key_bias = tables.key_bias.const_data_ptr<acc_t>();
   p.value_bias = tables.value_bias.const_data_ptr<acc_t>();
+  p.params = params;
   p.g = g;
   p.scale = static_cast<acc_t>(scale);
   return p;
@@ -547,12 +537,14 @@ inline std::tuple<at::Tensor, at::Tensor> slide_attention_forward(
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty(q.sizes().slice(0, 4), acc);
   SlideLayout g = make_layout(q, kernel_size, dilation, border);
-  const ParameterTables tables = parameter_tables(g, acc, key_bias, shift_weight, shift_bias);
+  const auto params = SlideParameterLayout::channels_outermost(g.heads, g.head_dim, g.k2);
+  const SlideParameterTables tables =
+      slide_parameter_tables(params, acc, key_bias, shift_weight, shift_bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "slideformer_slide_attention_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     choose_tiling(g, /*window_buffers=*/1, sizeof(acc_t));
-    const auto p = make_params<scalar_t, acc_t>(q, k, v, tables, g,
+    const auto p = make_params<scalar_t, acc_t>(q, k, v, params, tables, g,
                                                 slide_attention_scale(query, scale));
     launch_tiles(slide_forward_kernel<scalar_t, acc_t>, p, q.size(0), 1,
                  out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>());
@@ -581,7 +573,10 @@ slide_attention_backward(
                                     compute_param_grads[1] && given(shift_weight),
                                     compute_param_grads[2] && given(shift_bias)};
   SlideLayout g = make_layout(q, kernel_size, dilation, border);
-  const ParameterTables tables = parameter_tables(g, acc, key_bias, shift_weight, shift_bias);
+  const auto params =
+      SlideParameterLayout::channels_outermost(g.heads, g.head_dim, g.k2).with_gradients(want);
+  const SlideParameterTables tables =
+      slide_parameter_tables(params, acc, key_bias, shift_weight, shift_bias);
   const int64_t batch = q.size(0);
   const int64_t window_pixels = batch * g.heads * g.height * g.width;
   // Each pixel's window probabilities and scaled logit gradients: k2 values each, no D factor.
@@ -590,15 +585,14 @@ slide_attention_backward(
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   at::Tensor grad_k = at::empty(q.sizes(), q.options());
   at::Tensor grad_v = at::empty(q.sizes(), q.options());
-  const ParameterSections sections{want[1] ? g.head_dim * g.k2 * g.k2 : 0,
-                                   want[2] ? g.head_dim * g.k2 : 0, want[0] ? g.heads * g.k2 : 0};
-  at::Tensor param_total = at::zeros({sections.total()}, acc);
+  at::Tensor param_total = at::zeros({params.gradient_size()}, acc);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "slideformer_slide_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     choose_tiling(g, /*window_buffers=*/2, sizeof(acc_t));
-    auto p = make_params<scalar_t, acc_t>(q, k, v, tables, g, slide_attention_scale(query, scale));
+    auto p = make_params<scalar_t, acc_t>(q, k, v, params, tables, g,
+                                          slide_attention_scale(query, scale));
     p.grad_output = dout.const_data_ptr<scalar_t>();
     p.logsumexp = lse.const_data_ptr<acc_t>();
     acc_t* probs_ptr = probs.mutable_data_ptr<acc_t>();
@@ -611,38 +605,28 @@ slide_attention_backward(
            kElementwiseThreads, 0, p, static_cast<const acc_t*>(probs_ptr),
            static_cast<const acc_t*>(dlogits_ptr), elements, grad_k.mutable_data_ptr<scalar_t>(),
            grad_v.mutable_data_ptr<scalar_t>());
-    if (sections.total() > 0) {
+    const int64_t entries = params.gradient_size();
+    if (entries > 0) {
       const int64_t rows = batch * g.heads * g.height;
       const int64_t blocks = std::clamp<int64_t>(rows, 1, kParameterPartials);
-      at::Tensor partials = at::empty({blocks, sections.total()}, acc);
+      at::Tensor partials = at::empty({blocks, entries}, acc);
       launch(kSlideAttentionOp, slide_backward_parameter_partials_kernel<scalar_t, acc_t>, blocks,
              kElementwiseThreads, 0, p, static_cast<const acc_t*>(probs_ptr),
-             static_cast<const acc_t*>(dlogits_ptr), sections, rows,
-             partials.mutable_data_ptr<acc_t>());
-      launch(kSlideAttentionOp, sum_partials_in_order_kernel<acc_t>,
-             elementwise_blocks(sections.total()),
+             static_cast<const acc_t*>(dlogits_ptr), rows, partials.mutable_data_ptr<acc_t>());
+      launch(kSlideAttentionOp, sum_partials_in_order_kernel<acc_t>, elementwise_blocks(entries),
              kElementwiseThreads, 0, static_cast<const acc_t*>(partials.const_data_ptr<acc_t>()),
-             blocks, sections.total(), param_total.mutable_data_ptr<acc_t>());
+             blocks, entries, param_total.mutable_data_ptr<acc_t>());
     }
   });
 
-  at::Tensor grad_key_bias, grad_shift_weight, grad_shift_bias;
-  const auto dtype = query.scalar_type();
-  if (want[1]) {
-    grad_shift_weight =
-        param_total.narrow(0, 0, sections.weight).view({g.head_dim, g.k2, g.k2}).to(dtype);
-  }
-  if (want[2]) {
-    grad_shift_bias = param_total.narrow(0, sections.weight, sections.shift_bias)
-                          .view({g.head_dim, g.k2})
-                          .to(dtype);
-  }
-  if (want[0]) {
-    grad_key_bias = param_total.narrow(0, sections.weight + sections.shift_bias, sections.key_bias)
-                        .view({g.heads, g.k2})
-                        .to(dtype);
-  }
-  return {grad_q, grad_k, grad_v, grad_key_bias, grad_shift_weight, grad_shift_bias};
+  const SlideParameterGrads param_grads =
+      unpack_slide_parameter_grads(params, param_total, query.scalar_type());
+  return {grad_q,
+          grad_k,
+          grad_v,
+          param_grads.key_bias,
+          param_grads.shift_weight,
+          param_grads.shift_bias};
 }
 
 }  // namespace SLIDEFORMER_KERNEL_TARGET
