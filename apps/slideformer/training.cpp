@@ -619,6 +619,9 @@ int train(TrainRun run) {
     const char* local = std::getenv("LOCAL_WORLD_SIZE");
     run.threads = std::max<int64_t>(1, run.threads / std::max<int64_t>(1, local ? std::atoll(local) : 1));
   }
+  // c10d logs each failed store request after a rank is lost as a warning with a stack trace;
+  // this rank's error names the lost rank instead (TORCH_CPP_LOG_LEVEL=INFO shows them again).
+  if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr) FLAGS_caffe2_log_level = std::max(FLAGS_caffe2_log_level, 2);
   const dist::ProcessGroupOptions options =
       dist::ProcessGroupOptions::from_environment(std::chrono::seconds(run.timeout_seconds));
   if (run.given_options.count("--nproc") && run.nproc != options.world_size()) {
