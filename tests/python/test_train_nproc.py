@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -108,6 +109,18 @@ def test_three_processes_train_as_one_and_resume_with_two(one_process, tmp_path)
     assert [m["epoch"] for m in metrics(tmp_path)] == [1]
     second = checked(*train_args(tmp_path, "--nproc", "2", "--resume"))
     assert_same_training(tmp_path, reference, first + second, reference_stdout, tmp_path)
+
+
+def test_under_torchrun(one_process, tmp_path):
+    """torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE): the ranks join it."""
+    reference, _ = one_process
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--no-python",
+                             str(BIN), *train_args(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 processes x 1 threads" in result.stdout
+    assert_parameters_close(checkpoint_tensors(tmp_path / "checkpoint.pt"), checkpoint_tensors(reference / "checkpoint.pt"))
+    assert [m["train_loss"] for m in metrics(tmp_path)] == pytest.approx([m["train_loss"] for m in metrics(reference)],
+                                                                          rel=1e-5)
 
 
 def test_a_rank_without_images_in_a_step(tmp_path):
