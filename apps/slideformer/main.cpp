@@ -107,6 +107,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(integer_in(0, 65535));
   train_cmd->add_option("--timeout", run.timeout_seconds, "seconds the processes wait for each other (rendezvous, each step)")
       ->capture_default_str()->check(integer_in(1, 86400));
+  train_cmd->add_option("--bucket-kb", run.bucket_kib, "with several processes: gradients are all-reduced in buckets of "
+                                                       "this many KiB (the first at most 1024)")
+      ->capture_default_str()->check(integer_in(1, 1 << 30));
 
   auto* eval_cmd = app.add_subcommand("eval", "test accuracy and confusion matrix of a checkpoint");
   eval_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();

@@ -451,7 +451,12 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
   const nn::Classifier& classifier = *model.classifier;
   // Every rank starts from rank 0's weights (the same here: the same seed or checkpoint).
   std::optional<dist::DataParallel> parallel;
-  if (ranks.group) parallel.emplace(model.module, *ranks.group);
+  if (ranks.group) {
+    parallel.emplace(model.module, *ranks.group,
+                     dist::DataParallelOptions()
+                         .bucket_cap_bytes(run.bucket_kib * 1024)
+                         .first_bucket_cap_bytes(std::min<int64_t>(run.bucket_kib, 1024) * 1024));
+  }
 
   const int64_t n = train_data.images.size(0);
   // Global batches of --batch-size images split over the ranks (see DistributedSampler): the
@@ -612,6 +617,9 @@ int train(TrainRun run) {
     const char* local = std::getenv("LOCAL_WORLD_SIZE");
     run.threads = std::max<int64_t>(1, run.threads / std::max<int64_t>(1, local ? std::atoll(local) : 1));
   }
+  // c10d logs each failed store request after a rank is lost as a warning with a stack trace;
+  // this rank's error names the lost rank instead (TORCH_CPP_LOG_LEVEL=INFO shows them again).
+  if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr) FLAGS_caffe2_log_level = std::max(FLAGS_caffe2_log_level, 2);
   const dist::ProcessGroupOptions options =
       dist::ProcessGroupOptions::from_environment(std::chrono::seconds(run.timeout_seconds));
   if (run.given_options.count("--nproc") && run.nproc != options.world_size()) {

@@ -59,6 +59,9 @@ struct TrainRun {
   int64_t master_port = 0;
   // Bound on the rendezvous, on each collective and on how long a silent rank stalls the others.
   int64_t timeout_seconds = 300;
+  // Gradients are all-reduced in buckets of this many KiB (the first one at most 1024), each
+  // launched as soon as its gradients are ready, overlapping the rest of the backward.
+  int64_t bucket_kib = 25 * 1024;
   // The command line (argv[0] is replaced by this program's file): what the ranks run.
   std::vector<std::string> argv;
 };

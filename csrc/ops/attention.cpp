@@ -45,6 +45,23 @@ void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
   }
 }
 
+void check_attention_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query,
+                                     const at::Tensor& key, const at::Tensor& value,
+                                     const std::optional<at::Tensor>& attn_bias,
+                                     const at::Tensor& output, const at::Tensor& logsumexp) {
+  const char* op = kAttentionOp;
+  check_attention_inputs(query, key, value, attn_bias);
+  const c10::SymInt rows[4] = {query.sym_size(0), query.sym_size(1), query.sym_size(2),
+                               value.sym_size(3)};
+  const c10::SymIntArrayRef output_shape(rows, 4);
+  check_like_query(op, "output", output, query);
+  check_shape(op, "output", output, output_shape, "(B, H, Nq, Dv)");
+  check_like_query(op, "grad_output", grad_output, query);
+  check_shape(op, "grad_output", grad_output, output_shape, "(B, H, Nq, Dv)");
+  check_logsumexp(op, logsumexp, query, attention_accumulate_type(query.scalar_type()),
+                  output_shape.slice(0, 3), "(B, H, Nq)");
+}
+
 double attention_scale(const at::Tensor& query, std::optional<double> scale) {
   if (scale.has_value()) return *scale;
   const int64_t head_dim = query.size(3);

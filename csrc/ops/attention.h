@@ -12,6 +12,13 @@ inline constexpr const char* kAttentionOp = "slideformer::attention";
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value, const std::optional<at::Tensor>& attn_bias);
 
+// The input check of `_attention_backward`: check_attention_inputs, then grad_output and output
+// of shape (B, H, Nq, Dv) like query, logsumexp of shape (B, H, Nq) in the accumulate type.
+void check_attention_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query,
+                                     const at::Tensor& key, const at::Tensor& value,
+                                     const std::optional<at::Tensor>& attn_bias,
+                                     const at::Tensor& output, const at::Tensor& logsumexp);
+
 // 1/sqrt(D) unless the caller gave a scale.
 double attention_scale(const at::Tensor& query, std::optional<double> scale);
 

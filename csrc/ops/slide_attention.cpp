@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "ops/attention.h"
 #include "ops/common/checks.h"
 #include "ops/common/dispatch.h"
 #include "slideformer/ops.h"
@@ -19,8 +20,7 @@ void check_parameter(const char* name, const std::optional<at::Tensor>& paramete
   if (!parameter.has_value() || !parameter->defined()) return;
   const char* op = kSlideAttentionOp;
   check_like_query(op, name, *parameter, query);
-  TORCH_CHECK(parameter->sym_sizes() == expected, op, ": ", name, " must have shape ", layout,
-              " = ", expected, ", got ", parameter->sym_sizes());
+  check_shape(op, name, *parameter, expected, layout);
 }
 
 }  // namespace
@@ -41,7 +41,11 @@ void check_slide_attention_inputs(const at::Tensor& query, const at::Tensor& key
   const char* op = kSlideAttentionOp;
   TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, op,
               ": kernel_size must be odd and >= 1, got ", kernel_size);
+  TORCH_CHECK(kernel_size <= kMaxSlideKernelSize, op, ": kernel_size must be at most ",
+              kMaxSlideKernelSize, ", got ", kernel_size);
   TORCH_CHECK(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(dilation <= kMaxSlideDilation, op, ": dilation must be at most ", kMaxSlideDilation,
+              ", got ", dilation);
   parse_slide_border(border);
   check_rank(op, "query", query, 5, "(B, H, Y, X, D)");
   check_rank(op, "key", key, 5, "(B, H, Y, X, D)");
@@ -61,6 +65,23 @@ void check_slide_attention_inputs(const at::Tensor& query, const at::Tensor& key
   check_parameter("key_bias", key_bias, query, {heads, k2}, "(H, k*k)");
   check_parameter("shift_weight", shift_weight, query, {head_dim, k2, k2}, "(D, k*k, k*k)");
   check_parameter("shift_bias", shift_bias, query, {head_dim, k2}, "(D, k*k)");
+}
+
+void check_slide_attention_backward_inputs(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const at::Tensor& output, const at::Tensor& logsumexp,
+    int64_t kernel_size, int64_t dilation, const std::optional<at::Tensor>& key_bias,
+    const std::optional<at::Tensor>& shift_weight, const std::optional<at::Tensor>& shift_bias,
+    c10::string_view border) {
+  const char* op = kSlideAttentionOp;
+  check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
+                               shift_bias, border);
+  check_like_query(op, "output", output, query);
+  check_shape(op, "output", output, query.sym_sizes(), "(B, H, Y, X, D)");
+  check_like_query(op, "grad_output", grad_output, query);
+  check_shape(op, "grad_output", grad_output, query.sym_sizes(), "(B, H, Y, X, D)");
+  check_logsumexp(op, logsumexp, query, attention_accumulate_type(query.scalar_type()),
+                  query.sym_sizes().slice(0, 4), "(B, H, Y, X)");
 }
 
 double slide_attention_scale(const at::Tensor& query, std::optional<double> scale) {

@@ -11,7 +11,8 @@ attention = torch.ops.slideformer.attention
 
 def reference(q, k, v, bias=None, is_causal=False, scale=None):
     """softmax(scale q k^T + bias, causal mask) v in plain torch ops; fully masked rows give 0."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if scale is None:  # with D = 0 every logit is 0 whatever the scale
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
     logits = q @ k.transpose(-2, -1) * scale
     if bias is not None:
         logits = logits + bias
@@ -63,6 +64,23 @@ def test_keyword_arguments_and_scale():
     q, k, v, _ = make_inputs(bias_shape=None, grad=False)
     out = attention(q, k, v, scale=0.25)
     torch.testing.assert_close(out, reference(q, k, v, scale=0.25))
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_gradients_without_bias_with_scale_of_strided_inputs(is_causal):
+    """No bias, an explicit scale, (B, N, H, D) tensors transposed as a module passes them and a
+    transposed output gradient: output and all three gradients."""
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, n, 3, 4, generator=g, dtype=torch.float64).transpose(1, 2) for n in (7, 9))
+    v = torch.randn(2, 9, 3, 5, generator=g, dtype=torch.float64).transpose(1, 2)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    assert not q.is_contiguous()
+    out = attention(q, k, v, None, is_causal, 0.3)
+    ref = reference(q, k, v, None, is_causal, 0.3)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn(2, 7, 3, 5, generator=g, dtype=torch.float64).transpose(1, 2)
+    for ours, theirs in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        torch.testing.assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("bias_shape", [None, (7,), (5, 1), (3, 5, 7), (2, 1, 1, 7), (2, 3, 5, 7)])

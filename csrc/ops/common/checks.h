@@ -10,9 +10,16 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// Every tensor argument: defined and strided (the kernels read it through its strides).
+inline void check_dense(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor, got None");
+  TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name, " must be a strided (dense) tensor, got ",
+              t.layout());
+}
+
 inline void check_rank(const char* op, const char* name, const at::Tensor& t, int64_t rank,
                        const char* layout) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
+  check_dense(op, name, t);
   TORCH_CHECK(t.dim() == rank, op, ": ", name, " must have ", rank, " dimensions ", layout,
               ", got ", t.dim(), " (shape ", t.sym_sizes(), ")");
 }
@@ -20,11 +27,19 @@ inline void check_rank(const char* op, const char* name, const at::Tensor& t, in
 // `t` has the dtype and device of `ref` (the query); ref's dtype is a supported float.
 inline void check_like_query(const char* op, const char* name, const at::Tensor& t,
                              const at::Tensor& query) {
+  check_dense(op, name, t);
   TORCH_CHECK(t.scalar_type() == query.scalar_type(), op, ": ", name,
               " must have the dtype of query (", query.scalar_type(), "), got ",
               t.scalar_type());
   TORCH_CHECK(t.device() == query.device(), op, ": ", name,
               " must be on the device of query (", query.device(), "), got ", t.device());
+}
+
+// `t` has exactly the shape `expected` (`layout` names its dimensions).
+inline void check_shape(const char* op, const char* name, const at::Tensor& t,
+                        c10::SymIntArrayRef expected, const char* layout) {
+  TORCH_CHECK(t.sym_sizes() == expected, op, ": ", name, " must have shape ", layout, " = ",
+              expected, ", got ", t.sym_sizes());
 }
 
 inline void check_query_dtype(const char* op, const at::Tensor& query) {
@@ -37,6 +52,21 @@ inline void check_dim_size(const char* op, const char* name, const at::Tensor& t
                            const c10::SymInt& expected, const char* what) {
   TORCH_CHECK(t.sym_size(dim) == expected, op, ": ", name, " must have ", what, " = ", expected,
               " in dimension ", dim, ", got ", t.sym_size(dim), " (shape ", t.sym_sizes(), ")");
+}
+
+// The log-sum-exp that _<op>_forward saved: the accumulate type `acc` of the query, on its
+// device, of shape `expected`.
+inline void check_logsumexp(const char* op, const at::Tensor& logsumexp, const at::Tensor& query,
+                            at::ScalarType acc, c10::SymIntArrayRef expected,
+                            const char* layout) {
+  check_dense(op, "logsumexp", logsumexp);
+  TORCH_CHECK(logsumexp.scalar_type() == acc, op, ": logsumexp must have dtype ", acc,
+              " (the accumulate type of query, as the forward returns it), got ",
+              logsumexp.scalar_type());
+  TORCH_CHECK(logsumexp.device() == query.device(), op,
+              ": logsumexp must be on the device of query (", query.device(), "), got ",
+              logsumexp.device());
+  check_shape(op, "logsumexp", logsumexp, expected, layout);
 }
 
 }  // namespace slideformer::ops

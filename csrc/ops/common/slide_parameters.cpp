@@ -49,14 +49,14 @@ SlideParameterGrads unpack_slide_parameter_grads(const SlideParameterLayout& lay
                                                  const at::Tensor& total, at::ScalarType dtype) {
   auto finish = [&](const at::Tensor& view) { return view.to(dtype).contiguous(); };
   SlideParameterGrads grads;
-  if (layout.key_bias_grads > 0) {
+  if (layout.gradients_wanted[0]) {
     grads.key_bias =
         finish(total.narrow(0, 0, layout.key_bias_grads).view({layout.heads, layout.k2}));
   }
-  if (layout.weight_grads > 0) {
+  if (layout.gradients_wanted[1]) {
     grads.shift_weight = finish(weight_view(layout, total, layout.weight_grad(0, 0, 0)));
   }
-  if (layout.shift_bias_grads > 0) {
+  if (layout.gradients_wanted[2]) {
     grads.shift_bias = finish(bias_tables_view(layout, total, 1, layout.shift_bias_grad(0, 0))[0]);
   }
   return grads;

@@ -34,6 +34,8 @@ struct SlideParameterLayout {
   int64_t weight_size, bias_size;  // entries of the weight table and of one bias table
   // Entries of each gradient section: 0 until with_gradients asks for it.
   int64_t key_bias_grads, weight_grads, shift_bias_grads;
+  // Which gradients with_gradients asked for (a section of 0 entries may be wanted: H or D = 0).
+  std::array<bool, 3> gradients_wanted;
 
   // [n][m][channel] and [n][channel], channel_stride >= head_dim channels (the rest are zeros).
   static SlideParameterLayout channels_innermost(int64_t heads, int64_t head_dim, int64_t k2,
@@ -66,6 +68,7 @@ struct SlideParameterLayout {
     l.key_bias_grads = want[0] ? heads * k2 : 0;
     l.weight_grads = want[1] ? weight_size : 0;
     l.shift_bias_grads = want[2] ? bias_size : 0;
+    l.gradients_wanted = want;
     return l;
   }
 

@@ -444,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     const at::Tensor& value, const std::optional<at::Tensor>& attn_bias, const at::Tensor& output,
     const at::Tensor& logsumexp, bool is_causal, std::optional<double> scale,
     bool compute_bias_grad) {
-  check_attention_inputs(query, key, value, attn_bias);
+  check_attention_backward_inputs(grad_output, query, key, value, attn_bias, output, logsumexp);
   const Geometry g = make_geometry(query, key, value, is_causal, scale);
   const at::Tensor q = prepare(query), k = prepare(key), v = prepare(value);
   const at::Tensor dout = prepare(grad_output), out = prepare(output);

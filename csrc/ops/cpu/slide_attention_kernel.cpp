@@ -693,8 +693,9 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
                              const std::optional<at::Tensor>& shift_weight,
                              const std::optional<at::Tensor>& shift_bias, c10::string_view border,
                              std::optional<double> scale, std::array<bool, 3> compute_param_grads) {
-  check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
-                               shift_bias, border);
+  check_slide_attention_backward_inputs(grad_output, query, key, value, output, logsumexp,
+                                        kernel_size, dilation, key_bias, shift_weight, shift_bias,
+                                        border);
   const std::array<bool, 3> want = {compute_param_grads[0] && given(key_bias),
                                     compute_param_grads[1] && given(shift_weight),
                                     compute_param_grads[2] && given(shift_bias)};

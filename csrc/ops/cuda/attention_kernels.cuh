@@ -526,11 +526,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_back
     const at::Tensor& logsumexp, bool is_causal, std::optional<double> scale,
     bool compute_bias_grad) {
   using namespace attention_kernels;
-  check_attention_inputs(query, key, value, attn_bias);
+  check_attention_backward_inputs(grad_output, query, key, value, attn_bias, output, logsumexp);
   check_kernel_device(kAttentionOp, query);
-  check_on_device_of_query(kAttentionOp, "grad_output", grad_output, query);
-  check_on_device_of_query(kAttentionOp, "output", output, query);
-  check_on_device_of_query(kAttentionOp, "logsumexp", logsumexp, query);
   const KernelDeviceGuard device_guard(query.device());
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous();
   const at::Tensor dout = grad_output.contiguous();

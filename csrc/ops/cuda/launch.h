@@ -84,12 +84,6 @@ inline void check_kernel_device(const char* op, const at::Tensor& query) {
 #endif
 }
 
-inline void check_on_device_of_query(const char* op, const char* name, const at::Tensor& t,
-                                     const at::Tensor& query) {
-  TORCH_CHECK(t.device() == query.device(), op, ": ", name, " must be on the device of query (",
-              query.device(), "), got ", t.device());
-}
-
 // Makes the query's device current for the launches (nothing to do on the host).
 #if defined(__CUDACC__)
 using KernelDeviceGuard = c10::cuda::CUDAGuard;

@@ -560,12 +560,10 @@ slide_attention_backward(
     const std::optional<at::Tensor>& shift_weight, const std::optional<at::Tensor>& shift_bias,
     c10::string_view border, std::optional<double> scale, std::array<bool, 3> compute_param_grads) {
   using namespace slide_attention_kernels;
-  check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
-                               shift_bias, border);
+  check_slide_attention_backward_inputs(grad_output, query, key, value, output, logsumexp,
+                                        kernel_size, dilation, key_bias, shift_weight, shift_bias,
+                                        border);
   check_kernel_device(kSlideAttentionOp, query);
-  check_on_device_of_query(kSlideAttentionOp, "grad_output", grad_output, query);
-  check_on_device_of_query(kSlideAttentionOp, "output", output, query);
-  check_on_device_of_query(kSlideAttentionOp, "logsumexp", logsumexp, query);
   const KernelDeviceGuard device_guard(query.device());
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous();
   const at::Tensor dout = grad_output.to(q.scalar_type()).contiguous();

@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_me
     const at::Tensor& value, const std::optional<at::Tensor>& attn_bias, const at::Tensor& output,
     const at::Tensor& logsumexp, bool is_causal, std::optional<double> scale,
     bool compute_bias_grad) {
-  check_attention_inputs(query, key, value, attn_bias);
+  check_attention_backward_inputs(grad_output, query, key, value, attn_bias, output, logsumexp);
   at::Tensor grad_bias;
   if (compute_bias_grad && attn_bias.has_value() && attn_bias->defined()) {
     grad_bias = at::empty_symint(attn_bias->sym_sizes(), attn_bias->options());

@@ -37,8 +37,9 @@ slide_attention_backward_meta(
     int64_t kernel_size, int64_t dilation, const std::optional<at::Tensor>& key_bias,
     const std::optional<at::Tensor>& shift_weight, const std::optional<at::Tensor>& shift_bias,
     c10::string_view border, std::optional<double> scale, std::array<bool, 3> compute_param_grads) {
-  check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
-                               shift_bias, border);
+  check_slide_attention_backward_inputs(grad_output, query, key, value, output, logsumexp,
+                                        kernel_size, dilation, key_bias, shift_weight, shift_bias,
+                                        border);
   return {at::empty_symint(query.sym_sizes(), query.options()),
           at::empty_symint(key.sym_sizes(), key.options()),
           at::empty_symint(value.sym_sizes(), value.options()),
