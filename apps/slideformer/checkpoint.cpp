@@ -68,9 +68,11 @@ OpenedCheckpoint open_checkpoint(const std::string& path) {
   if (stat(path.c_str(), &info) != 0) fail(path, system_error("cannot open the checkpoint"));
   if (S_ISDIR(info.st_mode)) fail(path, "is a directory, not a checkpoint file");
   OpenedCheckpoint opened;
+  // torch's reader throws c10::Error for most damage, plain std:: exceptions for some (an
+  // attribute the archive's class lacks: std::out_of_range).
   try {
     opened.archive.load_from(path);
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {
     fail(path, "not a readable checkpoint (truncated or corrupt)");
   }
   c10::IValue format;
@@ -87,7 +89,7 @@ OpenedCheckpoint open_checkpoint(const std::string& path) {
   bool exported_model = false;
   try {
     exported_model = torch::jit::load(path).find_method("forward").has_value();
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {
   }
   if (exported_model) fail(path, "is an exported TorchScript model, not a checkpoint (predict takes those)");
   fail(path, std::string("not a slideformer checkpoint (no '") + kFormat + "' marker)");
@@ -145,6 +147,8 @@ void load_weights(torch::serialize::InputArchive& archive, const std::string& pa
     }
   } catch (const c10::Error& e) {
     fail(path, "weights do not fit the model (" + std::string(e.what_without_backtrace()).substr(0, 200) + ")");
+  } catch (const std::exception& e) {
+    fail(path, "weights do not fit the model (" + std::string(e.what()).substr(0, 200) + ")");
   }
   const auto parameters = model.named_parameters();
   const auto buffers = model.named_buffers();

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <iterator>
+#include <string>
 
 #include "checkpoint.h"
 #include "scratch_dir.h"
@@ -119,6 +121,29 @@ TEST_F(CheckpointTest, TruncatedOrForeignFilesFailNamingTheFile) {
   torch::save(torch::nn::Linear(2, 2), foreign);
   EXPECT_RUNTIME_ERROR(read_checkpoint_state(foreign),
                        foreign + ": not a slideformer checkpoint (no 'slideformer-checkpoint-v2' marker)");
+}
+
+// Found by the checkpoint fuzzer (tests/fuzz/checkpoint/regression-unknown-attribute): an
+// attribute name changed inside the archive's pickle made torch's reader throw std::out_of_range,
+// which escaped the loader.
+TEST_F(CheckpointTest, AnAttributeTheArchiveClassLacksFailsNamingTheFile) {
+  Trainee trainee;
+  const std::string file = path("checkpoint.pt");
+  save_checkpoint(file, sample_state(), *trainee.model, trainee.optimizer);
+  std::string bytes;
+  {
+    std::ifstream in(file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  // The pickled key (BINUNICODE, 13 bytes) of one attribute, renamed; torch does not check the CRC.
+  const std::string key = std::string("X\x0d\0\0\0", 5) + "epoch_seconds";
+  const size_t at = bytes.find(key);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + key.size() - 1] = 'X';
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+  EXPECT_RUNTIME_ERROR(read_checkpoint_state(file), file + ": not a readable checkpoint (truncated or corrupt)");
+  EXPECT_RUNTIME_ERROR(load_checkpoint_weights(file, *trainee.model, &trainee.optimizer),
+                       file + ": not a readable checkpoint (truncated or corrupt)");
 }
 
 TEST_F(CheckpointTest, WeightsOfAnotherArchitectureFailNamingTheFile) {

@@ -117,6 +117,26 @@ def test_a_changed_configure_argument_reconfigures(tmp_path):
     assert calls.read_text().count("--build") == 4
 
 
+def test_sanitize_and_fuzz_refuse_unknown_arguments():
+    for args, message in ((["sanitize", "memory"], "unknown sanitizer 'memory' (address or thread)"),
+                          (["fuzz", "10s"], "fuzz: seconds must be a whole number, got '10s'")):
+        result = subprocess.run([str(RUN), *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and message in result.stderr
+
+
+def test_sanitize_thread_builds_its_own_tree_without_openmp(tmp_path):
+    calls = tmp_path / "calls.log"
+    fakes = stand_ins(tmp_path)
+    env = dict(os.environ, PATH=f"{fakes}:{os.environ['PATH']}", CMAKE_CALLS=str(calls),
+               SLIDEFORMER_BUILD=str(tmp_path / "build"), SLIDEFORMER_PYTHON=str(fakes / "python"))
+    subprocess.run([str(RUN), "sanitize", "thread"], env=env, capture_output=True, timeout=120)
+    configure, build = calls.read_text().splitlines()
+    assert f"-B {tmp_path}/build-tsan " in configure
+    for argument in ("-DCMAKE_CXX_FLAGS=-fsanitize=thread", "-DSLIDEFORMER_OPENMP=OFF", "-DSLIDEFORMER_CUDA=OFF"):
+        assert argument in configure.split()
+    assert build.startswith(f"--build {tmp_path}/build-tsan") and build.endswith(" slideformer_tests")
+
+
 def test_the_apt_list_has_no_unused_packages():
     apt = sourced('printf "%s\\n" "${APT_PACKAGES[@]}"').split()
     assert "libbenchmark-dev" not in apt and "libgmock-dev" not in apt

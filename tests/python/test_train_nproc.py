@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -108,6 +109,18 @@ def test_three_processes_train_as_one_and_resume_with_two(one_process, tmp_path)
     assert [m["epoch"] for m in metrics(tmp_path)] == [1]
     second = checked(*train_args(tmp_path, "--nproc", "2", "--resume"))
     assert_same_training(tmp_path, reference, first + second, reference_stdout, tmp_path)
+
+
+def test_under_torchrun(one_process, tmp_path):
+    """torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE): the ranks join it."""
+    reference, _ = one_process
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--no-python",
+                             str(BIN), *train_args(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 processes x 1 threads" in result.stdout
+    assert_parameters_close(checkpoint_tensors(tmp_path / "checkpoint.pt"), checkpoint_tensors(reference / "checkpoint.pt"))
+    assert [m["train_loss"] for m in metrics(tmp_path)] == pytest.approx([m["train_loss"] for m in metrics(reference)],
+                                                                          rel=1e-5)
 
 
 def test_a_rank_without_images_in_a_step(tmp_path):
@@ -258,3 +271,16 @@ def test_nproc_must_agree_with_the_launcher():
     assert result.returncode == 1
     assert result.stderr == ("slideformer: error: --nproc 3 disagrees with WORLD_SIZE=2 set by the launcher "
                              "(under a launcher, leave --nproc out)\n")
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--nproc", "0", "an integer in [1, 1024]"),
+    ("--master-port", "70000", "an integer in [0, 65535]"),
+    ("--timeout", "0", "an integer in [1, 86400]"),
+    ("--bucket-kb", "0", "an integer in [1, 1073741824]"),
+])
+def test_bad_values_of_the_options(tmp_path, option, value, expected):
+    result = run("train", "--out", tmp_path, option, value)
+    assert result.returncode > 100
+    assert result.stderr == f"slideformer: error: {option}: must be {expected}, got '{value}' (see --help)\n"
+    assert list(tmp_path.iterdir()) == []

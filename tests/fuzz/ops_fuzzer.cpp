@@ -1,0 +1,224 @@
+// Fuzz target: every public schema of the operator library (slideformer::*, the _forward and
+// _backward ones included), called through the dispatcher with arguments decoded from the bytes.
+// Each tensor argument is by default of the shape its name asks for (query, key, value, output,
+// grad_output, logsumexp, attn_bias, key_bias, shift_weight, shift_bias) for shared sizes the input
+// picks, including 0; the input then perturbs it: a dimension off by one, zero or huge, a rank
+// one off, another dtype or device, transposed, sliced or expanded (stride 0) strides, NaN and
+// Inf values, undefined. Ints (kernel_size, dilation), the border, the scale and the flags come
+// from boundary values. Large sizes go to meta tensors, so only the shape checks see them; CPU
+// tensors stay small enough to compute. A refusal must be a c10::Error; anything else (a crash,
+// a sanitizer report, another exception) is a finding. The public (differentiable) ops run backward
+// too when an input requires grad.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "fuzz_input.h"
+
+namespace {
+
+using slideformer::fuzz::FuzzInput;
+
+constexpr int64_t kHuge = int64_t{1} << 40;
+constexpr int64_t kMaxCpuElements = 1 << 15;
+
+std::vector<c10::OperatorHandle> public_schemas() {
+  std::vector<c10::OperatorHandle> ops;
+  for (const c10::OperatorName& name : c10::Dispatcher::singleton().getAllOpNames()) {
+    if (name.name.rfind("slideformer::", 0) == 0) ops.push_back(c10::Dispatcher::singleton().findOp(name).value());
+  }
+  std::sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) {
+    return a.operator_name().name < b.operator_name().name;
+  });
+  return ops;
+}
+
+// The sizes every tensor argument shares by default.
+struct Sizes {
+  int64_t b, h, y, x, d, nq, nk, dv, k;
+};
+
+int64_t small_size(FuzzInput& in) { return in.pick<int64_t>({1, 2, 3, 0, 1, 4, 5, 7, 9, 17, 33}); }
+
+// The shape the argument `name` of a slide (or attention) schema asks for.
+std::vector<int64_t> expected_shape(const std::string& name, bool slide, const Sizes& s, FuzzInput& in) {
+  const int64_t k2 = s.k > 0 && s.k < (int64_t{1} << 20) ? s.k * s.k : 9;
+  if (slide) {
+    if (name == "logsumexp") return {s.b, s.h, s.y, s.x};
+    if (name == "key_bias") return {s.h, k2};
+    if (name == "shift_weight") return {s.d, k2, k2};
+    if (name == "shift_bias") return {s.d, k2};
+    return {s.b, s.h, s.y, s.x, s.d};
+  }
+  if (name == "key") return {s.b, s.h, s.nk, s.d};
+  if (name == "value") return {s.b, s.h, s.nk, s.dv};
+  if (name == "logsumexp") return {s.b, s.h, s.nq};
+  if (name == "attn_bias") {
+    switch (in.index(4)) {  // the broadcast forms
+      case 0: return {s.nq, s.nk};
+      case 1: return {1, s.h, s.nq, s.nk};
+      case 2: return {s.b, 1, 1, s.nk};
+      default: return {s.b, s.h, s.nq, s.nk};
+    }
+  }
+  if (name == "grad_output" || name == "output") return {s.b, s.h, s.nq, s.dv};
+  return {s.b, s.h, s.nq, s.d};  // query
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t size : shape) {
+    if (size != 0 && n > std::numeric_limits<int64_t>::max() / std::max<int64_t>(size, 1)) return std::numeric_limits<int64_t>::max();
+    n *= size;
+  }
+  return n;
+}
+
+at::Tensor make_tensor(FuzzInput& in, std::vector<int64_t> shape, at::ScalarType dtype, bool meta,
+                       at::Generator& generator) {
+  switch (in.index(12)) {  // perturbations; 0-5 leave the shape alone
+    case 6:
+      if (!shape.empty()) shape[in.index(shape.size())] += in.pick<int64_t>({1, -1, kHuge});
+      break;
+    case 7:
+      if (!shape.empty()) shape[in.index(shape.size())] = 0;
+      break;
+    case 8:
+      if (in.flag() && !shape.empty()) {
+        shape.pop_back();
+      } else {
+        shape.push_back(in.pick<int64_t>({1, 2}));
+      }
+      break;
+    case 9:
+      dtype = in.pick<at::ScalarType>({at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kBool, at::kComplexFloat});
+      break;
+    case 10:
+      meta = !meta;
+      break;
+    case 11:
+      return at::Tensor();
+  }
+  for (int64_t& size : shape) size = std::max<int64_t>(size, in.flag() && in.flag() ? -1 : 0);
+  if (std::any_of(shape.begin(), shape.end(), [](int64_t size) { return size < 0; })) {
+    shape.assign(shape.size(), 1);  // at::empty refuses negative sizes before any op sees them
+  }
+  if (numel(shape) > kMaxCpuElements) meta = true;
+  const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(meta ? at::kMeta : at::kCPU);
+  at::Tensor t;
+  const size_t layout = shape.empty() ? 0 : in.index(4);
+  if (layout == 1 && shape.size() >= 2) {  // transposed strides
+    std::vector<int64_t> swapped = shape;
+    std::swap(swapped[swapped.size() - 1], swapped[swapped.size() - 2]);
+    t = at::empty(swapped, options).transpose(-1, -2);
+  } else if (layout == 2 && numel(shape) * 2 <= kMaxCpuElements) {  // every other element
+    std::vector<int64_t> wide = shape;
+    wide.back() *= 2;
+    t = at::empty(wide, options).slice(-1, 0, wide.back(), 2);
+  } else if (layout == 3) {  // stride 0 in the first dimension
+    std::vector<int64_t> one = shape;
+    one[0] = 1;
+    t = at::empty(one, options).expand(shape);
+  } else {
+    t = at::empty(shape, options);
+  }
+  if (!meta && t.numel() > 0) {
+    at::Tensor values = at::randn(t.sizes(), generator, at::TensorOptions().dtype(at::kDouble));
+    switch (in.index(8)) {
+      case 0: values.view(-1)[0] = std::numeric_limits<double>::quiet_NaN(); break;
+      case 1: values.view(-1)[0] = std::numeric_limits<double>::infinity(); break;
+      case 2: values.fill_(-std::numeric_limits<double>::infinity()); break;
+      default: break;
+    }
+    if (at::isComplexType(dtype)) values = values.to(at::kComplexDouble);
+    if (layout == 3) {
+      t = values.narrow(0, 0, 1).to(dtype).expand(shape);
+    } else {
+      t.copy_(values);
+    }
+  }
+  if (!meta && at::isFloatingType(t.scalar_type()) && in.index(4) == 0) t.requires_grad_(true);
+  return t;
+}
+
+c10::IValue make_argument(FuzzInput& in, const c10::Argument& argument, bool slide, const Sizes& sizes,
+                          at::ScalarType dtype, bool meta, at::Generator& generator) {
+  const c10::TypePtr& type = argument.type();
+  const std::string& name = argument.name();
+  const bool optional = type->kind() == c10::TypeKind::OptionalType;
+  const c10::TypePtr& inner = optional ? type->castRaw<c10::OptionalType>()->getElementType() : type;
+  if (optional && in.index(3) == 0) return c10::IValue();
+  switch (inner->kind()) {
+    case c10::TypeKind::TensorType:
+      return make_tensor(in, expected_shape(name, slide, sizes, in), dtype, meta, generator);
+    case c10::TypeKind::IntType:
+      if (name == "kernel_size" && in.index(4) != 0) return sizes.k;
+      return in.pick<int64_t>({1, 2, 3, 0, -1, -3, 5, 7, 13, (int64_t{1} << 31) + 1,
+                               (int64_t{1} << 32) + 1, std::numeric_limits<int64_t>::max(),
+                               std::numeric_limits<int64_t>::min()});
+    case c10::TypeKind::FloatType:
+      return in.pick<double>({0.5, 1.0, 0.0, -1.0, 1e300, std::numeric_limits<double>::quiet_NaN(),
+                              std::numeric_limits<double>::infinity(), 1e-300});
+    case c10::TypeKind::BoolType:
+      return in.flag();
+    case c10::TypeKind::StringType:
+      return std::string(in.pick<const char*>({"zeros", "clamp", "", "Zeros", "reflect", "zeros "}));
+    case c10::TypeKind::ListType:  // bool[3]
+      return c10::List<bool>({in.flag(), in.flag(), in.flag()});
+    default:
+      return c10::IValue();
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const std::vector<c10::OperatorHandle> ops = public_schemas();
+  FuzzInput in(data, size);
+  const c10::OperatorHandle& op = ops[in.index(ops.size())];
+  const bool slide = op.operator_name().name.find("slide") != std::string::npos;
+  Sizes sizes{};
+  sizes.b = in.pick<int64_t>({1, 2, 0, 3});
+  sizes.h = in.pick<int64_t>({1, 2, 0, 3});
+  sizes.y = small_size(in);
+  sizes.x = small_size(in);
+  sizes.d = small_size(in);
+  sizes.nq = small_size(in);
+  sizes.nk = small_size(in);
+  sizes.dv = small_size(in);
+  sizes.k = in.pick<int64_t>({3, 1, 5, 7, 13, 3, 1, 3});
+  const bool meta = in.index(8) == 0;
+  if (meta && in.flag()) {  // huge sizes, which only meta tensors can have
+    int64_t* all[] = {&sizes.b, &sizes.h, &sizes.y, &sizes.x, &sizes.d, &sizes.nq, &sizes.nk, &sizes.dv};
+    *all[in.index(8)] = in.pick<int64_t>({kHuge, int64_t{1} << 31, (int64_t{1} << 62) + 1});
+  }
+  const at::ScalarType dtype = in.pick<at::ScalarType>({at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(in.byte());
+
+  try {
+    // at::empty refuses sizes whose bytes overflow before any op sees them.
+    torch::jit::Stack stack;
+    for (const c10::Argument& argument : op.schema().arguments()) {
+      stack.push_back(make_argument(in, argument, slide, sizes, dtype, meta, generator));
+    }
+    op.callBoxed(&stack);
+    const bool differentiable = op.operator_name().name.rfind("slideformer::_", 0) != 0;
+    for (const c10::IValue& output : differentiable ? stack : torch::jit::Stack()) {
+      if (!output.isTensor()) continue;
+      const at::Tensor& t = output.toTensor();
+      if (t.defined() && t.requires_grad() && t.numel() > 0) {
+        t.sum().backward();
+        break;
+      }
+    }
+  } catch (const c10::Error&) {
+  }
+  return 0;
+}
