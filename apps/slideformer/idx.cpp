@@ -62,6 +62,11 @@ at::Tensor read_idx(const std::string& path, int expected_dims) {
     overflow = overflow || __builtin_mul_overflow(expected, static_cast<size_t>(shape.back()), &expected);
   }
   if (overflow) fail(path, "corrupt: the IDX header's dimensions describe more than 2^64 bytes");
+  // An empty tensor's strides still multiply its other sizes: (0, 2^32 - 1, 2^32 - 1) matches an
+  // empty payload but has no strides that fit (found by the IDX fuzzer).
+  int64_t nonzero = 1;
+  for (const int64_t size : shape) overflow = overflow || (size != 0 && __builtin_mul_overflow(nonzero, size, &nonzero));
+  if (overflow) fail(path, "corrupt: the IDX header's nonzero dimensions multiply past 2^63");
   if (found < expected) {
     fail(path, "truncated: expected " + std::to_string(expected) + " data bytes, found " +
                    std::to_string(found));

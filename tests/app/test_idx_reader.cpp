@@ -75,6 +75,15 @@ TEST_F(IdxReaderTest, RejectsDimensionsWhoseProductOverflows) {
   EXPECT_RUNTIME_ERROR(read_idx(file, 3), file + ": corrupt: the IDX header's dimensions describe more than 2^64 bytes");
 }
 
+// Found by the IDX fuzzer (tests/fuzz/idx/regression-empty-with-huge-sizes): the product is 0, so
+// an empty payload matched, and the tensor's strides overflowed inside torch (a c10::Error that
+// escaped the reader's contract).
+TEST_F(IdxReaderTest, RejectsEmptyDimensionsWhoseOtherSizesOverflow) {
+  const std::string file = path("images.gz");
+  write_gzip(file, idx_header({0, 0xffffffffu, 0xffffffffu}));
+  EXPECT_RUNTIME_ERROR(read_idx(file, 3), file + ": corrupt: the IDX header's nonzero dimensions multiply past 2^63");
+}
+
 TEST_F(IdxReaderTest, RejectsTruncatedHeader) {
   const std::string file = path("images.gz");
   Bytes header = idx_header({2, 3, 4});

@@ -3,6 +3,7 @@
 // the CPU, test_attention_cuda.cpp on a GPU, test_attention_emulated.cpp on the host execution
 // of the CUDA kernels (docs/operators.md, docs/cuda.md).
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
@@ -106,20 +107,33 @@ inline void check_bias_broadcast_gradients(at::Device device) {
   }
 }
 
+// Row 1 of head 0 sees no key, head 1 sees none at all: their outputs and every gradient that
+// flows only through them (dQ of the row, dK and dV of head 1, dbias of both) are exactly 0; the
+// other gradients match the reference.
 inline void check_fully_masked_rows(at::Device device) {
   const auto opts = at::TensorOptions().dtype(at::kDouble).device(device);
   at::Tensor q = at::randn({1, 2, 4, 3}, opts).requires_grad_();
   at::Tensor k = at::randn({1, 2, 5, 3}, opts).requires_grad_();
   at::Tensor v = at::randn({1, 2, 5, 3}, opts).requires_grad_();
-  at::Tensor bias = at::zeros({4, 5}, opts);
+  at::Tensor bias = at::randn({2, 4, 5}, opts);
+  bias[0][1].fill_(-std::numeric_limits<double>::infinity());
   bias[1].fill_(-std::numeric_limits<double>::infinity());
   bias = bias.requires_grad_();
   at::Tensor out = slideformer::attention(q, k, v, bias);
-  EXPECT_TRUE(out.select(2, 1).eq(0).all().item<bool>());
-  out.sum().backward();
-  EXPECT_TRUE(q.grad().select(2, 1).eq(0).all().item<bool>());
-  for (const auto& g : {q.grad(), k.grad(), v.grad(), bias.grad()})
-    EXPECT_TRUE(g.isfinite().all().item<bool>());
+  EXPECT_TRUE(out[0][0][1].eq(0).all().item<bool>());
+  EXPECT_TRUE(out[0][1].eq(0).all().item<bool>());
+  const at::Tensor grad = at::randn_like(out);
+  const auto grads = torch::autograd::grad({out}, {q, k, v, bias}, {grad});
+  for (const auto& g : grads) EXPECT_TRUE(g.isfinite().all().item<bool>());
+  EXPECT_TRUE(grads[0][0][0][1].eq(0).all().item<bool>()) << "dQ of the masked row";
+  EXPECT_TRUE(grads[0][0][1].eq(0).all().item<bool>()) << "dQ of the masked head";
+  EXPECT_TRUE(grads[1][0][1].eq(0).all().item<bool>()) << "dK of the masked head";
+  EXPECT_TRUE(grads[2][0][1].eq(0).all().item<bool>()) << "dV of the masked head";
+  EXPECT_TRUE(grads[3][0][1].eq(0).all().item<bool>()) << "dbias of the masked row";
+  EXPECT_TRUE(grads[3][1].eq(0).all().item<bool>()) << "dbias of the masked head";
+  const at::Tensor ref = reference_attention(q, k, v, bias, false, std::nullopt);
+  const auto ref_grads = torch::autograd::grad({ref}, {q, k, v}, {grad});
+  for (int i = 0; i < 3; ++i) expect_close(grads[i], ref_grads[i], 1e-9, 1e-9, "gradient " + std::to_string(i));
   // Causal with Nq > Nk: the first Nq - Nk queries see no key.
   at::Tensor out2 = slideformer::attention(at::randn({1, 1, 6, 3}, opts),
                                            at::randn({1, 1, 2, 3}, opts),
@@ -160,14 +174,27 @@ inline void check_explicit_scale_non_contiguous(at::Device device) {
   at::Tensor k = at::randn({2, 9, 3, 4}, opts).transpose(1, 2);
   at::Tensor v = at::randn({2, 9, 3, 5}, opts).transpose(1, 2);
   ASSERT_FALSE(q.is_contiguous());
-  at::Tensor out = slideformer::attention(q, k, v, std::nullopt, false, 0.3);
-  expect_close(out, reference_attention(q, k, v, std::nullopt, false, 0.3), 1e-10, 1e-10);
+  for (auto x : {&q, &k, &v}) x->requires_grad_();
+  for (bool causal : {false, true}) {
+    // No bias, an explicit scale: output and the gradients of the three strided inputs.
+    at::Tensor out = slideformer::attention(q, k, v, std::nullopt, causal, 0.3);
+    at::Tensor ref = reference_attention(q, k, v, std::nullopt, causal, 0.3);
+    expect_close(out, ref, 1e-10, 1e-10, "output");
+    const at::Tensor grad = at::randn_like(out).transpose(1, 2).contiguous().transpose(1, 2);
+    const auto ours = torch::autograd::grad({out}, {q, k, v}, {grad});
+    const auto theirs = torch::autograd::grad({ref}, {q, k, v}, {grad});
+    for (int i = 0; i < 3; ++i) expect_close(ours[i], theirs[i], 1e-9, 1e-9, "gradient " + std::to_string(i));
+  }
 }
 
+// Units of roundoff (expect_close_in_dtype) a result in a reduced dtype may be off by.
+inline constexpr double kHalfTypeFactor = 64;
+
+// Output and gradients in each reduced dtype against float64 on the same rounded inputs and
+// output gradient, element by element (expect_close_in_dtype).
 inline void check_reduced_precision(at::Device device) {
   at::manual_seed(5);
   for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
-    const double tol = dtype == at::kFloat ? 1e-5 : (dtype == at::kHalf ? 5e-3 : 3e-2);
     const auto opts = at::TensorOptions().device(device);
     at::Tensor q = at::randn({2, 2, 37, 16}, opts), k = at::randn({2, 2, 45, 16}, opts),
                v = at::randn({2, 2, 45, 16}, opts), bias = at::randn({2, 37, 45}, opts);
@@ -178,14 +205,14 @@ inline void check_reduced_precision(at::Device device) {
     std::vector<at::Tensor> refs;
     for (auto& x : xs) refs.push_back(x.detach().to(at::kDouble).requires_grad_());
     at::Tensor ref = reference_attention(refs[0], refs[1], refs[2], refs[3], true, std::nullopt);
-    expect_close(out, ref, tol, tol, "output " + std::string(c10::toString(dtype)));
-    at::Tensor grad = at::randn_like(ref);
-    auto ours = torch::autograd::grad({out}, xs, {grad.to(dtype)});
-    auto theirs = torch::autograd::grad({ref}, refs, {grad});
+    expect_close_in_dtype(out, ref, dtype, kHalfTypeFactor, "output " + std::string(c10::toString(dtype)));
+    at::Tensor grad = at::randn_like(ref).to(dtype);
+    auto ours = torch::autograd::grad({out}, xs, {grad});
+    auto theirs = torch::autograd::grad({ref}, refs, {grad.to(at::kDouble)});
     for (int i = 0; i < 4; ++i) {
       EXPECT_EQ(ours[i].scalar_type(), dtype);
-      expect_close(ours[i], theirs[i], 4 * tol, 4 * tol,
-                   "gradient " + std::to_string(i) + " " + c10::toString(dtype));
+      expect_close_in_dtype(ours[i], theirs[i], dtype, kHalfTypeFactor,
+                            "gradient " + std::to_string(i) + " " + c10::toString(dtype));
     }
   }
 }
@@ -264,6 +291,49 @@ inline void check_bad_inputs(at::Device device, at::Device other) {
                        device.str() + "), got " + other.str());
 }
 
+// _attention_backward is a public schema: a grad_output, output or logsumexp that does not fit
+// the inputs is refused before a kernel reads it (issue 11: a (1, 1, 2, 4) grad_output or a (1)
+// logsumexp used to give three (2, 3, 8, 16) gradients).
+inline void check_backward_bad_inputs(at::Device device, at::Device other) {
+  using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+  static auto forward = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("slideformer::_attention_forward", "")
+                            .typed<std::tuple<at::Tensor, at::Tensor>(
+                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const std::optional<at::Tensor>&, bool, std::optional<double>)>();
+  static auto backward =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("slideformer::_attention_backward", "")
+          .typed<Result(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                        const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                        bool, std::optional<double>, bool)>();
+  const auto opts = at::TensorOptions().device(device);
+  const at::Tensor q = at::randn({2, 3, 8, 16}, opts), k = at::randn({2, 3, 8, 16}, opts),
+                   v = at::randn({2, 3, 8, 16}, opts);
+  const auto [out, lse] = forward.call(q, k, v, std::nullopt, false, std::nullopt);
+  auto call = [&](const at::Tensor& grad, const at::Tensor& o, const at::Tensor& l) {
+    return backward.call(grad, q, k, v, std::nullopt, o, l, false, std::nullopt, false);
+  };
+  const std::string op = "slideformer::attention: ";
+  EXPECT_THROW_MSG(call(at::randn({1, 1, 2, 4}, opts), out, lse),
+                   op + "grad_output must have shape (B, H, Nq, Dv) = [2, 3, 8, 16], got [1, 1, 2, 4]");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out, at::randn({1}, lse.options())),
+                   op + "logsumexp must have shape (B, H, Nq) = [2, 3, 8], got [1]");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out.narrow(2, 0, 7), lse),
+                   op + "output must have shape (B, H, Nq, Dv) = [2, 3, 8, 16], got [2, 3, 7, 16]");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out, lse.to(at::kDouble)),
+                   op + "logsumexp must have dtype Float (the accumulate type of query");
+  EXPECT_THROW_MSG(call(at::randn_like(out).to(at::kHalf), out, lse),
+                   op + "grad_output must have the dtype of query (Float), got Half");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out, lse.to(other)),
+                   op + "logsumexp must be on the device of query (" + device.str() + "), got " +
+                       other.str());
+  EXPECT_THROW_MSG(call(at::Tensor(), out, lse), op + "grad_output must be a defined tensor, got None");
+  const auto [grad_q, grad_k, grad_v, grad_bias] = call(at::randn_like(out), out, lse);
+  EXPECT_EQ(grad_q.sizes(), q.sizes());
+  EXPECT_FALSE(grad_bias.defined());
+}
+
 // Output and every gradient of the CUDA kernels against the CPU kernels on the same inputs: the
 // kernels run on `device` while a DeviceScope lives (the host execution of the CUDA kernels runs
 // on CPU tensors inside ScopedCudaHostExecution).
@@ -306,8 +376,8 @@ void expect_agrees_with_cpu_kernels(const AgreementCase& c, at::ScalarType dtype
     device_grads = torch::autograd::grad({device_out}, device_inputs, {grad.to(device)});
   }
   for (size_t i = 0; i < cpu_grads.size(); ++i) {
-    expect_close(device_grads[i].cpu(), cpu_grads[i], 4 * tol, 4 * tol,
-                 "gradient " + std::to_string(i));
+    expect_close_in_dtype(device_grads[i].cpu(), cpu_grads[i], dtype, kHalfTypeFactor,
+                          "gradient " + std::to_string(i));
   }
 }
 

@@ -6,6 +6,7 @@
 //     conv2d plus a learnable depthwise conv2d make the k*k shifted copies, then einsum+softmax;
 // (b) a brute-force gather of every window slot for the "clamp" border.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
@@ -227,7 +228,10 @@ inline std::vector<Case> parity_cases() {
           Case{1, 1, 9, 4, 2, 5, 2},     // k 5 with dilation 2
           Case{1, 2, 4, 6, 3, 1, 1},     // k 1
           Case{1, 1, 8, 9, 3, 7, 1},     // k 7
+          Case{1, 1, 9, 10, 2, 7, 2},    // k 7 with dilation 2
           Case{1, 1, 14, 15, 2, 13, 1},  // k 13
+          Case{1, 1, 8, 9, 2, 13, 2},    // k 13 with dilation 2: most slots outside the map
+          Case{2, 2, 4, 35, 3, 3, 1},    // k 3 past 16-wide rows of the CPU fast path, B, H > 1
           // Chunks of 1, 2 or 4 vectors (AVX-512 float: D <= 16, <= 32, more), padded or not;
           // a window whose channels fill whole chunks is read in place inside the map.
           Case{1, 1, 3, 20, 17, 3, 1},
@@ -239,6 +243,9 @@ inline std::vector<Case> parity_cases() {
 }
 
 using ParityParam = std::tuple<Case, std::string, bool>;
+
+// Units of roundoff (expect_close_in_dtype) a result in a reduced dtype may be off by.
+inline constexpr double kHalfTypeFactor = 64;
 
 inline std::string parity_param_name(const ::testing::TestParamInfo<ParityParam>& info) {
   std::ostringstream name;
@@ -289,27 +296,34 @@ inline void check_permuted_inputs_as_a_module_passes_them(at::Device device) {
   }
 }
 
+// The op in `dtype` against the float64 reference on the same rounded inputs (and the same
+// rounded output gradient): output and the gradients of the leaves `present` asks for, element
+// by element within `factor` units of roundoff of dtype (expect_close_in_dtype).
+inline void expect_dtype_matches_float64(const Case& c, const std::string& border,
+                                         std::array<bool, 3> present, at::ScalarType dtype,
+                                         double factor, at::Device device = at::kCPU) {
+  const Leaves low = leaves_as(make_leaves(c, present, at::kDouble, 9, device), dtype, device);
+  const Leaves exact = leaves_as(low, at::kDouble, device);
+  const at::Tensor out = ours(low, c, border);
+  EXPECT_EQ(out.scalar_type(), dtype);
+  const at::Tensor ref = reference(exact, c, border);
+  expect_close_in_dtype(out, ref, dtype, factor, std::string("output ") + c10::toString(dtype));
+  const at::Tensor grad = at::randn_like(ref).to(dtype);
+  const auto low_grads = torch::autograd::grad({out}, low.all(), {grad});
+  const auto exact_grads = torch::autograd::grad({ref}, exact.all(), {grad.to(at::kDouble)});
+  for (size_t i = 0; i < low_grads.size(); ++i) {
+    EXPECT_EQ(low_grads[i].scalar_type(), dtype);
+    expect_close_in_dtype(low_grads[i], exact_grads[i], dtype, factor,
+                          std::string("gradient ") + std::to_string(i) + " " + c10::toString(dtype));
+  }
+}
+
 inline void check_half_types_close_to_float64(at::Device device) {
   const Case c{2, 2, 9, 11, 16, 3, 1};
   for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
-    const double tol = dtype == at::kFloat ? 1e-5 : (dtype == at::kHalf ? 1e-2 : 5e-2);
     for (const std::string border : {"zeros", "clamp"}) {
-      const Leaves exact = make_leaves(c, {true, true, true}, at::kDouble, 9, device);
-      const Leaves low = leaves_as(exact, dtype, device);
-      const at::Tensor out = ours(low, c, border);
-      EXPECT_EQ(out.scalar_type(), dtype);
-      const at::Tensor ref = reference(exact, c, border);
-      expect_close(out, ref, tol, tol, std::string("output ") + c10::toString(dtype));
-      const at::Tensor grad = at::randn_like(ref);
-      const auto low_grads = torch::autograd::grad({out}, low.all(), {grad.to(dtype)});
-      const auto exact_grads = torch::autograd::grad({ref}, exact.all(), {grad});
-      for (size_t i = 0; i < low_grads.size(); ++i) {
-        EXPECT_EQ(low_grads[i].scalar_type(), dtype);
-        // Parameter gradients sum over every pixel: compare relative to their magnitude.
-        const double magnitude = std::max(1.0, exact_grads[i].abs().max().item<double>());
-        expect_close(low_grads[i], exact_grads[i], 4 * tol, 4 * tol * magnitude,
-                     std::string("gradient ") + std::to_string(i) + " " + c10::toString(dtype));
-      }
+      SCOPED_TRACE(border);
+      expect_dtype_matches_float64(c, border, {true, true, true}, dtype, kHalfTypeFactor, device);
     }
   }
 }
@@ -535,6 +549,47 @@ inline std::vector<BadInput> bad_inputs(at::Device device, at::Device other) {
   };
 }
 
+// _slide_attention_backward is a public schema: a grad_output, output or logsumexp that does not
+// fit the inputs is refused before a kernel reads it (issue 11).
+inline void check_backward_bad_inputs(at::Device device, at::Device other) {
+  using Optional = const std::optional<at::Tensor>&;
+  static auto forward = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("slideformer::_slide_attention_forward", "")
+                            .typed<std::tuple<at::Tensor, at::Tensor>(
+                                const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                int64_t, Optional, Optional, Optional, c10::string_view,
+                                std::optional<double>)>();
+  static auto backward =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("slideformer::_slide_attention_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, const at::Tensor&, int64_t, int64_t, Optional, Optional, Optional,
+              c10::string_view, std::optional<double>, std::array<bool, 3>)>();
+  const auto opts = at::TensorOptions().device(device);
+  const at::Tensor q = at::randn({2, 3, 4, 5, 6}, opts);
+  const auto [out, lse] =
+      forward.call(q, q, q, 3, 1, std::nullopt, std::nullopt, std::nullopt, "zeros", std::nullopt);
+  auto call = [&](const at::Tensor& grad, const at::Tensor& o, const at::Tensor& l) {
+    return backward.call(grad, q, q, q, o, l, 3, 1, std::nullopt, std::nullopt, std::nullopt,
+                         "zeros", std::nullopt, {false, false, false});
+  };
+  const std::string op = "slideformer::slide_attention: ";
+  EXPECT_THROW_MSG(call(at::randn({1, 1, 2, 2, 4}, opts), out, lse),
+                   op + "grad_output must have shape (B, H, Y, X, D) = [2, 3, 4, 5, 6], got [1, 1, 2, 2, 4]");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out, at::randn({1}, lse.options())),
+                   op + "logsumexp must have shape (B, H, Y, X) = [2, 3, 4, 5], got [1]");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out.narrow(4, 0, 5), lse),
+                   op + "output must have shape (B, H, Y, X, D) = [2, 3, 4, 5, 6], got [2, 3, 4, 5, 5]");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out, lse.to(at::kHalf)),
+                   op + "logsumexp must have dtype Float (the accumulate type of query");
+  EXPECT_THROW_MSG(call(at::randn_like(out), out.to(other), lse),
+                   op + "output must be on the device of query (" + device.str() + "), got " +
+                       other.str());
+  const auto grads = call(at::randn_like(out), out, lse);
+  EXPECT_EQ(std::get<0>(grads).sizes(), q.sizes());
+}
+
 // The output and the gradients of all six inputs against the CPU kernels, same inputs: the
 // kernels run on `device` while a DeviceScope lives (the host execution of the CUDA kernels runs
 // on CPU tensors inside ScopedCudaHostExecution).
@@ -558,10 +613,8 @@ void expect_agrees_with_cpu_kernels(const Case& c, const std::string& border,
     dev_grads = torch::autograd::grad({dev_out}, dev.all(), {grad.to(device)});
   }
   for (size_t i = 0; i < cpu_grads.size(); ++i) {
-    // Parameter gradients sum over every pixel: compare relative to their magnitude.
-    const double magnitude = std::max(1.0, cpu_grads[i].abs().max().item<double>());
-    expect_close(dev_grads[i].cpu(), cpu_grads[i], 4 * tol, 4 * tol * magnitude,
-                 "gradient of leaf " + std::to_string(i));
+    expect_close_in_dtype(dev_grads[i].cpu(), cpu_grads[i], dtype, kHalfTypeFactor,
+                          "gradient of leaf " + std::to_string(i));
   }
 }
 

@@ -55,6 +55,10 @@ TEST(AttentionErrors, BadInputsNameOpArgumentAndValues) {
   st::check_bad_inputs(kCpu, at::Device(at::kMeta));
 }
 
+TEST(AttentionErrors, BackwardChecksGradOutputOutputAndLogsumexp) {
+  st::check_backward_bad_inputs(kCpu, at::Device(at::kMeta));
+}
+
 TEST(AttentionMeta, ShapesWithoutData) {
   at::Tensor q = at::empty({2, 3, 5, 4}, at::kMeta), k = at::empty({2, 3, 6, 4}, at::kMeta),
              v = at::empty({2, 3, 6, 7}, at::kMeta);

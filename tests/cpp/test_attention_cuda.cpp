@@ -72,6 +72,10 @@ TEST_F(AttentionCuda, FiniteDifferenceGradcheckAllInputs) {
 
 TEST_F(AttentionCuda, BackwardIsDeterministic) { st::check_backward_deterministic(kCuda); }
 
+TEST_F(AttentionCuda, BackwardChecksGradOutputOutputAndLogsumexp) {
+  st::check_backward_bad_inputs(kCuda, at::Device(at::kCPU));
+}
+
 TEST_F(AttentionCuda, BadInputsNameOpArgumentAndValues) {
   st::check_bad_inputs(kCuda, at::Device(at::kCPU));
 }

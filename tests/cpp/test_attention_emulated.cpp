@@ -69,6 +69,10 @@ TEST_F(AttentionEmulated, BadInputsNameOpArgumentAndValues) {
   st::check_bad_inputs(kCpu, at::Device(at::kMeta));
 }
 
+TEST_F(AttentionEmulated, BackwardChecksGradOutputOutputAndLogsumexp) {
+  st::check_backward_bad_inputs(kCpu, at::Device(at::kMeta));
+}
+
 // Bad inputs that only the CUDA kernels reject: head dims whose per-row accumulators do not fit
 // in a block's shared memory. In float32 the same call needs half of it and runs, past the
 // default 48 KiB (the kernels opt in to more).

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -32,6 +33,35 @@ inline void expect_close(const at::Tensor& actual, const at::Tensor& expected, d
   if (a.numel() == 0) return;
   const double err = (a - e).abs().sub(e.abs().mul(rtol)).max().item<double>();
   EXPECT_LE(err, atol) << what << ": max |actual - expected| - rtol*|expected| = " << err;
+}
+
+// Unit roundoff of a floating dtype: 2^-24 float32, 2^-11 float16, 2^-8 bfloat16, 2^-53 float64.
+inline double unit_roundoff(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kHalf: return std::ldexp(1.0, -11);
+    case at::kBFloat16: return std::ldexp(1.0, -8);
+    case at::kFloat: return std::ldexp(1.0, -24);
+    default: return std::ldexp(1.0, -53);
+  }
+}
+
+// A result computed in `dtype` against the float64 one, element by element:
+//   |actual - expected| <= factor * u(dtype) * (|expected| + rms(expected)).
+// Rounding errors of a sum scale with its terms, so an entry that cancels to near 0 is allowed
+// the error of a typical entry (the rms), never one relative to the largest.
+inline void expect_close_in_dtype(const at::Tensor& actual, const at::Tensor& expected,
+                                  at::ScalarType dtype, double factor, const std::string& what) {
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
+  if (expected.numel() == 0) return;
+  const at::Tensor a = actual.to(at::kDouble), e = expected.to(at::kDouble);
+  const double rms = e.square().mean().sqrt().item<double>();
+  const at::Tensor bound = factor * unit_roundoff(dtype) * (e.abs() + rms);
+  const at::Tensor excess = (a - e).abs() - bound;
+  EXPECT_FALSE(a.isnan().any().item<bool>()) << what << ": NaN in result";
+  EXPECT_LE(excess.max().item<double>(), 0.0)
+      << what << ": worst |actual - expected| / bound = "
+      << ((a - e).abs() / bound).max().item<double>() << " (" << c10::toString(dtype) << ", factor "
+      << factor << ")";
 }
 
 // Central finite differences of L = sum(f(inputs) * weight) against autograd, in float64, for

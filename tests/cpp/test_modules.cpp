@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "attention_cases.h"
+#include "slide_attention_cases.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 #include "test_helpers.h"
@@ -86,6 +88,79 @@ TEST(Modules, EveryTrainableParameterReceivesAGradient) {
     }
     ASSERT_TRUE(item.value().grad().defined()) << item.key() << " got no gradient";
     EXPECT_GT(item.value().grad().abs().sum().item<double>(), 0.0) << item.key();
+  }
+}
+
+// The attention modules against references written from aten ops (linear, matmul and softmax;
+// conv2d or a gather for the window): the projections, each module's head split and the
+// relative-position bias, forward and gradients, in float64.
+// float64 parameters (Module::to(kDouble) would convert the integer index buffers too).
+void parameters_to_double(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) p.set_data(p.data().to(at::kDouble));
+}
+
+void expect_module_matches_reference(torch::nn::Module& module, const at::Tensor& x,
+                                     const at::Tensor& out, const at::Tensor& ref) {
+  slideformer::testing::expect_close(out, ref, 1e-10, 1e-10, "output");
+  const at::Tensor grad = torch::randn_like(out);
+  std::vector<at::Tensor> leaves = {x};
+  for (const auto& p : module.parameters()) {
+    if (p.requires_grad()) leaves.push_back(p);
+  }
+  const auto ours = torch::autograd::grad({out}, leaves, {grad});
+  const auto theirs = torch::autograd::grad({ref}, leaves, {grad});
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    slideformer::testing::expect_close(ours[i], theirs[i], 1e-9, 1e-9, "gradient " + std::to_string(i));
+  }
+}
+
+TEST(Modules, MultiHeadAttentionMatchesAtenReference) {
+  torch::manual_seed(6);
+  const int64_t batch = 2, size = 3, tokens = size * size, dim = 12, heads = 3, head_dim = 4;
+  MultiHeadAttention mha(MultiHeadAttentionOptions(dim, heads).relative_position_size(size));
+  parameters_to_double(*mha);
+  const at::Tensor x = torch::randn({batch, tokens, dim}, at::kDouble).requires_grad_();
+  // Channels (3, heads, d) of the qkv projection; the table gathered to (heads, N, N).
+  const at::Tensor qkv = at::linear(x, mha->qkv->weight, mha->qkv->bias)
+                             .view({batch, tokens, 3, heads, head_dim})
+                             .permute({2, 0, 3, 1, 4});
+  const at::Tensor bias = mha->relative_position_table.index_select(0, mha->relative_position_index.view(-1))
+                              .view({tokens, tokens, heads})
+                              .permute({2, 0, 1});
+  const at::Tensor heads_out =
+      slideformer::testing::reference_attention(qkv[0], qkv[1], qkv[2], bias, false, std::nullopt);
+  const at::Tensor ref = at::linear(heads_out.transpose(1, 2).reshape({batch, tokens, dim}),
+                                    mha->proj->weight, mha->proj->bias);
+  expect_module_matches_reference(*mha, x, mha(x), ref);
+}
+
+TEST(Modules, SlideAttentionMatchesAtenReference) {
+  namespace sl = slideformer::testing::slide;
+  const int64_t batch = 2, rows = 5, cols = 6, dim = 8, heads = 2, head_dim = 4, ks = 3, k2 = 9;
+  for (const std::string border : {"zeros", "clamp"}) {
+    torch::manual_seed(7);
+    SlideAttention slide(SlideAttentionOptions(dim, heads).dilation(2).border(border));
+    parameters_to_double(*slide);
+    const at::Tensor x = torch::randn({batch, rows, cols, dim}, at::kDouble).requires_grad_();
+    // Channels (heads, 3, d) of the qkv projection.
+    const at::Tensor qkv = at::linear(x, slide->qkv->weight, slide->qkv->bias)
+                               .view({batch, rows, cols, heads, 3, head_dim})
+                               .permute({4, 0, 3, 1, 2, 5});
+    // The fixed path is the one-hot conv of the reference; the learnable one is a depthwise conv.
+    ASSERT_TRUE(at::equal(slide->identity_weight, at::eye(k2, at::kDouble).expand({head_dim, k2, k2})));
+    const at::Tensor shift_bias = slide->identity_bias + slide->shift_bias;
+    const at::Tensor heads_out =
+        border == "zeros"
+            ? sl::reference_slide_transformer(qkv[0], qkv[1], qkv[2], ks, 2, slide->key_bias,
+                                              slide->shift_weight.reshape({head_dim * k2, 1, ks, ks}),
+                                              shift_bias.reshape({head_dim * k2}))
+            : sl::reference_clamp_gather(qkv[0], qkv[1], qkv[2], ks, 2, slide->key_bias,
+                                         slide->identity_weight + slide->shift_weight, shift_bias);
+    const at::Tensor ref = at::linear(heads_out.permute({0, 2, 3, 1, 4}).reshape({batch, rows, cols, dim}),
+                                      slide->proj->weight, slide->proj->bias);
+    SCOPED_TRACE(border);
+    expect_module_matches_reference(*slide, x, slide(x), ref);
   }
 }
 

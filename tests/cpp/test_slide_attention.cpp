@@ -86,6 +86,56 @@ TEST(SlideAttention, FiniteDifferenceGradcheckAllSixInputs) {
   check_finite_difference_gradients_all_six_inputs(kCpu);
 }
 
+// The CPU fast path (zeros border, k = 3, shift weight) in float32, rows of several full vector
+// tiles and a ragged one, B and H > 1, at dilations 1 and 2: output and all six gradients against
+// float64 on the same (rounded) inputs, per element.
+TEST(SlideAttention, FastPathFloat32FullTilesMatchFloat64) {
+  for (int64_t dilation : {1, 2}) {
+    const Case c{2, 2, 6, 35, 8, 3, dilation};
+    SCOPED_TRACE(::testing::PrintToString(c));
+    expect_dtype_matches_float64(c, "zeros", {true, true, true}, at::kFloat, 64);
+  }
+}
+
+// The general kernel in float32 with channel chunks of 1, 2 and 4 vectors (D <= 16, 17-32, > 32
+// with AVX-512; 8, 16 and 32 lanes with AVX2), both borders, with a pure shift and with the mixing.
+TEST(SlideAttention, GeneralKernelFloat32ChannelChunksMatchFloat64) {
+  for (int64_t d : {12, 24, 40}) {
+    for (const std::string border : {"zeros", "clamp"}) {
+      const Case c{1, 2, 5, 7, d, 5, 1};
+      SCOPED_TRACE(::testing::PrintToString(c) + " " + border);
+      expect_dtype_matches_float64(c, border, {true, false, true}, at::kFloat, 64);
+      expect_dtype_matches_float64(c, border, {true, true, true}, at::kFloat, 64);
+    }
+  }
+}
+
+// The fast path's backward with an explicit scale (a negative one too), against the reference.
+TEST(SlideAttention, FastPathExplicitScaleMatchesReference) {
+  const Case c{2, 2, 4, 19, 3, 3, 1};
+  for (double scale : {0.4, -1.3}) {
+    const Leaves l = make_leaves(c, {true, true, true}, at::kDouble, 3);
+    SCOPED_TRACE(scale);
+    expect_matches_reference(l, c, "zeros", 1e-10, scale);
+  }
+}
+
+// Finite differences through the fast path at dilation 1 (the shared check runs dilation 2).
+TEST(SlideAttention, FastPathFiniteDifferencesAtDilationOne) {
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  at::manual_seed(12);
+  slideformer::testing::expect_gradients_match_finite_differences(
+      [](const std::vector<at::Tensor>& x) {
+        return slide(x[0], x[1], x[2], 3, 1, x[3], x[4], x[5], "zeros");
+      },
+      {at::randn({2, 2, 3, 18, 2}, opts).requires_grad_(),
+       at::randn({2, 2, 3, 18, 2}, opts).requires_grad_(),
+       at::randn({2, 2, 3, 18, 2}, opts).requires_grad_(),
+       at::randn({2, 9}, opts).requires_grad_(),
+       (at::eye(9, opts) + 0.3 * at::randn({2, 9, 9}, opts)).requires_grad_(),
+       at::randn({2, 9}, opts).requires_grad_()});
+}
+
 TEST(SlideAttention, EmptyMapsGiveEmptyOutputsAndZeroParameterGradients) {
   check_empty_maps(kCpu);
 }
@@ -98,6 +148,10 @@ TEST(SlideAttention, BackwardIsDeterministic) { check_backward_deterministic(kCp
 
 TEST(SlideAttention, DoubleBackwardSaysUnsupported) {
   check_double_backward_says_unsupported(kCpu);
+}
+
+TEST(SlideAttention, BackwardChecksGradOutputOutputAndLogsumexp) {
+  check_backward_bad_inputs(kCpu, at::Device(at::kMeta));
 }
 
 TEST(SlideAttentionMeta, ShapesWithoutData) {

@@ -76,6 +76,10 @@ TEST_F(SlideAttentionCuda, DoubleBackwardSaysUnsupported) {
   check_double_backward_says_unsupported(kCuda);
 }
 
+TEST_F(SlideAttentionCuda, BackwardChecksGradOutputOutputAndLogsumexp) {
+  check_backward_bad_inputs(kCuda, at::Device(at::kCPU));
+}
+
 class SlideAttentionCudaBadInput : public ::testing::TestWithParam<BadInput> {
  protected:
   void SetUp() override { SKIP_WITHOUT_CUDA(); }

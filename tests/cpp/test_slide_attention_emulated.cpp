@@ -69,6 +69,10 @@ TEST_F(SlideAttentionEmulated, DoubleBackwardSaysUnsupported) {
   check_double_backward_says_unsupported(kCpu);
 }
 
+TEST_F(SlideAttentionEmulated, BackwardChecksGradOutputOutputAndLogsumexp) {
+  check_backward_bad_inputs(kCpu, at::Device(at::kMeta));
+}
+
 class SlideAttentionEmulatedBadInput : public ::testing::TestWithParam<BadInput> {
  protected:
   st::ScopedCudaHostExecution host_;

@@ -199,6 +199,26 @@ def test_half_types_close_to_float64(dtype, tol):
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_cpu_fast_path_in_float32_matches_float64(dilation):
+    """The CPU fast path (zeros border, k = 3, shift weight) in float32 over rows of several full
+    vector tiles and a ragged one, B and H > 1: output and every gradient against float64 on the
+    same rounded inputs, per element within 64 units of float32 roundoff (|ref| + rms(ref))."""
+    q, k, v, key_bias, learned_weight, learned_bias = make_inputs(2, 2, 6, 35, 8, grad=False)
+    weight, bias = merged_shift(learned_weight, learned_bias, 8, 9)
+    low = [t.float().requires_grad_() for t in (q, k, v, key_bias, weight, bias)]
+    exact = [t.detach().double().requires_grad_() for t in low]
+    out = slide_attention(*low[:3], 3, dilation, *low[3:])
+    eq, ek, ev, ekb, ew, eb = exact
+    ref = reference_slide_transformer(eq, ek, ev, 3, dilation, ekb, (ew - torch.eye(9, dtype=ew.dtype)).reshape(72, 1, 3, 3),
+                                      eb.reshape(72))
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    pairs = [(out, ref)] + list(zip(torch.autograd.grad(out, low, grad), torch.autograd.grad(ref, exact, grad.double())))
+    for ours, theirs in pairs:
+        bound = 64 * 2.0**-24 * (theirs.abs() + theirs.square().mean().sqrt())
+        assert ((ours.double() - theirs).abs() <= bound).all()
+
+
 def all_inputs(shape=(1, 2, 4, 5, 3)):
     """q, k, v (B, H, Y, X, D = shape) and key_bias, shift_weight, shift_bias for k = 3, all leaves."""
     q, k, v, key_bias, learned_weight, learned_bias = make_inputs(*shape, grad=False)
