@@ -127,7 +127,7 @@ def checkpoint_cases(*more_args, weights=True):
         ("format-v3", "v3", "{v3}: checkpoint format 'slideformer-checkpoint-v3' is not one this program reads "
                             "(slideformer-checkpoint-v2 or slideformer-checkpoint-v1)"),
         ("bad-json", "bad_json", "{bad_json}: model description is not valid JSON ("),
-        ("unknown-family", "mvit", "{mvit}: unknown model family 'mvit9' (this program builds 'slide_transformer')"),
+        ("unknown-family", "mvit", "{mvit}: unknown model family 'mvit9' (this program builds 'slide_transformer' and 'mvit')"),
         ("option-out-of-range", "kernel4", "{kernel4}: model option 'kernel_size' must be odd and in [1, 31], got 4"),
         ("recipe-out-of-range", "batch0", "{batch0}: checkpoint's 'batch_size' must be >= 1, got 0"),
     ]
@@ -151,7 +151,8 @@ def data_cases(split, *more_args):
             for case, name, message in cases]
 
 
-UNKNOWN_PRESET = "--preset: swin_huge not in {{slide_swin_tiny,slide_swin_small,slide_swin_base,fashion}}"
+UNKNOWN_PRESET = ("--preset: swin_huge not in {{slide_swin_tiny,slide_swin_small,slide_swin_base,fashion,"
+                  "mvitv2_tiny,mvitv2_small,mvitv2_base,fashion_mvit}}")
 
 SUMMARY = [
     ("no-model", [], "Exactly 1 option from [--preset,--checkpoint] is required"),
