@@ -1,6 +1,10 @@
 // Model presets (docs/modules.md). Parameter counts are checked by tests/cpp/test_modules.cpp.
 #include <c10/util/Exception.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "slideformer/nn/options.h"
 
 namespace slideformer::nn {
@@ -9,6 +13,28 @@ namespace {
 using Kinds = std::vector<AttentionKind>;
 const Kinds kSwinKinds = {AttentionKind::kSlide, AttentionKind::kSlide, AttentionKind::kGlobal,
                           AttentionKind::kGlobal};
+
+// A family's presets by name, in the order names are listed: one table serves the list, the
+// lookup and the error message.
+template <typename Options>
+using PresetTable = std::vector<std::pair<std::string, Options (*)()>>;
+
+template <typename Options>
+std::vector<std::string> table_names(const PresetTable<Options>& table) {
+  std::vector<std::string> names;
+  for (const auto& entry : table) names.push_back(entry.first);
+  return names;
+}
+
+template <typename Options>
+Options find_preset(const PresetTable<Options>& table, const std::string& name, const char* what) {
+  for (const auto& entry : table) {
+    if (entry.first == name) return entry.second();
+  }
+  std::string expected;
+  for (const auto& entry : table) expected += (expected.empty() ? "" : ", ") + entry.first;
+  TORCH_CHECK(false, "slideformer: unknown ", what, " '", name, "', expected one of ", expected);
+}
 }  // namespace
 
 SlideTransformerOptions slide_swin_tiny() {
@@ -39,22 +65,16 @@ SlideTransformerOptions fashion() {
       .input_mean({0.2860}).input_std({0.3530});  // Fashion-MNIST training-set statistics
 }
 
-std::vector<std::string> preset_names() {
-  return {"slide_swin_tiny", "slide_swin_small", "slide_swin_base", "fashion"};
-}
+const PresetTable<SlideTransformerOptions> kSlideTransformerPresets = {
+    {"slide_swin_tiny", slide_swin_tiny}, {"slide_swin_small", slide_swin_small},
+    {"slide_swin_base", slide_swin_base}, {"fashion", fashion}};
+
+std::vector<std::string> preset_names() { return table_names(kSlideTransformerPresets); }
 
 SlideTransformerOptions preset(const std::string& name) {
-  if (name == "slide_swin_tiny") return slide_swin_tiny();
-  if (name == "slide_swin_small") return slide_swin_small();
-  if (name == "slide_swin_base") return slide_swin_base();
-  if (name == "fashion") return fashion();
-  TORCH_CHECK(false, "slideformer: unknown preset '", name,
-              "', expected one of slide_swin_tiny, slide_swin_small, slide_swin_base, fashion");
+  return find_preset(kSlideTransformerPresets, name, "preset");
 }
 
-}  // namespace slideformer::nn
-
-namespace slideformer::nn {
 
 // timm's mvitv2_* (MultiScaleVitCfg defaults): embed 96, heads 1 doubling per stage, 3x3 conv
 // pooling, key / value stride 4 then 2, 1, 1, decomposed relative position, residual pooling.
@@ -75,17 +95,15 @@ MViTOptions fashion_mvit() {
       .input_mean({0.2860}).input_std({0.3530});  // Fashion-MNIST training-set statistics
 }
 
-std::vector<std::string> mvit_preset_names() {
-  return {"mvitv2_tiny", "mvitv2_small", "mvitv2_base", "fashion_mvit"};
-}
+const PresetTable<MViTOptions> kMViTPresets = {{"mvitv2_tiny", mvitv2_tiny},
+                                               {"mvitv2_small", mvitv2_small},
+                                               {"mvitv2_base", mvitv2_base},
+                                               {"fashion_mvit", fashion_mvit}};
+
+std::vector<std::string> mvit_preset_names() { return table_names(kMViTPresets); }
 
 MViTOptions mvit_preset(const std::string& name) {
-  if (name == "mvitv2_tiny") return mvitv2_tiny();
-  if (name == "mvitv2_small") return mvitv2_small();
-  if (name == "mvitv2_base") return mvitv2_base();
-  if (name == "fashion_mvit") return fashion_mvit();
-  TORCH_CHECK(false, "slideformer: unknown MViT preset '", name,
-              "', expected one of mvitv2_tiny, mvitv2_small, mvitv2_base, fashion_mvit");
+  return find_preset(kMViTPresets, name, "MViT preset");
 }
 
 }  // namespace slideformer::nn
