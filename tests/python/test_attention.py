@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+from precision import assert_close_in_dtype
+
 attention = torch.ops.slideformer.attention
 
 
@@ -105,13 +107,24 @@ def test_gradcheck_all_inputs(is_causal):
     assert torch.autograd.gradcheck(lambda *x: attention(*x, is_causal), (q, k, v, bias))
 
 
-def test_half_types_close_to_float64():
-    for dtype, tol in [(torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)]:
-        q, k, v, bias = make_inputs(2, 2, 33, 40, 16, 16, bias_shape=(33, 40), dtype=dtype, grad=False)
-        out = attention(q, k, v, bias)
-        assert out.dtype == dtype
-        ref = reference(*(t.double() for t in (q, k, v, bias)))
-        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+def check_dtype_matches_float64(dtype, is_causal, put=lambda *tensors: list(tensors)):
+    """Output and the four gradients in `dtype` (on the device `put` copies to) against float64 on
+    the same rounded inputs and output gradient, per element (precision.assert_close_in_dtype)."""
+    low = put(*make_inputs(2, 2, 33, 40, 16, 16, bias_shape=(33, 40), dtype=dtype))
+    exact = [t.detach().cpu().double().requires_grad_() for t in low]
+    out = attention(*low, is_causal)
+    ref = reference(*exact, is_causal)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ours = [out, *torch.autograd.grad(out, low, grad.to(out.device))]
+    theirs = [ref, *torch.autograd.grad(ref, exact, grad.double())]
+    for name, a, e in zip(("output", "dq", "dk", "dv", "dbias"), ours, theirs):
+        assert_close_in_dtype(a, e, dtype, what=name)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_half_types_close_to_float64(dtype, is_causal):
+    check_dtype_matches_float64(dtype, is_causal)
 
 
 def test_bad_input_message():

@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from precision import assert_close_in_dtype
+
 slide_attention = torch.ops.slideformer.slide_attention
 
 
@@ -188,35 +190,44 @@ def test_permuted_inputs_as_a_module_passes_them():
         torch.testing.assert_close(out, ref(q, k, v, 3, 1, key_bias))
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
-def test_half_types_close_to_float64(dtype, tol):
-    q, k, v, key_bias, learned_weight, learned_bias = make_inputs(2, 2, 9, 11, 16, grad=False)
-    weight, bias = merged_shift(learned_weight, learned_bias, 16, 9)
-    exact = (q, k, v, key_bias, weight, bias)
-    out = slide_attention(*(t.to(dtype) for t in exact[:3]), 3, 1, *(t.to(dtype) for t in exact[3:]))
-    assert out.dtype == dtype
-    ref = reference_slide_transformer(q, k, v, 3, 1, key_bias, learned_weight, learned_bias)
-    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+def reference_merged(border, q, k, v, kernel_size, dilation, key_bias, shift_weight, shift_bias):
+    """The reference of `border` taking the op's own (merged) shift_weight (D, k*k, k*k) and
+    shift_bias (D, k*k)."""
+    if border == "clamp":
+        return reference_clamp_gather(q, k, v, kernel_size, dilation, key_bias, shift_weight, shift_bias)
+    d, k2 = q.shape[-1], kernel_size * kernel_size
+    eye = torch.eye(k2, dtype=q.dtype)
+    learned_weight = None if shift_weight is None else (shift_weight - eye).reshape(d * k2, 1, kernel_size, kernel_size)
+    learned_bias = None if shift_bias is None else shift_bias.reshape(d * k2)
+    return reference_slide_transformer(q, k, v, kernel_size, dilation, key_bias, learned_weight, learned_bias)
+
+
+def check_dtype_matches_float64(dtype, border, shape, dilation=1, put=lambda *tensors: list(tensors)):
+    """Output and the six gradients in `dtype` (on the device `put` copies to) against float64 on
+    the same rounded inputs and output gradient, per element (precision.assert_close_in_dtype)."""
+    low = [t.detach().to(dtype).requires_grad_() for t in put(*all_inputs(shape))]
+    exact = [t.detach().cpu().double().requires_grad_() for t in low]
+    out = slide_attention(*low[:3], 3, dilation, *low[3:], border)
+    ref = reference_merged(border, *exact[:3], 3, dilation, *exact[3:])
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ours = [out, *torch.autograd.grad(out, low, grad.to(out.device))]
+    theirs = [ref, *torch.autograd.grad(ref, exact, grad.double())]
+    names = ("output", "dq", "dk", "dv", "dkey_bias", "dshift_weight", "dshift_bias")
+    for name, a, e in zip(names, ours, theirs):
+        assert_close_in_dtype(a, e, dtype, what=f"{border} {name}")
+
+
+@pytest.mark.parametrize("border", ["zeros", "clamp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_half_types_close_to_float64(dtype, border):
+    check_dtype_matches_float64(dtype, border, (2, 2, 9, 11, 16))
 
 
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_cpu_fast_path_in_float32_matches_float64(dilation):
     """The CPU fast path (zeros border, k = 3, shift weight) in float32 over rows of several full
-    vector tiles and a ragged one, B and H > 1: output and every gradient against float64 on the
-    same rounded inputs, per element within 64 units of float32 roundoff (|ref| + rms(ref))."""
-    q, k, v, key_bias, learned_weight, learned_bias = make_inputs(2, 2, 6, 35, 8, grad=False)
-    weight, bias = merged_shift(learned_weight, learned_bias, 8, 9)
-    low = [t.float().requires_grad_() for t in (q, k, v, key_bias, weight, bias)]
-    exact = [t.detach().double().requires_grad_() for t in low]
-    out = slide_attention(*low[:3], 3, dilation, *low[3:])
-    eq, ek, ev, ekb, ew, eb = exact
-    ref = reference_slide_transformer(eq, ek, ev, 3, dilation, ekb, (ew - torch.eye(9, dtype=ew.dtype)).reshape(72, 1, 3, 3),
-                                      eb.reshape(72))
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-    pairs = [(out, ref)] + list(zip(torch.autograd.grad(out, low, grad), torch.autograd.grad(ref, exact, grad.double())))
-    for ours, theirs in pairs:
-        bound = 64 * 2.0**-24 * (theirs.abs() + theirs.square().mean().sqrt())
-        assert ((ours.double() - theirs).abs() <= bound).all()
+    vector tiles and a ragged one (X = 35), B and H > 1."""
+    check_dtype_matches_float64(torch.float32, "zeros", (2, 2, 6, 35, 8), dilation)
 
 
 def all_inputs(shape=(1, 2, 4, 5, 3)):
