@@ -11,8 +11,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "checkpoint.h"
 #include "fuzz_input.h"
@@ -56,6 +59,42 @@ c10::IValue value_of(Kind kind, const std::string& key, FuzzInput& in) {
   return c10::IValue();
 }
 
+// The small model and its optimizer in one of the states a checkpoint may hold (fresh, one
+// parameter of another shape, or after a step). Each is made once and reused: building and
+// stepping a model for every input took most of the target's time, and the loader under test
+// builds its own model from the description anyway.
+struct SmallModelState {
+  slideformer::app::Model built;
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+};
+
+enum class Variant { kFresh, kOneParameterReshaped, kStepped };
+
+size_t small_model_parameter_count() {
+  static const size_t count = slideformer::app::build_model(small_model()).module->parameters().size();
+  return count;
+}
+
+const SmallModelState& small_model_state(Variant variant, size_t victim) {
+  static std::map<std::pair<Variant, size_t>, SmallModelState> cache;
+  const auto key = std::make_pair(variant, variant == Variant::kOneParameterReshaped ? victim : 0);
+  if (auto found = cache.find(key); found != cache.end()) return found->second;
+  torch::manual_seed(0);
+  SmallModelState state{slideformer::app::build_model(small_model()), nullptr};
+  const auto& model = state.built.module;
+  state.optimizer = std::make_unique<torch::optim::AdamW>(model->parameters());
+  if (variant == Variant::kOneParameterReshaped) {  // Module::load takes any shape
+    at::Tensor parameter = model->parameters()[victim];
+    torch::NoGradGuard no_grad;
+    parameter.set_(at::zeros({parameter.numel() + 1}));
+  }
+  if (variant == Variant::kStepped) {  // the optimizer then holds state
+    state.built(torch::rand({2, 1, 8, 8})).sum().backward();
+    state.optimizer->step();
+  }
+  return cache.emplace(key, std::move(state)).first->second;
+}
+
 // The weights (or the optimizer state) of the small model, maybe with one tensor off.
 void write_state(torch::serialize::OutputArchive& archive, const char* key, FuzzInput& in) {
   const size_t choice = in.index(6);
@@ -64,25 +103,14 @@ void write_state(torch::serialize::OutputArchive& archive, const char* key, Fuzz
     archive.write(key, c10::IValue(int64_t{7}));
     return;
   }
-  torch::manual_seed(0);
-  const slideformer::app::Model built = slideformer::app::build_model(small_model());
-  const auto& model = built.module;
-  torch::optim::AdamW optimizer(model->parameters());
-  if (choice == 2) {  // one parameter of another shape (Module::load takes any)
-    auto parameters = model->named_parameters();
-    at::Tensor& victim = parameters[in.index(parameters.size())].value();
-    torch::NoGradGuard no_grad;
-    victim.set_(at::zeros({victim.numel() + 1}));
-  }
-  if (choice == 3) {  // a step taken, so the optimizer holds state
-    built(torch::rand({2, 1, 8, 8})).sum().backward();
-    optimizer.step();
-  }
+  const size_t victim = choice == 2 ? in.index(small_model_parameter_count()) : 0;
+  const SmallModelState& state = small_model_state(
+      choice == 2 ? Variant::kOneParameterReshaped : choice == 3 ? Variant::kStepped : Variant::kFresh, victim);
   torch::serialize::OutputArchive nested;
   if (std::string(key) == "model") {
-    model->save(nested);
+    state.built.module->save(nested);
   } else {
-    optimizer.save(nested);
+    state.optimizer->save(nested);
   }
   archive.write(key, nested);
 }

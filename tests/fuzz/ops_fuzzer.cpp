@@ -72,10 +72,14 @@ std::vector<int64_t> expected_shape(const std::string& name, bool slide, const S
   return {s.b, s.h, s.nq, s.d};  // query
 }
 
-int64_t numel(const std::vector<int64_t>& shape) {
+// The elements of the shape with every 0 read as 1: what the strided and expanded layouts below
+// may allocate for it (an empty tensor's other sizes are still allocated by a transposed or
+// expanded view's base).
+int64_t footprint(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t size : shape) {
-    if (size != 0 && n > std::numeric_limits<int64_t>::max() / std::max<int64_t>(size, 1)) return std::numeric_limits<int64_t>::max();
+    size = std::max<int64_t>(size, 1);
+    if (n > std::numeric_limits<int64_t>::max() / size) return std::numeric_limits<int64_t>::max();
     n *= size;
   }
   return n;
@@ -110,7 +114,7 @@ at::Tensor make_tensor(FuzzInput& in, std::vector<int64_t> shape, at::ScalarType
   if (std::any_of(shape.begin(), shape.end(), [](int64_t size) { return size < 0; })) {
     shape.assign(shape.size(), 1);  // at::empty refuses negative sizes before any op sees them
   }
-  if (numel(shape) > kMaxCpuElements) meta = true;
+  if (footprint(shape) > kMaxCpuElements) meta = true;
   const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(meta ? at::kMeta : at::kCPU);
   at::Tensor t;
   const size_t layout = shape.empty() ? 0 : in.index(4);
@@ -118,7 +122,7 @@ at::Tensor make_tensor(FuzzInput& in, std::vector<int64_t> shape, at::ScalarType
     std::vector<int64_t> swapped = shape;
     std::swap(swapped[swapped.size() - 1], swapped[swapped.size() - 2]);
     t = at::empty(swapped, options).transpose(-1, -2);
-  } else if (layout == 2 && numel(shape) * 2 <= kMaxCpuElements) {  // every other element
+  } else if (layout == 2 && footprint(shape) <= kMaxCpuElements / 2) {  // every other element
     std::vector<int64_t> wide = shape;
     wide.back() *= 2;
     t = at::empty(wide, options).slice(-1, 0, wide.back(), 2);

@@ -69,8 +69,11 @@ struct MapView {
   }
 };
 
+// A map without elements (D = 0) has no data pointer: its pixels all sit at that null pointer
+// (offsetting null is undefined behaviour even when nothing is read).
 template <typename T>
 MapView<T> map_view(const at::Tensor& t) {
+  if (t.numel() == 0) return {nullptr, {0, 0, 0, 0}};
   return {t.data_ptr<std::remove_const_t<T>>(),
           {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
 }
@@ -610,10 +613,10 @@ Geometry make_geometry(const at::Tensor& query, int64_t kernel_size, int64_t dil
 
 bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-bool takes_zeros_path(int64_t kernel_size, c10::string_view border,
+bool takes_zeros_path(const at::Tensor& query, int64_t kernel_size, c10::string_view border,
                       const std::optional<at::Tensor>& shift_weight) {
   return cpu::slide_zeros_kernel_applies(kernel_size, parse_slide_border(border),
-                                         given(shift_weight));
+                                         given(shift_weight), query.numel());
 }
 
 // The parameters as the zeros-border fast path reads them (ops/cpu/slide_zeros_kernel.h), with
@@ -664,7 +667,7 @@ std::tuple<at::Tensor, at::Tensor> slide_attention_forward_cpu(
   const at::Tensor q = prepare(query), k = prepare(key), v = prepare(value);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty(q.sizes().slice(0, 4), q.options());
-  if (takes_zeros_path(kernel_size, border, shift_weight)) {
+  if (takes_zeros_path(query, kernel_size, border, shift_weight)) {
     cpu::slide_zeros_forward(
         q, k, v, zeros_path_parameters(q, dilation, scale, key_bias, shift_weight, shift_bias), out,
         lse);
@@ -704,7 +707,7 @@ slide_attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& qu
   auto to_input_type = [&](const at::Tensor& grad) {
     return grad.defined() ? grad.to(query.scalar_type()).contiguous() : grad;
   };
-  if (takes_zeros_path(kernel_size, border, shift_weight)) {
+  if (takes_zeros_path(query, kernel_size, border, shift_weight)) {
     const cpu::SlideZerosGrads grads = cpu::slide_zeros_backward(
         dout, q, k, v, logsumexp,
         zeros_path_parameters(q, dilation, scale, key_bias, shift_weight, shift_bias, want));

@@ -395,8 +395,9 @@ int64_t backward_scratch_size(const PlaneGeometry& g) {
 }  // namespace
 
 bool slide_zeros_kernel_applies(int64_t kernel_size, math::SlideBorder border,
-                                bool has_shift_weight) {
-  return kernel_size == kKernel && border == math::SlideBorder::kZeros && has_shift_weight;
+                                bool has_shift_weight, int64_t query_elements) {
+  return kernel_size == kKernel && border == math::SlideBorder::kZeros && has_shift_weight &&
+         query_elements > 0;
 }
 
 void slide_zeros_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

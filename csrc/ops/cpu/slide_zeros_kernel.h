@@ -10,8 +10,10 @@
 
 namespace slideformer::ops::cpu {
 
+// k = 3, zeros border, a shift weight and a query with elements (an empty map, Y, X or D = 0, has
+// no data for the channel-major planes to point into; the general kernel takes it).
 bool slide_zeros_kernel_applies(int64_t kernel_size, math::SlideBorder border,
-                                bool has_shift_weight);
+                                bool has_shift_weight, int64_t query_elements);
 
 // The parameters, in the dtype of q: tables (with a weight) laid out channels outermost
 // (SlideParameterLayout::channels_outermost), gradient sections as the backward wants them.
