@@ -26,3 +26,30 @@ def assert_close_in_dtype(actual, expected, dtype, factor=HALF_TYPE_FACTOR, what
     bound = factor * unit_roundoff(dtype) * (e.abs() + e.square().mean().sqrt())
     worst = ((a - e).abs() / bound).max().item()
     assert worst <= 1, f"{what}: worst |actual - expected| / bound = {worst:.3g} ({dtype}, factor {factor})"
+
+
+def assert_matches_float64(op, reference, low, dtype, names, what=""):
+    """op(*low) in `dtype` (on low's device) against reference(*float64 copies of low) on the CPU:
+    the output and the gradients of every input in `low`, for one output gradient rounded to dtype,
+    each per element (assert_close_in_dtype); `names` names the output and then each gradient."""
+    exact = [t.detach().cpu().double().requires_grad_() for t in low]
+    out = op(*low)
+    ref = reference(*exact)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ours = [out, *torch.autograd.grad(out, low, grad.to(out.device))]
+    theirs = [ref, *torch.autograd.grad(ref, exact, grad.double())]
+    for name, a, e in zip(names, ours, theirs):
+        assert_close_in_dtype(a, e, dtype, what=f"{what}{name}")
+
+
+def assert_device_and_cpu_agree(names, device_name, on_device, on_cpu, exact, dtype, factor=HALF_TYPE_FACTOR):
+    """The results (output, then gradients) of a device's kernels and of the CPU kernels on the same
+    inputs: equal to 1e-10 in float64; in a reduced dtype, each within `factor` units of roundoff of
+    the float64 results exact() computes on the same rounded inputs, per element."""
+    if dtype == torch.float64:
+        for name, d, c in zip(names, on_device, on_cpu):
+            torch.testing.assert_close(d.cpu(), c, rtol=1e-10, atol=1e-10, msg=name)
+        return
+    for name, d, c, e in zip(names, on_device, on_cpu, exact()):
+        assert_close_in_dtype(d, e, dtype, factor, what=f"{device_name} {name}")
+        assert_close_in_dtype(c, e, dtype, factor, what=f"cpu {name}")

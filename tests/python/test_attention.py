@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from precision import assert_close_in_dtype
+from precision import assert_matches_float64
 
 attention = torch.ops.slideformer.attention
 
@@ -109,16 +109,10 @@ def test_gradcheck_all_inputs(is_causal):
 
 def check_dtype_matches_float64(dtype, is_causal, put=lambda *tensors: list(tensors)):
     """Output and the four gradients in `dtype` (on the device `put` copies to) against float64 on
-    the same rounded inputs and output gradient, per element (precision.assert_close_in_dtype)."""
+    the same rounded inputs and output gradient, per element."""
     low = put(*make_inputs(2, 2, 33, 40, 16, 16, bias_shape=(33, 40), dtype=dtype))
-    exact = [t.detach().cpu().double().requires_grad_() for t in low]
-    out = attention(*low, is_causal)
-    ref = reference(*exact, is_causal)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    ours = [out, *torch.autograd.grad(out, low, grad.to(out.device))]
-    theirs = [ref, *torch.autograd.grad(ref, exact, grad.double())]
-    for name, a, e in zip(("output", "dq", "dk", "dv", "dbias"), ours, theirs):
-        assert_close_in_dtype(a, e, dtype, what=name)
+    assert_matches_float64(lambda *x: attention(*x, is_causal), lambda *x: reference(*x, is_causal), low, dtype,
+                           ("output", "dq", "dk", "dv", "dbias"))
 
 
 @pytest.mark.parametrize("is_causal", [False, True])

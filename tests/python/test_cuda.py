@@ -5,7 +5,7 @@ the same kernels ([emulated], tests/cuda_host). slide_attention: test_cuda_slide
 import pytest
 import torch
 
-from precision import assert_close_in_dtype
+from precision import assert_device_and_cpu_agree
 from test_attention import assert_matches_reference, check_dtype_matches_float64, make_inputs, reference
 
 OPS = torch.ops.slideformer
@@ -73,17 +73,13 @@ def test_cuda_agrees_with_cpu(cuda_kernels, dtype, causal):
     out_gpu = OPS.attention(*gpu, causal)
     assert out_gpu.device == cuda_kernels.device and out_gpu.dtype == dtype
     results_gpu = [out_gpu, *torch.autograd.grad(out_gpu, gpu, grad.to(cuda_kernels.device))]
-    names = ("output", "dq", "dk", "dv", "dbias")
-    if dtype == torch.float64:
-        for name, on_gpu, on_cpu in zip(names, results_gpu, results_cpu):
-            torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-10, atol=1e-10, msg=name)
-        return
-    exact = [t.detach().double().requires_grad_() for t in cpu]
-    ref = reference(*exact, causal)
-    results_exact = [ref, *torch.autograd.grad(ref, exact, grad.double())]
-    for name, on_gpu, on_cpu, e in zip(names, results_gpu, results_cpu, results_exact):
-        assert_close_in_dtype(on_gpu, e, dtype, what=f"{cuda_kernels.name} {name}")
-        assert_close_in_dtype(on_cpu, e, dtype, what=f"cpu {name}")
+    def exact_results():
+        exact = [t.detach().double().requires_grad_() for t in cpu]
+        ref = reference(*exact, causal)
+        return [ref, *torch.autograd.grad(ref, exact, grad.double())]
+
+    assert_device_and_cpu_agree(("output", "dq", "dk", "dv", "dbias"), cuda_kernels.name, results_gpu, results_cpu,
+                                exact_results, dtype)
 
 
 def test_cuda_matches_reference_and_is_deterministic(cuda_kernels):

@@ -5,9 +5,9 @@ dtype, determinism and bad inputs. Registration is checked in test_cuda.py."""
 import pytest
 import torch
 
-from precision import HALF_TYPE_FACTOR, assert_close_in_dtype
-from test_slide_attention import (PARITY_SHAPES, all_inputs, check_dtype_matches_float64, make_inputs, merged_shift,
-                                  reference_clamp_gather, reference_merged, reference_slide_transformer)
+from precision import HALF_TYPE_FACTOR, assert_device_and_cpu_agree
+from test_slide_attention import (PARITY_SHAPES, SLIDE_RESULT_NAMES, all_inputs, check_dtype_matches_float64, make_inputs,
+                                  merged_shift, reference_clamp_gather, reference_merged, reference_slide_transformer)
 
 slide_attention = torch.ops.slideformer.slide_attention
 
@@ -94,22 +94,18 @@ def test_cuda_agrees_with_cpu(cuda_kernels, dtype, border):
     out_gpu = slide_attention(*gpu[:3], 3, 1, *gpu[3:], border)
     assert out_gpu.device == cuda_kernels.device and out_gpu.dtype == dtype
     results_gpu = [out_gpu, *torch.autograd.grad(out_gpu, gpu, grad.to(cuda_kernels.device))]
-    names = ("output", "dq", "dk", "dv", "dkey_bias", "dshift_weight", "dshift_bias")
-    if dtype == torch.float64:
-        for name, on_gpu, on_cpu in zip(names, results_gpu, results_cpu):
-            torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-10, atol=1e-10, msg=name)
-        return
-    exact = [t.detach().double().requires_grad_() for t in cpu]
-    ref = reference_merged(border, *exact[:3], 3, 1, *exact[3:])
-    results_exact = [ref, *torch.autograd.grad(ref, exact, grad.double())]
+    def exact_results():
+        exact = [t.detach().double().requires_grad_() for t in cpu]
+        ref = reference_merged(border, *exact[:3], 3, 1, *exact[3:])
+        return [ref, *torch.autograd.grad(ref, exact, grad.double())]
+
     # In float32 the rounding inside the kernels dominates, and it grows with the sums: here each
     # output entry sums D * k*k = 288 products, and the CPU fast path (zeros border), which mixes
     # the window slots in another order, reaches 77 units (the general kernel 31). The half types
     # stay within one unit: their float32 accumulation is rounded once.
     factor = 2 * HALF_TYPE_FACTOR if dtype == torch.float32 else HALF_TYPE_FACTOR
-    for name, on_gpu, on_cpu, e in zip(names, results_gpu, results_cpu, results_exact):
-        assert_close_in_dtype(on_gpu, e, dtype, factor, what=f"{cuda_kernels.name} {border} {name}")
-        assert_close_in_dtype(on_cpu, e, dtype, factor, what=f"cpu {border} {name}")
+    assert_device_and_cpu_agree([f"{border} {name}" for name in SLIDE_RESULT_NAMES], cuda_kernels.name, results_gpu,
+                                results_cpu, exact_results, dtype, factor)
 
 
 def test_cuda_backward_is_deterministic(cuda_kernels):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from precision import assert_close_in_dtype
+from precision import assert_matches_float64
 
 slide_attention = torch.ops.slideformer.slide_attention
 
@@ -202,19 +202,16 @@ def reference_merged(border, q, k, v, kernel_size, dilation, key_bias, shift_wei
     return reference_slide_transformer(q, k, v, kernel_size, dilation, key_bias, learned_weight, learned_bias)
 
 
+SLIDE_RESULT_NAMES = ("output", "dq", "dk", "dv", "dkey_bias", "dshift_weight", "dshift_bias")
+
+
 def check_dtype_matches_float64(dtype, border, shape, dilation=1, put=lambda *tensors: list(tensors)):
     """Output and the six gradients in `dtype` (on the device `put` copies to) against float64 on
-    the same rounded inputs and output gradient, per element (precision.assert_close_in_dtype)."""
+    the same rounded inputs and output gradient, per element."""
     low = [t.detach().to(dtype).requires_grad_() for t in put(*all_inputs(shape))]
-    exact = [t.detach().cpu().double().requires_grad_() for t in low]
-    out = slide_attention(*low[:3], 3, dilation, *low[3:], border)
-    ref = reference_merged(border, *exact[:3], 3, dilation, *exact[3:])
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    ours = [out, *torch.autograd.grad(out, low, grad.to(out.device))]
-    theirs = [ref, *torch.autograd.grad(ref, exact, grad.double())]
-    names = ("output", "dq", "dk", "dv", "dkey_bias", "dshift_weight", "dshift_bias")
-    for name, a, e in zip(names, ours, theirs):
-        assert_close_in_dtype(a, e, dtype, what=f"{border} {name}")
+    assert_matches_float64(lambda q, k, v, *params: slide_attention(q, k, v, 3, dilation, *params, border),
+                           lambda q, k, v, *params: reference_merged(border, q, k, v, 3, dilation, *params),
+                           low, dtype, SLIDE_RESULT_NAMES, what=f"{border} ")
 
 
 @pytest.mark.parametrize("border", ["zeros", "clamp"])
