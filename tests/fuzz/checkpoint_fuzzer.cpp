@@ -70,11 +70,6 @@ struct SmallModelState {
 
 enum class Variant { kFresh, kOneParameterReshaped, kStepped };
 
-size_t small_model_parameter_count() {
-  static const size_t count = slideformer::app::build_model(small_model()).module->parameters().size();
-  return count;
-}
-
 const SmallModelState& small_model_state(Variant variant, size_t victim) {
   static std::map<std::pair<Variant, size_t>, SmallModelState> cache;
   const auto key = std::make_pair(variant, variant == Variant::kOneParameterReshaped ? victim : 0);
@@ -93,6 +88,10 @@ const SmallModelState& small_model_state(Variant variant, size_t victim) {
     state.optimizer->step();
   }
   return cache.emplace(key, std::move(state)).first->second;
+}
+
+size_t small_model_parameter_count() {
+  return small_model_state(Variant::kFresh, 0).built.module->parameters().size();
 }
 
 // The weights (or the optimizer state) of the small model, maybe with one tensor off.
