@@ -42,13 +42,20 @@ struct Geometry {
   }
 };
 
-// A (B, H, N, D) tensor with a contiguous last dimension, seen per (b, h) as N rows.
+// A (B, H, N, D) tensor with a contiguous last dimension, seen per (b, h) as N rows. An empty
+// tensor (N = 0 with B, H > 0 is legal) may have no storage: its strides are zeroed so head()
+// never offsets a null pointer.
 template <typename T>
 struct Rows {
-  T* data;
-  int64_t stride_b, stride_h, stride_n;
-  explicit Rows(const at::Tensor& t)
-      : data(t.data_ptr<T>()), stride_b(t.stride(0)), stride_h(t.stride(1)), stride_n(t.stride(2)) {}
+  T* data = nullptr;
+  int64_t stride_b = 0, stride_h = 0, stride_n = 0;
+  explicit Rows(const at::Tensor& t) {
+    if (t.numel() == 0) return;
+    data = t.data_ptr<T>();
+    stride_b = t.stride(0);
+    stride_h = t.stride(1);
+    stride_n = t.stride(2);
+  }
   T* head(int64_t b, int64_t h) const { return data + b * stride_b + h * stride_h; }
 };
 
