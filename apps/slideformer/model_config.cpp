@@ -314,7 +314,7 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& s
   Json json;
   try {
     json = Json::parse(text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // a syntax error, or a number out of double's range
     throw std::runtime_error(fmt::format("{}: model description is not valid JSON ({})", source, e.what()));
   }
   if (!json.is_object() || !json.contains("family") || !json["family"].is_string() ||

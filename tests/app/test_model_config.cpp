@@ -89,6 +89,7 @@ TEST(ModelConfig, RefusesBadDescriptionsWithOneMessage) {
   using J = nlohmann::json;
   const std::vector<BadDescription> cases = {
       {"{\"family\": ", "model description is not valid JSON ([json.exception.parse_error.101] parse error at line 1, column 12: syntax error while parsing value - unexpected end of input; expected '[', '{', or a literal)"},
+      {"{\"family\": 1E999}", "model description is not valid JSON ([json.exception.out_of_range.406] number overflow parsing '1E999')"},
       {"[1, 2]", "model description must be {\"family\": ..., \"options\": {...}}, got [1,2]"},
       {"{\"options\": {}}", "model description must be {\"family\": ..., \"options\": {...}}, got {\"options\":{}}"},
       {edited([](J& j) { j["family"] = "mvit2"; }), "unknown model family 'mvit2' (this program builds 'slide_transformer' and 'mvit')"},
