@@ -25,6 +25,12 @@ def unit_roundoff(dtype):
     return torch.finfo(dtype).eps / 2
 
 
+def seeded_output_gradient(shape, dtype):
+    """An output gradient on the CPU that does not come from the global generator, so a test's
+    result does not depend on the tests that ran before it."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+
 def assert_close_in_dtype(actual, expected, dtype, factor=HALF_TYPE_FACTOR, what="result"):
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {dtype}"
@@ -44,7 +50,7 @@ def assert_matches_float64(op, reference, low, dtype, names, what=""):
     exact = [t.detach().cpu().double().requires_grad_() for t in low]
     out = op(*low)
     ref = reference(*exact)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad = seeded_output_gradient(out.shape, dtype)
     ours = [out, *torch.autograd.grad(out, low, grad.to(out.device))]
     theirs = [ref, *torch.autograd.grad(ref, exact, grad.double())]
     for name, a, e in zip(names, ours, theirs):
@@ -55,11 +61,11 @@ def assert_device_and_cpu_agree(names, device_name, on_device, on_cpu, exact, dt
     """The results (output, then gradients) of a device's kernels and of the CPU kernels on the same
     inputs: equal to 1e-10 in float64; in a reduced dtype, each within agreement_factor(dtype) units
     of roundoff of the float64 results exact() computes on the same rounded inputs, per element."""
-    factor = agreement_factor(dtype)
     if dtype == torch.float64:
         for name, d, c in zip(names, on_device, on_cpu):
             torch.testing.assert_close(d.cpu(), c, rtol=1e-10, atol=1e-10, msg=name)
         return
+    factor = agreement_factor(dtype)
     for name, d, c, e in zip(names, on_device, on_cpu, exact()):
         assert_close_in_dtype(d, e, dtype, factor, what=f"{device_name} {name}")
         assert_close_in_dtype(c, e, dtype, factor, what=f"cpu {name}")

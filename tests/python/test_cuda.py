@@ -5,7 +5,7 @@ the same kernels ([emulated], tests/cuda_host). slide_attention: test_cuda_slide
 import pytest
 import torch
 
-from precision import assert_device_and_cpu_agree
+from precision import assert_device_and_cpu_agree, seeded_output_gradient
 from test_attention import assert_matches_reference, check_dtype_matches_float64, make_inputs, reference
 
 OPS = torch.ops.slideformer
@@ -68,7 +68,7 @@ def test_cuda_agrees_with_cpu(cuda_kernels, dtype, causal):
     gpu = cuda_kernels.put(*cpu)
     with cuda_kernels.cpu_kernels():
         out_cpu = OPS.attention(*cpu, causal)
-        grad = torch.randn(out_cpu.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        grad = seeded_output_gradient(out_cpu.shape, dtype)
         results_cpu = [out_cpu, *torch.autograd.grad(out_cpu, cpu, grad)]
     out_gpu = OPS.attention(*gpu, causal)
     assert out_gpu.device == cuda_kernels.device and out_gpu.dtype == dtype

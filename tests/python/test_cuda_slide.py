@@ -5,7 +5,7 @@ dtype, determinism and bad inputs. Registration is checked in test_cuda.py."""
 import pytest
 import torch
 
-from precision import assert_device_and_cpu_agree
+from precision import assert_device_and_cpu_agree, seeded_output_gradient
 from test_slide_attention import (PARITY_SHAPES, SLIDE_RESULT_NAMES, all_inputs, check_dtype_matches_float64, make_inputs,
                                   merged_shift, reference_clamp_gather, reference_merged, reference_slide_transformer)
 
@@ -89,7 +89,7 @@ def test_cuda_agrees_with_cpu(cuda_kernels, dtype, border):
     gpu = cuda_kernels.put(*cpu)
     with cuda_kernels.cpu_kernels():
         out_cpu = slide_attention(*cpu[:3], 3, 1, *cpu[3:], border)
-        grad = torch.randn(out_cpu.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        grad = seeded_output_gradient(out_cpu.shape, dtype)
         results_cpu = [out_cpu, *torch.autograd.grad(out_cpu, cpu, grad)]
     out_gpu = slide_attention(*gpu[:3], 3, 1, *gpu[3:], border)
     assert out_gpu.device == cuda_kernels.device and out_gpu.dtype == dtype
