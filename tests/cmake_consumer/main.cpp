@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <slideformer/data.h>
 #include <slideformer/distributed.h>
 #include <slideformer/ops.h>
 #include <slideformer/version.h>
@@ -33,6 +34,15 @@ int main() {
   const dist::DistributedSampler sampler(10, 0, 1, dist::DistributedSamplerOptions(4));
   ok = ok && layer->weight.grad().defined() && sampler.shard(0).numel() == 10 &&
        dist::all_reduce_sum(group, 2.0) == 2.0;
+  // The data library: a config's JSON round trip, and a bad file refused with its name.
+  const slideformer::data::DataConfig config;
+  ok = ok && slideformer::data::DataConfig::from_json(config.to_json(), "config") == config;
+  try {
+    slideformer::data::decode_image(reinterpret_cast<const uint8_t*>("GIF89a"), 6, "picture.gif");
+    ok = false;
+  } catch (const slideformer::data::ImageError& error) {
+    ok = ok && error.file() == "picture.gif";
+  }
   std::cout << slideformer::build_info() << "\n" << (ok ? "consumer ok" : "consumer FAILED") << "\n";
   return ok ? 0 : 1;
 }

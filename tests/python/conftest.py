@@ -34,6 +34,11 @@ if not INSTALLED:
     if not CUDA_HOST_LIBRARY.exists():
         raise RuntimeError(f"test library not found at {CUDA_HOST_LIBRARY}: run ./run build first")
     torch.ops.load_library(str(CUDA_HOST_LIBRARY))
+    # The data library's test probe (tests/data/data_probe.cpp): torch.ops.slideformer_data_test.
+    DATA_PROBE_LIBRARY = LIBRARY.parent / "libslideformer_data_probe.so"
+    if not DATA_PROBE_LIBRARY.exists():
+        raise RuntimeError(f"test library not found at {DATA_PROBE_LIBRARY}: run ./run build first")
+    torch.ops.load_library(str(DATA_PROBE_LIBRARY))
 
 
 @pytest.fixture(scope="session")
