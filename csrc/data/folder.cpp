@@ -158,6 +158,18 @@ ImageFolder::ImageFolder(std::vector<Sample> samples, std::vector<std::string> c
   }
 }
 
+std::vector<std::string> list_images(const std::string& dir) {
+  struct stat info {};
+  if (stat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode)) fail(dir, "no such directory");
+  Walk walk;
+  walk.visited.insert({info.st_dev, info.st_ino});
+  std::vector<Sample> found;
+  walk.images(dir, 0, found);
+  std::vector<std::string> paths;
+  for (Sample& sample : found) paths.push_back(std::move(sample.path));
+  return paths;
+}
+
 at::Tensor ImageFolder::labels() const {
   at::Tensor labels = at::empty({size()}, at::kLong);
   int64_t* out = labels.data_ptr<int64_t>();

@@ -35,7 +35,7 @@ void run(slideformer::fuzz::FuzzInput& in) {
   if (what < 2) {
     const ImageInfo info = read_image_info(data, file.size(), kName);
     const at::Tensor image = decode_image(data, file.size(), kName,
-                                          what == 0 ? decode : decode.min_width(min_width).min_height(min_height));
+                                          what == 0 ? decode : DecodeOptions(decode).min_width(min_width).min_height(min_height));
     expect(image.dim() == 3 && image.size(2) == channels && image.scalar_type() == at::kByte && image.is_contiguous());
     if (what == 0) expect(image.size(0) == info.height && image.size(1) == info.width);
     expect(image.size(0) <= info.height && image.size(1) <= info.width && image.numel() > 0);
@@ -44,8 +44,8 @@ void run(slideformer::fuzz::FuzzInput& in) {
   DataConfig config;
   config.image_size = 16;
   config.channels = channels;
-  config.mean.resize(channels, 0.5);
-  config.std.resize(channels, 0.25);
+  config.mean.assign(channels, 0.5);
+  config.std.assign(channels, 0.25);
   const ImageTransform transform = what == 2 ? ImageTransform::train(config, TrainTransformOptions().decode(decode))
                                              : ImageTransform::eval(config, EvalTransformOptions().decode(decode));
   const at::Tensor out = transform(data, file.size(), kName, min_width * 256 + min_height);

@@ -56,4 +56,8 @@ class ImageFolder {
 // Whether the file name ends in .jpg, .jpeg or .png (any case).
 bool has_image_extension(const std::string& name);
 
+// The image files below `dir` (sub-directories included, symbolic links followed, each directory
+// once), sorted by path. std::runtime_error naming `dir` when it cannot be read.
+std::vector<std::string> list_images(const std::string& dir);
+
 }  // namespace slideformer::data
