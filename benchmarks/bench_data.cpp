@@ -4,6 +4,7 @@
 // Prints one JSON line per measurement; benchmarks/bench_data.py runs it beside torchvision.
 //
 //   bench_data --folder DIR --threads N [--size 224] [--batch-size 64] [--rounds 3] [--what loader|decode]
+#include <ATen/ATen.h>
 #include <turbojpeg.h>
 
 #include <algorithm>
