@@ -5,17 +5,17 @@ The images: JPEGs of about ImageNet's size (500 x 375, quality 90, 4:2:0) cut fr
 that scikit-image ships, written to a temporary folder of ImageFolder layout. Each contender turns
 them into normalised 224 x 224 float batches of 64 with RandomResizedCrop + horizontal flip:
 
-- ours: `bench_data --what loader` (Loader, ImageTransform::train: TurboJPEG with DCT scaling, fused
+- ours: `data_rates --what loader` (Loader, ImageTransform::train: TurboJPEG with DCT scaling, fused
   crop + resize + flip + normalise), N threads;
 - torchvision: ImageFolder (Pillow) + DataLoader(num_workers=N, persistent workers), transforms.v2
   RandomResizedCrop(224, antialias=True), RandomHorizontalFlip, ToImage, ToDtype, Normalize;
-- the practical limit: `bench_data --what decode`, TurboJPEG decoding every file at full size to
+- the practical limit: `data_rates --what decode`, TurboJPEG decoding every file at full size to
   RGB from memory on N threads, nothing else.
 
 The contenders alternate, each rate is a median over rounds of whole epochs, and the ratios are
 taken in this one run. The bars at 2 threads: ours >= 2x torchvision and >= 0.6 of decode-only.
 
-    python benchmarks/bench_data.py [--images 320] [--rounds 3] [--threads 1 2] [--binary build/bin/bench_data]
+    python benchmarks/bench_data.py [--images 320] [--rounds 3] [--threads 1 2] [--binary build/bin/data_rates]
 """
 
 import argparse
@@ -37,7 +37,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def default_binary():
-    return str(Path(os.environ.get("SLIDEFORMER_BUILD", ROOT / "build")) / "bin" / "bench_data")
+    return str(Path(os.environ.get("SLIDEFORMER_BUILD", ROOT / "build")) / "bin" / "data_rates")
 
 
 def make_folder(root, count):

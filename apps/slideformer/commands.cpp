@@ -316,6 +316,10 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
 }  // namespace
 
 int predict_images(const std::string& model_path, const std::vector<std::string>& inputs, int64_t top, bool json) {
+  if (ends_with(model_path, ".pt2")) {
+    throw std::runtime_error(model_path + ": predicting image files takes a TorchScript model (export --format "
+                             "torchscript), which carries the class names and eval transform");
+  }
   torch::jit::ExtraFilesMap extra{{kDataConfigFile, ""}};
   torch::jit::Module model;
   try {

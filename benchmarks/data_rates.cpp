@@ -3,7 +3,7 @@
 // TurboJPEG decoding the same files at full size from memory on the same number of threads.
 // Prints one JSON line per measurement; benchmarks/bench_data.py runs it beside torchvision.
 //
-//   bench_data --folder DIR --threads N [--size 224] [--batch-size 64] [--rounds 3] [--what loader|decode]
+//   data_rates --folder DIR --threads N [--size 224] [--batch-size 64] [--rounds 3] [--what loader|decode]
 #include <ATen/ATen.h>
 #include <turbojpeg.h>
 
@@ -39,9 +39,9 @@ Arguments parse(int argc, char** argv) {
     else if (key == "--size") a.size = std::atoll(value.c_str());
     else if (key == "--batch-size") a.batch_size = std::atoll(value.c_str());
     else if (key == "--rounds") a.rounds = std::atoll(value.c_str());
-    else throw std::invalid_argument("bench_data: unknown option " + key);
+    else throw std::invalid_argument("data_rates: unknown option " + key);
   }
-  if (a.folder.empty()) throw std::invalid_argument("bench_data: --folder DIR is required");
+  if (a.folder.empty()) throw std::invalid_argument("data_rates: --folder DIR is required");
   return a;
 }
 
@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(a.threads), rate);
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_data: %s\n", e.what());
+    std::fprintf(stderr, "data_rates: %s\n", e.what());
     return 1;
   }
 }
