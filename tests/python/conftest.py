@@ -75,6 +75,19 @@ def read_logits(path, classes=10):
     return torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(-1, classes))
 
 
+def nudged_timm_reference(name="mvitv2_tiny"):
+    """timm's model `name` (seed 0, eval), every parameter nudged so that none sits at a neutral
+    value, two seeded 224 x 224 images and its logits for them: (state dict, images, logits)."""
+    import timm
+    torch.manual_seed(0)
+    reference = timm.create_model(name).eval()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+        images = torch.randn(2, 3, 224, 224)
+        return reference.state_dict(), images, reference(images)
+
+
 @pytest.fixture(scope="session")
 def fashion_checkpoint(tmp_path_factory):
     """A checkpoint of the C++ program: fashion, one short epoch."""

@@ -4,31 +4,26 @@ tests/tools/model_parity.cpp builds a preset in C++, optionally loads weights sa
 library's names, and writes its logits and its export. timm's mvitv2_* models (random
 initialisation, fixed seed, every parameter perturbed so that none is at a neutral value) are
 converted to those names: the C++ logits must match timm's, and the export's the C++ model's."""
-import re
 import subprocess
 
 import pytest
 import timm
 import torch
 
-from conftest import LIBRARY
+import slideformer.weights as weight_files
+from conftest import LIBRARY, nudged_timm_reference
 
 TOOL = LIBRARY.parent.parent / "bin" / "model_parity"
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def from_timm(state):
-    """timm's MultiScaleVit state_dict under the names of slideformer::nn::MViT."""
-    renames = [(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2."), (r"\.shortcut_proj_attn\.", ".shortcut_proj."),
-               (r"\.attn\.rel_pos_h$", ".attn.relative_position.height"),
-               (r"\.attn\.rel_pos_w$", ".attn.relative_position.width"), (r"^head\.fc\.", "head.")]
-    converted = {}
-    for name, value in state.items():
-        for pattern, replacement in renames:
-            name = re.sub(pattern, replacement, name)
-        converted[name] = value.contiguous()
-    return converted
+def from_timm(tmp_path, state, preset="mvitv2_tiny"):
+    """timm's MultiScaleVit state_dict under the names of slideformer::nn::MViT: the library's timm
+    table (slideformer.weights.map_weights) onto the names and shapes of the C++ preset."""
+    subprocess.run([str(TOOL), preset, "--state", str(tmp_path / "model.safetensors")], check=True)
+    return {name: tensor.contiguous() for name, tensor in
+            weight_files.map_weights("timm", state, weight_files.read(tmp_path / "model.safetensors")).items()}
 
 
 def run_tool(tmp_path, preset, weights, images):
@@ -53,14 +48,8 @@ def test_timm_has_the_parameter_counts_of_the_presets(name, count):
 
 
 def test_mvitv2_tiny_logits_match_timm_and_the_export_matches_the_model(tmp_path):
-    torch.manual_seed(0)
-    reference = timm.create_model("mvitv2_tiny").eval()
-    with torch.no_grad():
-        for parameter in reference.parameters():
-            parameter.add_(0.02 * torch.randn_like(parameter))
-        images = torch.randn(2, 3, 224, 224)
-        expected = reference(images)
-    logits, exported = run_tool(tmp_path, "mvitv2_tiny", from_timm(reference.state_dict()), images)
+    state, images, expected = nudged_timm_reference("mvitv2_tiny")
+    logits, exported = run_tool(tmp_path, "mvitv2_tiny", from_timm(tmp_path, state), images)
     assert logits.shape == (2, 1000)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
@@ -69,7 +58,7 @@ def test_mvitv2_tiny_logits_match_timm_and_the_export_matches_the_model(tmp_path
 
 
 def test_the_tool_refuses_weights_that_do_not_fit(tmp_path):
-    weights = from_timm(timm.create_model("mvitv2_tiny").state_dict())
+    weights = from_timm(tmp_path, timm.create_model("mvitv2_tiny").state_dict())
     weights["head.weight"] = weights["head.weight"][:10]
     result = subprocess.run([str(TOOL), "mvitv2_tiny", "-", "x", "y", "z"], capture_output=True, text=True)
     assert result.returncode == 1 and "x: cannot open" in result.stderr

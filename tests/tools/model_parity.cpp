@@ -2,8 +2,12 @@
 // {name: tensor} dict saved by torch.save under this library's parameter names (every parameter
 // must be there, and nothing else but buffers; "-" keeps the initialisation), runs the C++ model
 // on a batch of normalised images and writes the logits (torch::pickle_save, readable by
-// torch.load) and the model's TorchScript export.
-//   model_parity <preset> <weights.pt or -> <images.pt> <logits.pt> <export.pt>
+// torch.load) and the model's TorchScript export. With a source family as sixth argument, the
+// weights file is instead any weight file of that family, imported by the library
+// (slideformer::io::import_weights: safetensors or torch.save, mapped by the family's table).
+//   model_parity <preset> <weights.pt or -> <images.pt> <logits.pt> <export.pt or -> [<family>]
+// Or it writes the names and shapes a preset's weights have (its state, as safetensors):
+//   model_parity <preset> --state <out.safetensors>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -14,6 +18,8 @@
 #include <map>
 #include <set>
 
+#include "slideformer/io/safetensors.h"
+#include "slideformer/io/weight_mapping.h"
 #include "slideformer/nn/export.h"
 
 namespace {
@@ -41,15 +47,26 @@ c10::IValue read(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 6) {
-    std::cerr << "usage: model_parity <preset> <weights.pt or -> <images.pt> <logits.pt> <export.pt>\n";
+  if (argc == 4 && std::string(argv[2]) == "--state") {
+    try {
+      torch::manual_seed(0);
+      slideformer::io::save_safetensors(argv[3], slideformer::io::module_state(*build(argv[1]).first));
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "model_parity: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  if (argc != 6 && argc != 7) {
+    std::cerr << "usage: model_parity <preset> <weights.pt or -> <images.pt> <logits.pt> <export.pt> [<family>]\n";
     return 2;
   }
   try {
     torch::manual_seed(0);
     const auto [module, model] = build(argv[1]);
     module->eval();
-    const bool load = std::string(argv[2]) != "-";
+    if (argc == 7) slideformer::io::import_weights(*module, argv[2], slideformer::io::weight_source(argv[6]));
+    const bool load = argc == 6 && std::string(argv[2]) != "-";
     std::set<std::string> unused;
     std::map<std::string, at::Tensor> weights;
     if (load) {
@@ -78,7 +95,7 @@ int main(int argc, char** argv) {
     const at::Tensor logits = model->forward(read(argv[3]).toTensor());
     const std::vector<char> bytes = torch::pickle_save(logits);
     std::ofstream(argv[4], std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    to_torchscript(*model).save(argv[5]);
+    if (std::string(argv[5]) != "-") to_torchscript(*model).save(argv[5]);
   } catch (const std::exception& e) {
     std::cerr << "model_parity: " << e.what() << "\n";
     return 1;
