@@ -1,5 +1,7 @@
 #include "checkpoint.h"
 
+#include "slideformer/data/transforms.h"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
@@ -122,11 +124,30 @@ void check_state(const CheckpointState& state, const std::string& path) {
   check(c.label_smoothing >= 0 && c.label_smoothing <= 1, "label_smoothing", c.label_smoothing, "in [0, 1]");
   check(c.limit >= 0, "limit", c.limit, ">= 0");
   check(p.epoch >= 0 && p.epoch <= c.epochs, "epoch", p.epoch, "in [0, epochs]");
+  check(c.image_size >= 0 && c.image_size <= 4096, "image_size", c.image_size, "in [0, 4096]");
+  check(c.crop_pct > 0 && c.crop_pct <= 1, "crop_pct", c.crop_pct, "in (0, 1]");
   check(p.step_in_epoch >= 0, "step_in_epoch", p.step_in_epoch, ">= 0");
   check(p.global_step >= p.step_in_epoch, "global_step", p.global_step, ">= step_in_epoch");
   check(state.rng_state.defined() && state.rng_state.scalar_type() == at::kByte && state.rng_state.dim() == 1,
         "rng_state", state.rng_state.defined() ? c10::str(state.rng_state.sizes()) : "nothing",
         "a 1-d uint8 tensor");
+}
+
+// The stored data config must parse and describe the model's input.
+void check_data_config(const CheckpointState& state, const std::string& path) {
+  data::DataConfig config;
+  try {
+    config = data::DataConfig::from_json(state.data_config, path);
+  } catch (const std::invalid_argument& error) {
+    throw std::runtime_error(error.what());
+  }
+  if (config.channels != state.model.in_channels() || config.image_size != state.model.image_size() ||
+      static_cast<int64_t>(config.class_names.size()) != state.model.num_classes()) {
+    fail(path, fmt::format("the data config ({} channels, {} x {}, {} classes) does not fit the model ({} channels, "
+                           "{} x {}, {} classes)", config.channels, config.image_size, config.image_size,
+                           config.class_names.size(), state.model.in_channels(), state.model.image_size(),
+                           state.model.image_size(), state.model.num_classes()));
+  }
 }
 
 // Module::load replaces each tensor whole (set_) whatever its shape, so the shapes are compared
@@ -251,6 +272,12 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   archive.write("epoch_seconds", c10::IValue(state.progress.epoch_seconds));
   archive.write("rng_state", state.rng_state);
   archive.write("metrics", c10::IValue(state.metrics));
+  archive.write("data_config", c10::IValue(state.data_config));
+  archive.write("train_dir", c10::IValue(c.train_dir));
+  archive.write("val_dir", c10::IValue(c.val_dir));
+  archive.write("image_size", c10::IValue(c.image_size));
+  archive.write("crop_pct", c10::IValue(c.crop_pct));
+  archive.write("skip_bad_images", c10::IValue(c.skip_bad_images));
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -282,7 +309,18 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   state.progress.epoch_loss_sum = read_value<double>(archive, path, "epoch_loss_sum");
   state.progress.epoch_seconds = read_value<double>(archive, path, "epoch_seconds");
   if (!archive.try_read("rng_state", state.rng_state)) fail(path, "checkpoint lacks 'rng_state'");
+  // The image-folder fields, absent from checkpoints written before them (trained on IDX files).
+  c10::IValue present;
+  if (archive.try_read("data_config", present)) {
+    state.data_config = read_value<std::string>(archive, path, "data_config");
+    c.train_dir = read_value<std::string>(archive, path, "train_dir");
+    c.val_dir = read_value<std::string>(archive, path, "val_dir");
+    c.image_size = read_value<int64_t>(archive, path, "image_size");
+    c.crop_pct = read_value<double>(archive, path, "crop_pct");
+    c.skip_bad_images = read_value<bool>(archive, path, "skip_bad_images");
+  }
   check_state(state, path);
+  if (!state.data_config.empty()) check_data_config(state, path);
   return state;
 }
 

@@ -23,6 +23,9 @@ struct CheckpointState {
   TrainProgress progress;
   at::Tensor rng_state;  // the default CPU generator's state
   std::string metrics;   // metrics.jsonl of the completed epochs (empty in v1 checkpoints)
+  // The data the model was trained on (JSON of slideformer::data::DataConfig: class names, input
+  // size, mean, std, crop_pct); empty for Fashion-MNIST's IDX files and older checkpoints.
+  std::string data_config;
 };
 
 void save_checkpoint(const std::string& path, const CheckpointState& state,

@@ -15,9 +15,13 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <thread>
 #include <stdexcept>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "image_data.h"
 #include "slideformer/nn/export.h"
 #include "training.h"
 
@@ -25,8 +29,8 @@ namespace slideformer::app {
 
 namespace {
 
-const char* const kClasses[] = {"T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-                                "Sandal",  "Shirt",   "Sneaker",  "Bag",   "Boot"};
+// The extra file of an exported TorchScript model that holds its data config.
+constexpr const char* kDataConfigFile = "data_config.json";
 
 std::string shape_text(const at::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ", ")); }
 
@@ -44,12 +48,7 @@ double accuracy_of(const at::Tensor& predictions, const Dataset& data) {
   return predictions.eq(data.labels).to(at::kDouble).mean().item<double>();
 }
 
-// Predicted classes of the test set, writing the requested outputs.
-at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>& logits_of,
-                             const Dataset& test, const TestSetOutputs& outputs) {
-  std::vector<at::Tensor> logits;
-  const at::Tensor predictions = predict_classes(
-      [&](const at::Tensor& unit) { return logits.emplace_back(logits_of(unit)); }, test);
+void write_outputs(const at::Tensor& predictions, const at::Tensor& logits, const TestSetOutputs& outputs) {
   if (!outputs.predictions.empty()) {
     std::ofstream out(outputs.predictions);
     const auto* p = predictions.data_ptr<int64_t>();
@@ -57,11 +56,20 @@ at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>&
     if (!out) throw std::runtime_error(outputs.predictions + ": cannot write predictions");
   }
   if (!outputs.logits.empty()) {
-    const at::Tensor all = at::cat(logits).contiguous();
+    const at::Tensor all = logits.contiguous();
     std::ofstream out(outputs.logits, std::ios::binary);
     out.write(reinterpret_cast<const char*>(all.data_ptr<float>()), all.numel() * sizeof(float));
     if (!out) throw std::runtime_error(outputs.logits + ": cannot write logits");
   }
+}
+
+// Predicted classes of the test set, writing the requested outputs.
+at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>& logits_of,
+                             const Dataset& test, const TestSetOutputs& outputs) {
+  std::vector<at::Tensor> logits;
+  const at::Tensor predictions = predict_classes(
+      [&](const at::Tensor& unit) { return logits.emplace_back(logits_of(unit)); }, test);
+  write_outputs(predictions, outputs.logits.empty() ? at::Tensor() : at::cat(logits), outputs);
   return predictions;
 }
 
@@ -98,27 +106,85 @@ int summary(ModelConfig config, int64_t image_size) {
   return 0;
 }
 
+namespace {
+
+bool is_directory(const std::string& path) {
+  struct stat info {};
+  return stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+// Rows true class, columns predicted, headed by the class names (up to 40 classes).
+void print_confusion(const at::Tensor& labels, const at::Tensor& predictions, const std::vector<std::string>& names) {
+  const int64_t classes = static_cast<int64_t>(names.size());
+  if (classes > 40) {
+    fmt::print("(confusion matrix of {} classes not printed: --predictions writes every prediction)\n", classes);
+    return;
+  }
+  const at::Tensor confusion =
+      at::bincount(labels * classes + predictions, {}, classes * classes).view({classes, classes});
+  size_t width = 6;
+  for (const std::string& name : names) width = std::max(width, std::min<size_t>(name.size(), 12));
+  auto cell = [&](const std::string& text) { return fmt::format("{:>{}}", text.substr(0, 12), width + 1); };
+  fmt::print("confusion matrix (rows: true class, columns: predicted)\n{}", cell(""));
+  for (const std::string& name : names) fmt::print("{}", cell(name));
+  fmt::print("\n");
+  for (int64_t r = 0; r < classes; ++r) {
+    fmt::print("{}", cell(names[r]));
+    for (int64_t c = 0; c < classes; ++c) fmt::print("{}", cell(std::to_string(confusion[r][c].item<int64_t>())));
+    fmt::print("\n");
+  }
+}
+
+// evaluate() on a folder of images.
+int evaluate_folder(LoadedModel& loaded, const std::string& dir, int64_t limit, const TestSetOutputs& outputs,
+                    bool skip_bad_images) {
+  const data::DataConfig config = loaded.data_config.empty() ? fashion_data_config(loaded.model_config)
+                                                             : data::DataConfig::from_json(loaded.data_config, dir);
+  const data::ImageFolder folder = open_folder(dir, limit);
+  if (folder.classes() != config.class_names) {
+    throw std::runtime_error(fmt::format("{}: its {} class folders are not the {} classes the model was trained on "
+                                         "(first: {})", dir, folder.classes().size(), config.class_names.size(),
+                                         config.class_names.empty() ? "none" : config.class_names.front()));
+  }
+  at::set_num_threads(1);  // the loader's threads decode, the model runs between batches
+  auto loader = eval_loader(folder, config, 2, skip_bad_images);
+  const Scored scored = score(*loader, at::arange(folder.size(), at::kLong),
+                              [&](const at::Tensor& images) { return loaded.model(images); });
+  at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const int64_t n = scored.labels.numel(), top = std::min<int64_t>(5, loaded.model->num_classes());
+  const at::Tensor predictions = n ? scored.logits.argmax(1) : at::empty({0}, at::kLong);
+  const double accuracy = n ? predictions.eq(scored.labels).to(at::kDouble).mean().item<double>() : 0.0;
+  const double top5 = n ? std::get<1>(scored.logits.topk(top, 1)).eq(scored.labels.unsqueeze(1)).any(1)
+                              .to(at::kDouble).mean().item<double>() : 0.0;
+  write_outputs(predictions, scored.logits, outputs);
+  fmt::print("model {}: accuracy {:.2f}%, top-{} {:.2f}% ({} images in {}{})\n", model_name(loaded.model_config),
+             100 * accuracy, top, 100 * top5, n, dir,
+             scored.skipped ? fmt::format(", {} bad images skipped", scored.skipped) : "");
+  print_confusion(scored.labels, predictions, config.class_names);
+  return 0;
+}
+
+}  // namespace
+
 int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t limit,
-             const TestSetOutputs& outputs) {
+             const TestSetOutputs& outputs, bool skip_bad_images) {
   LoadedModel loaded = load_model(checkpoint);
+  if (!data_dir.empty() && (is_directory(data_dir + "/val") || !loaded.data_config.empty())) {
+    return evaluate_folder(loaded, is_directory(data_dir + "/val") ? data_dir + "/val" : data_dir, limit, outputs,
+                           skip_bad_images);
+  }
+  if (data_dir.empty() && !loaded.data_config.empty()) {
+    const std::string val = loaded.config.val_dir.empty() ? loaded.config.data_dir + "/val" : loaded.config.val_dir;
+    return evaluate_folder(loaded, val, limit, outputs, skip_bad_images);
+  }
   const Dataset test =
       load_fashion_mnist(data_dir.empty() ? loaded.config.data_dir : data_dir, false, limit);
   check_data_fits(loaded.model_config, test);
   const at::Tensor predictions = classify_test_set(
       [&](const at::Tensor& unit) { return loaded.model(normalise(*loaded.model.classifier, unit)); }, test, outputs);
-  const int64_t classes = loaded.model->num_classes();
-  const at::Tensor confusion =
-      at::bincount(test.labels * classes + predictions, {}, classes * classes).view({classes, classes});
   fmt::print("model {}: test accuracy {:.2f}% ({} images)\n", model_name(loaded.model_config),
              100 * accuracy_of(predictions, test), test.labels.numel());
-  fmt::print("confusion matrix (rows: true class, columns: predicted)\n{:>10}", "");
-  for (int64_t c = 0; c < classes; ++c) fmt::print("{:>9}", c < 10 ? kClasses[c] : std::to_string(c));
-  fmt::print("\n");
-  for (int64_t r = 0; r < classes; ++r) {
-    fmt::print("{:>10}", r < 10 ? kClasses[r] : std::to_string(r));
-    for (int64_t c = 0; c < classes; ++c) fmt::print("{:>9}", confusion[r][c].item<int64_t>());
-    fmt::print("\n");
-  }
+  print_confusion(test.labels, predictions, fashion_data_config(loaded.model_config).class_names);
   return 0;
 }
 
@@ -138,8 +204,10 @@ int export_model(const std::string& checkpoint, const std::string& out) {
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail(std::strerror(errno));
   ::close(fd);
+  const std::string data_config = loaded.data_config.empty() ? fashion_data_config(loaded.model_config).to_json()
+                                                             : loaded.data_config;
   try {
-    nn::to_torchscript(*loaded.model.classifier).save(temporary);
+    nn::to_torchscript(*loaded.model.classifier).save(temporary, {{kDataConfigFile, data_config}});
   } catch (const c10::Error& e) {
     fail(first_line(e.what_without_backtrace()));
   }
@@ -222,6 +290,86 @@ int predict(const std::string& model_path, const std::string& data_dir, int64_t 
   fmt::print("exported model {}: test accuracy {:.2f}% ({} images)\n", model_path,
              100 * accuracy_of(predictions, test), test.labels.numel());
   return 0;
+}
+
+}  // namespace slideformer::app
+
+namespace slideformer::app {
+
+namespace {
+
+// The files to predict: each file given, and the images below each directory given.
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
+  std::vector<std::string> files;
+  for (const std::string& input : inputs) {
+    if (is_directory(input)) {
+      const std::vector<std::string> found = data::list_images(input);
+      if (found.empty()) throw std::runtime_error(input + ": no .jpg, .jpeg or .png files in the directory");
+      files.insert(files.end(), found.begin(), found.end());
+    } else {
+      files.push_back(input);
+    }
+  }
+  return files;
+}
+
+}  // namespace
+
+int predict_images(const std::string& model_path, const std::vector<std::string>& inputs, int64_t top, bool json) {
+  if (ends_with(model_path, ".pt2")) {
+    throw std::runtime_error(model_path + ": predicting image files takes a TorchScript model (export --format "
+                             "torchscript), which carries the class names and eval transform");
+  }
+  torch::jit::ExtraFilesMap extra{{kDataConfigFile, ""}};
+  torch::jit::Module model;
+  try {
+    model = torch::jit::load(model_path, c10::nullopt, extra);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(model_path + ": not a loadable TorchScript model (truncated or corrupt?)");
+  }
+  if (extra[kDataConfigFile].empty()) {
+    throw std::runtime_error(model_path + ": the model holds no data config (" + kDataConfigFile +
+                             "): export it again with this version of slideformer");
+  }
+  const data::DataConfig config = data::DataConfig::from_json(extra[kDataConfigFile], model_path);
+  model.eval();
+  // The exported model normalises its [0, 1] input itself.
+  data::ImageTransform transform = data::ImageTransform::eval(config);
+  transform.normalize(false);
+  const std::vector<std::string> files = expand_inputs(inputs);
+  top = std::min<int64_t>(top, static_cast<int64_t>(config.class_names.size()));
+  int64_t failed = 0;
+  constexpr size_t kBatch = 32;
+  torch::NoGradGuard no_grad;
+  for (size_t start = 0; start < files.size(); start += kBatch) {
+    std::vector<at::Tensor> images;
+    std::vector<std::string> names;
+    for (size_t i = start; i < std::min(files.size(), start + kBatch); ++i) {
+      try {
+        images.push_back(transform(files[i]));
+        names.push_back(files[i]);
+      } catch (const data::ImageError& error) {
+        fmt::print(stderr, "slideformer: error: {}\n", error.what());
+        ++failed;
+      }
+    }
+    if (images.empty()) continue;
+    const at::Tensor probabilities = model.forward({at::stack(images)}).toTensor().to(at::kFloat).softmax(1);
+    const auto [values, indices] = probabilities.topk(top, 1);
+    for (size_t i = 0; i < names.size(); ++i) {
+      nlohmann::ordered_json classes = nlohmann::ordered_json::array();
+      std::string line = names[i] + ":";
+      for (int64_t k = 0; k < top; ++k) {
+        const int64_t c = indices[i][k].item<int64_t>();
+        const double p = values[i][k].item<double>();
+        classes.push_back({{"class", config.class_names[c]}, {"index", c}, {"probability", p}});
+        line += fmt::format("{} {} {:.4f}", k ? "," : "", config.class_names[c], p);
+      }
+      fmt::print("{}\n", json ? nlohmann::ordered_json{{"file", names[i]}, {"top", classes}}.dump() : line);
+    }
+  }
+  std::fflush(stdout);
+  return failed ? 1 : 0;
 }
 
 }  // namespace slideformer::app

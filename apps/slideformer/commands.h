@@ -1,6 +1,7 @@
 #pragma once
 // The subcommands of the slideformer program other than train (see training.h).
 #include <string>
+#include <vector>
 
 #include "model_config.h"
 
@@ -15,10 +16,20 @@ struct TestSetOutputs {
   std::string logits;
 };
 
+// Test accuracy and confusion matrix: on Fashion-MNIST's IDX test set, or, for a model trained on
+// image folders (or when data_dir/val exists), on a folder of images (data_dir/val, else
+// data_dir; by default the training run's validation folder) with top-5 accuracy and class names.
 int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t limit,
-             const TestSetOutputs& outputs);
+             const TestSetOutputs& outputs, bool skip_bad_images = false);
+// A TorchScript model of the checkpoint, its data config (class names, eval transform) inside as
+// the extra file data_config.json.
 int export_model(const std::string& checkpoint, const std::string& out);
+// The test accuracy of an exported model on Fashion-MNIST's IDX test set.
 int predict(const std::string& model_path, const std::string& data_dir, int64_t limit,
             const TestSetOutputs& outputs);
+// The `top` most probable classes of each image file (directories: every image below them), from
+// an exported TorchScript model and the data config inside it; one JSON object per image with
+// `json`. A file that cannot be read is reported and the others still predicted (exit status 1).
+int predict_images(const std::string& model_path, const std::vector<std::string>& inputs, int64_t top, bool json);
 
 }  // namespace slideformer::app

@@ -86,16 +86,27 @@ int main(int argc, char** argv) {
   summary_model->require_option(1);
   summary_cmd->add_option("--image-size", image_size, "input size (default: the model's)")->check(integer_in(1, 4096));
 
-  auto* train_cmd = app.add_subcommand("train", "train a preset on Fashion-MNIST");
+  auto* train_cmd = app.add_subcommand("train", "train a preset on Fashion-MNIST or on folders of images");
   train_cmd->add_option("--preset", train_preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
   train_cmd->add_option("--out", run.out_dir, "output directory (checkpoint.pt, metrics.jsonl, curves.png)")->required();
-  train_cmd->add_option("--data", config.data_dir, "directory of the IDX .gz files")->capture_default_str();
+  train_cmd->add_option("--data", config.data_dir, "directory of the IDX .gz files, or of image folders train/ and "
+                                                    "val/ (<class>/<image>, docs/data.md)")->capture_default_str();
+  train_cmd->add_option("--train-dir", config.train_dir, "folder of training images, <class>/<image> (with --val-dir)");
+  train_cmd->add_option("--val-dir", config.val_dir, "folder of validation images, <class>/<image>");
+  train_cmd->add_option("--image-size", config.image_size, "image folders: the model's input size (default: the preset's)")
+      ->check(integer_in(1, 4096));
+  train_cmd->add_option("--crop-pct", config.crop_pct, "image folders: evaluation resizes the short side to "
+                                                       "image-size / crop-pct, then crops the center")
+      ->capture_default_str()->check(number("in (0, 1]", [](double v) { return v > 0 && v <= 1; }));
+  train_cmd->add_flag("--skip-bad-images", config.skip_bad_images, "image folders: leave out (and count) images that "
+                                                                   "cannot be read, instead of stopping");
   train_cmd->add_option("--epochs", config.epochs, "epochs of the schedule")->capture_default_str()->check(integer_in(1, 1000000));
   train_cmd->add_option("--batch-size", config.batch_size, "images per step")->capture_default_str()->check(positive);
   train_cmd->add_option("--lr", config.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str()->check(number("> 0", [](double v) { return v > 0; }));
   train_cmd->add_option("--weight-decay", config.weight_decay, "AdamW weight decay of linear and conv weights")->capture_default_str()->check(number(">= 0", [](double v) { return v >= 0; }));
   train_cmd->add_option("--label-smoothing", config.label_smoothing, "label smoothing of the loss")->capture_default_str()->check(number("in [0, 1]", [](double v) { return v >= 0 && v <= 1; }));
-  train_cmd->add_flag("--augment,!--no-augment", config.augment, "random crop and flip (default off)");
+  train_cmd->add_flag("--augment,!--no-augment", config.augment, "random crop and flip (image folders: "
+                                                                  "RandomResizedCrop and flip; default off)");
   train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(threads_range);
   train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(non_negative);
   train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str()->check(any_integer());
@@ -111,9 +122,12 @@ int main(int argc, char** argv) {
                                                        "this many KiB (the first at most 1024)")
       ->capture_default_str()->check(integer_in(1, 1 << 30));
 
-  auto* eval_cmd = app.add_subcommand("eval", "test accuracy and confusion matrix of a checkpoint");
+  bool skip_bad_images = false;
+  auto* eval_cmd = app.add_subcommand("eval", "test accuracy (top-5 for image folders) and confusion matrix of a checkpoint");
   eval_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
-  eval_cmd->add_option("--data", data_dir, "directory of the IDX .gz files (default: the training data's)");
+  eval_cmd->add_option("--data", data_dir, "directory of the IDX .gz files, or an image folder (its val/ when it has "
+                                           "one) (default: the training data's)");
+  eval_cmd->add_flag("--skip-bad-images", skip_bad_images, "leave out (and count) images that cannot be read");
   eval_cmd->add_option("--limit", limit, "use only the first N test images")->check(non_negative);
   auto add_output_options = [&](CLI::App* command) {
     command->add_option("--predictions", outputs.predictions, "write the predicted classes here");
@@ -130,8 +144,15 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--python", python, "Python interpreter for onnx / aoti (default: $SLIDEFORMER_PYTHON, "
                                              "else the build's Python, else python3)");
 
-  auto* predict_cmd = app.add_subcommand("predict", "test accuracy of an exported model");
+  std::vector<std::string> predict_inputs;
+  int64_t top = 5;
+  bool json = false;
+  auto* predict_cmd = app.add_subcommand("predict", "the top classes of image files, or the test accuracy of an exported model");
   predict_cmd->add_option("--model", model_path, "exported .pt (TorchScript) or .pt2 (AOTInductor) file")->required();
+  predict_cmd->add_option("inputs", predict_inputs, "image files or directories of images (none: the accuracy on "
+                                                    "Fashion-MNIST's test set)");
+  predict_cmd->add_option("--top", top, "classes printed per image")->capture_default_str()->check(integer_in(1, 1000));
+  predict_cmd->add_flag("--json", json, "one JSON object per image");
   predict_cmd->add_option("--data", data_dir, "directory of the IDX .gz files")->capture_default_str();
   predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(non_negative);
   add_output_options(predict_cmd);
@@ -160,8 +181,7 @@ int main(int argc, char** argv) {
       return train(run);
     }
     if (*eval_cmd) {
-      return evaluate(checkpoint, eval_cmd->count("--data") ? data_dir : "", limit,
-                      outputs);
+      return evaluate(checkpoint, eval_cmd->count("--data") ? data_dir : "", limit, outputs, skip_bad_images);
     }
     if (*export_cmd) {
       if (export_format == "torchscript") return export_model(checkpoint, out);
@@ -169,7 +189,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*bench_cmd) return bench(bench_config);
-    if (*predict_cmd) return predict(model_path, data_dir, limit, outputs);
+    if (*predict_cmd) {
+      return predict_inputs.empty() ? predict(model_path, data_dir, limit, outputs)
+                                    : predict_images(model_path, predict_inputs, top, json);
+    }
   } catch (const c10::Error& e) {
     fmt::print(stderr, "slideformer: error: {}\n", e.what_without_backtrace());
   } catch (const std::exception& e) {

@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "checkpoint.h"
+#include "image_data.h"
 #include "slideformer/distributed.h"
 #include "slideformer/nn/functional.h"
 
@@ -120,7 +121,12 @@ void prepare_out_dir(const std::string& out_dir, const std::string& checkpoint_p
 
 // A resumed run keeps the model and recipe it started with: options given again must agree.
 void check_resume_options(const TrainRun& run, const CheckpointState& state, const std::string& path) {
-  if (run.given_options.count("--preset") && !(run.model == state.model)) {
+  // A model trained on image folders is its preset fitted to the data's channels, classes and size.
+  ModelConfig given_model = run.model;
+  if (!state.data_config.empty()) {
+    fit_model_to_data(given_model, state.model.in_channels(), state.model.num_classes(), state.config.image_size);
+  }
+  if (run.given_options.count("--preset") && !(given_model == state.model)) {
     throw std::runtime_error(fmt::format(
         "{}: the checkpoint holds model '{}', not --preset {} (a resumed run keeps its model: leave "
         "--preset out)", path, model_name(state.model), model_name(run.model)));
@@ -142,6 +148,8 @@ void check_resume_options(const TrainRun& run, const CheckpointState& state, con
   same("--augment", given.augment, saved.augment);
   same("--limit", given.limit, saved.limit);
   same("--seed", given.seed, saved.seed);
+  same("--image-size", given.image_size, saved.image_size);
+  same("--crop-pct", given.crop_pct, saved.crop_pct);
 }
 
 std::string read_text(const std::string& path) {
@@ -284,6 +292,7 @@ LoadedModel load_model(const std::string& checkpoint_path) {
   CheckpointState state = read_checkpoint_state(checkpoint_path);
   loaded.model_config = state.model;
   loaded.config = state.config;
+  loaded.data_config = state.data_config;
   loaded.model = build_model(state.model);
   load_checkpoint_weights(checkpoint_path, *loaded.model.module, nullptr);
   loaded.model.module->eval();
@@ -316,9 +325,13 @@ CheckpointState starting_state(TrainRun& run) {
     }
     state = read_checkpoint_state(checkpoint_path);
     check_resume_options(run, state, checkpoint_path);
-    const std::string data_dir = config.data_dir;
+    const TrainConfig given = config;
     config = state.config;  // the run continues with the settings it started with
-    if (run.given_options.count("--data")) config.data_dir = data_dir;
+    // The data may have moved; whether bad images are skipped may change.
+    if (run.given_options.count("--data")) config.data_dir = given.data_dir;
+    if (run.given_options.count("--train-dir")) config.train_dir = given.train_dir;
+    if (run.given_options.count("--val-dir")) config.val_dir = given.val_dir;
+    if (run.given_options.count("--skip-bad-images")) config.skip_bad_images = given.skip_bad_images;
   } else {
     if (access(checkpoint_path.c_str(), F_OK) == 0) {
       throw std::runtime_error(checkpoint_path +
@@ -336,10 +349,46 @@ CheckpointState starting_state(TrainRun& run) {
 // a fresh run removes a previous run's curves.
 struct Session {
   CheckpointState state;
-  Dataset train_data, test_data;
+  Dataset train_data, test_data;  // Fashion-MNIST's IDX files
+  // Or image folders, read by loaders that give normalised batches.
+  std::optional<data::ImageFolder> train_folder, val_folder;
+  std::unique_ptr<data::Loader> train_loader, val_loader;
+  int64_t train_size = 0;
   Model model;
   std::unique_ptr<torch::optim::AdamW> optimizer;
 };
+
+// Opens a run's image folders: the model takes the data's channels and classes (a fresh run) or
+// must fit them (a resumed one); the data config goes into the checkpoint.
+void open_image_folders(Session& session, const ImageFolders& folders, const TrainRun& run) {
+  const TrainConfig& config = run.config;
+  CheckpointState& state = session.state;
+  session.train_folder = open_folder(folders.train, config.limit);
+  session.val_folder = open_folder(folders.val, config.limit);
+  if (session.val_folder->classes() != session.train_folder->classes()) {
+    throw std::runtime_error(fmt::format("{}: its class folders differ from those of {} ({} and {} classes): the "
+                                         "validation data must have the training data's classes",
+                                         folders.val, folders.train, session.val_folder->classes().size(),
+                                         session.train_folder->classes().size()));
+  }
+  const auto& classes = session.train_folder->classes();
+  if (!run.resume) {
+    fit_model_to_data(state.model, detect_channels(*session.train_folder), static_cast<int64_t>(classes.size()),
+                      config.image_size);
+    check_model_config(state.model, folders.train);
+  }
+  const data::DataConfig data_config = data_config_for(state.model, classes, config.crop_pct);
+  if (run.resume && !state.data_config.empty() &&
+      !(data::DataConfig::from_json(state.data_config, run.out_dir) == data_config)) {
+    throw std::runtime_error(fmt::format("{}: the data in {} is not what the checkpoint was trained on (other "
+                                         "classes or input)", run.out_dir + "/checkpoint.pt", folders.train));
+  }
+  state.data_config = data_config.to_json();
+  session.train_size = session.train_folder->size();
+  session.train_loader = train_loader(*session.train_folder, data_config, config.augment, run.threads,
+                                      static_cast<uint64_t>(config.seed), config.skip_bad_images);
+  session.val_loader = eval_loader(*session.val_folder, data_config, run.threads, config.skip_bad_images);
+}
 
 Session open_session(TrainRun& run, bool writer) {
   const std::string& out_dir = run.out_dir;
@@ -359,15 +408,20 @@ Session open_session(TrainRun& run, bool writer) {
   }
   at::set_num_threads(static_cast<int>(run.threads));
 
-  session.train_data = load_fashion_mnist(config.data_dir, true, config.limit);
-  session.test_data = load_fashion_mnist(config.data_dir, false, config.limit);
-  check_data_fits(state.model, session.train_data);
-  check_data_fits(state.model, session.test_data);
+  if (const auto folders = image_folders(config)) {
+    open_image_folders(session, *folders, run);
+  } else {
+    session.train_data = load_fashion_mnist(config.data_dir, true, config.limit);
+    session.test_data = load_fashion_mnist(config.data_dir, false, config.limit);
+    check_data_fits(state.model, session.train_data);
+    check_data_fits(state.model, session.test_data);
+    session.train_size = session.train_data.images.size(0);
+  }
   torch::manual_seed(static_cast<uint64_t>(config.seed));
   session.model = build_model(state.model);
   session.optimizer = std::make_unique<torch::optim::AdamW>(parameter_groups(*session.model.module, config.weight_decay));
   if (run.resume) {
-    const int64_t n = session.train_data.images.size(0);
+    const int64_t n = session.train_size;
     const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
     if (state.progress.step_in_epoch >= steps_per_epoch) {
       throw std::runtime_error(fmt::format(
@@ -396,12 +450,26 @@ void agree_on_start(const Ranks& ranks, const std::string& failure) {
   throw std::runtime_error(fmt::format("rank {}: stopping: rank {} could not start the run", ranks.rank(), failing));
 }
 
+at::Tensor this_ranks_part(const Ranks& ranks, int64_t n) {
+  return dist::DistributedSampler(n, ranks.rank(), ranks.size(),
+                                  dist::DistributedSamplerOptions(std::max<int64_t>(1, n)).shuffle(false))
+      .shard(0);
+}
+
+// This rank's part of the validation folder is scored; the counts are summed over the ranks.
+// Returns the accuracy and the number of images skipped.
+std::pair<double, int64_t> folder_accuracy(const Ranks& ranks, const Model& model, const Session& session) {
+  const Scored scored = score(*session.val_loader, this_ranks_part(ranks, session.val_folder->size()),
+                              [&](const at::Tensor& images) { return model(images); });
+  const int64_t right = scored.labels.numel() ? scored.logits.argmax(1).eq(scored.labels).sum().item<int64_t>() : 0;
+  const std::vector<double> counts = ranks.sum({double(right), double(scored.labels.numel()), double(scored.skipped)});
+  return {counts[0] / std::max(counts[1], 1.0), static_cast<int64_t>(counts[2])};
+}
+
 // This rank's part of the test set is scored; the counts are summed over the ranks.
 double test_accuracy(const Ranks& ranks, const Model& model, const Dataset& test) {
   const int64_t n = test.images.size(0);
-  const at::Tensor mine = dist::DistributedSampler(n, ranks.rank(), ranks.size(),
-                                                   dist::DistributedSamplerOptions(std::max<int64_t>(1, n)).shuffle(false))
-                              .shard(0);
+  const at::Tensor mine = this_ranks_part(ranks, n);
   const Dataset part{test.images.index_select(0, mine), test.labels.index_select(0, mine)};
   const at::Tensor predictions = predict_classes(
       [&](const at::Tensor& unit) { return model(normalise(*model.classifier, unit)); }, part);
@@ -458,7 +526,7 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
                          .first_bucket_cap_bytes(std::min<int64_t>(run.bucket_kib, 1024) * 1024));
   }
 
-  const int64_t n = train_data.images.size(0);
+  const int64_t n = session.train_size;
   // Global batches of --batch-size images split over the ranks (see DistributedSampler): the
   // same batches, augmentation and drop-path draws as one process, whatever the rank count.
   const dist::DistributedSampler sampler(n, ranks.rank(), ranks.size(),
@@ -497,11 +565,26 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
     double loss_sum = progress.epoch_loss_sum;
     auto epoch_seconds = [&] { return progress.epoch_seconds + seconds_since(epoch_start); };
     CommunicationTotals communication;
+    int64_t skipped = 0;  // bad images left out of this run's batches of the epoch (--skip-bad-images)
+    if (session.train_loader) {
+      std::vector<at::Tensor> plan;
+      for (int64_t step = progress.step_in_epoch; step < steps_per_epoch; ++step) plan.push_back(sampler.batch(order, step).indices);
+      session.train_loader->start_epoch(epoch, std::move(plan));
+    }
     for (int64_t step = progress.step_in_epoch; step < steps_per_epoch; ++step) {
       const dist::BatchShard part = sampler.batch(order, step);
-      const at::Tensor unit = unit_images(train_data, part.indices);
-      const at::Tensor images = normalise(classifier, config.augment ? augment(unit, part.offset, part.global_size) : unit);
-      const at::Tensor labels = train_data.labels.index_select(0, part.indices);
+      at::Tensor images, labels;
+      if (session.train_loader) {
+        data::Batch batch = *session.train_loader->next();
+        for (const std::string& error : batch.errors) fmt::print(stderr, "skipped: {}\n", error);
+        skipped += static_cast<int64_t>(batch.errors.size());
+        images = batch.images;
+        labels = batch.labels;
+      } else {
+        const at::Tensor unit = unit_images(train_data, part.indices);
+        images = normalise(classifier, config.augment ? augment(unit, part.offset, part.global_size) : unit);
+        labels = train_data.labels.index_select(0, part.indices);
+      }
       const double lr = learning_rate(config, progress.global_step, total_steps);
       for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
       at::Tensor logits;
@@ -558,7 +641,16 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
     const double train_seconds = epoch_seconds();
     const double train_loss = loss_sum / steps_per_epoch;
     model.module->eval();
-    const double accuracy = test_accuracy(ranks, model, session.test_data);
+    double accuracy = 0;
+    int64_t val_skipped = 0;
+    if (session.val_loader) {
+      std::tie(accuracy, val_skipped) = folder_accuracy(ranks, model, session);
+    } else {
+      accuracy = test_accuracy(ranks, model, session.test_data);
+    }
+    const int64_t train_skipped = static_cast<int64_t>(ranks.sum({static_cast<double>(skipped)})[0]);
+    const std::string skipped_json = config.skip_bad_images
+        ? fmt::format(", \"skipped_images\": {}, \"skipped_val_images\": {}", train_skipped, val_skipped) : "";
     progress.epoch += 1;
     progress.step_in_epoch = 0;
     progress.epoch_loss_sum = 0.0;
@@ -566,16 +658,18 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
     const double images_per_second = n / std::max(train_seconds, 1e-9);
     state.metrics += fmt::format(
         "{{\"epoch\": {}, \"train_loss\": {:.6f}, \"test_accuracy\": {:.6f}, "
-        "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}{}}}\n",
+        "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}{}{}}}\n",
         progress.epoch, train_loss, accuracy, images_per_second, train_seconds,
-        ranks.size() > 1 ? communication.json(ranks.size()) : "");
+        ranks.size() > 1 ? communication.json(ranks.size()) : "", skipped_json);
     if (writer) {
       save();
       write_metrics_files(run.out_dir, state.metrics);
       write_plot(run.out_dir);
-      fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}\n",
+      fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}{}\n",
                  terminal ? "\n" : "", progress.epoch, config.epochs, train_loss, 100 * accuracy,
-                 images_per_second, duration_text(train_seconds));
+                 images_per_second, duration_text(train_seconds),
+                 config.skip_bad_images ? fmt::format(", {} bad images skipped ({} in validation)", train_skipped, val_skipped)
+                                        : "");
     }
     if (run.stop_after > 0 && ++epochs_this_run >= run.stop_after) break;
   }

@@ -26,6 +26,12 @@ struct TrainConfig {
   bool augment = false;
   int64_t limit = 0;  // use only the first N images of each split (0 = all)
   int64_t seed = 0;
+  // Image folders (docs/data.md): --train-dir / --val-dir, else data_dir/train and data_dir/val
+  // when data_dir/train exists. The model takes its channels and classes from the data.
+  std::string train_dir, val_dir;
+  int64_t image_size = 0;   // the model's input size (0: the preset's)
+  double crop_pct = 0.875;  // eval transform: resize the short side to image_size / crop_pct, crop
+  bool skip_bad_images = false;  // count unreadable images instead of stopping
 };
 
 // Where a run stands; saved in every checkpoint.
@@ -80,6 +86,7 @@ struct LoadedModel {
   Model model;
   ModelConfig model_config;
   TrainConfig config;
+  std::string data_config;  // JSON of slideformer::data::DataConfig ("" for Fashion-MNIST's IDX files)
 };
 LoadedModel load_model(const std::string& checkpoint_path);
 
