@@ -11,6 +11,7 @@
 #include "bench.h"
 #include "checkpoint.h"
 #include "commands.h"
+#include "image_data.h"
 #include "python_export.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
@@ -185,7 +186,9 @@ int main(int argc, char** argv) {
     }
     if (*export_cmd) {
       if (export_format == "torchscript") return export_model(checkpoint, out);
-      export_with_python(checkpoint, out, export_format, python_interpreter(python));
+      const CheckpointState state = read_checkpoint_state(checkpoint);
+      export_with_python(checkpoint, out, export_format, exported_data_config(state.model, state.data_config),
+                         python_interpreter(python));
       return 0;
     }
     if (*bench_cmd) return bench(bench_config);
