@@ -11,6 +11,7 @@
 #include "bench.h"
 #include "checkpoint.h"
 #include "commands.h"
+#include "crash_report.h"
 #include "image_data.h"
 #include "python_export.h"
 #include "slideformer/nn/options.h"
@@ -64,6 +65,7 @@ constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 
 int main(int argc, char** argv) {
   using namespace slideformer::app;
+  report_crashes("slideformer");
   CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer and MViTv2 models"};
   app.require_subcommand(1);
   app.failure_message([](const CLI::App*, const CLI::Error& error) {
