@@ -11,6 +11,8 @@
 #include "bench.h"
 #include "checkpoint.h"
 #include "commands.h"
+#include "crash_report.h"
+#include "image_data.h"
 #include "python_export.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
@@ -63,6 +65,7 @@ constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 
 int main(int argc, char** argv) {
   using namespace slideformer::app;
+  report_crashes("slideformer");
   CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer and MViTv2 models"};
   app.require_subcommand(1);
   app.failure_message([](const CLI::App*, const CLI::Error& error) {
@@ -185,7 +188,9 @@ int main(int argc, char** argv) {
     }
     if (*export_cmd) {
       if (export_format == "torchscript") return export_model(checkpoint, out);
-      export_with_python(checkpoint, out, export_format, python_interpreter(python));
+      const CheckpointState state = read_checkpoint_state(checkpoint);
+      export_with_python(checkpoint, out, export_format, exported_data_config(state.model, state.data_config),
+                         python_interpreter(python));
       return 0;
     }
     if (*bench_cmd) return bench(bench_config);

@@ -550,6 +550,13 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
     save_checkpoint(checkpoint_path, state, *model.module, optimizer);
   };
 
+  // The ranks exit together, once rank 0 has written its files, so that none tears its
+  // connections down while another still uses them.
+  auto leave_together = [&](int status) {
+    ranks.sum({0.0});
+    return status;
+  };
+
   const auto run_start = Clock::now();
   int64_t steps_this_run = 0, epochs_this_run = 0;
   while (progress.epoch < config.epochs) {
@@ -630,12 +637,13 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
         std::fflush(stdout);
       }
       if (reduced[1] > 0) {
-        if (!writer) return 130;
-        progress.epoch_loss_sum = loss_sum;
-        progress.epoch_seconds = epoch_seconds();
-        save();
-        fmt::print("\ninterrupted: checkpoint saved to {} (continue with --resume)\n", checkpoint_path);
-        return 130;
+        if (writer) {
+          progress.epoch_loss_sum = loss_sum;
+          progress.epoch_seconds = epoch_seconds();
+          save();
+          fmt::print("\ninterrupted: checkpoint saved to {} (continue with --resume)\n", checkpoint_path);
+        }
+        return leave_together(130);
       }
     }
     const double train_seconds = epoch_seconds();
@@ -677,7 +685,7 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
     fmt::print("done in {}: {} (metrics.jsonl, curves.png in {})\n",
                duration_text(seconds_since(run_start)), checkpoint_path, run.out_dir);
   }
-  return 0;
+  return leave_together(0);
 }
 
 // This program's file, which the launcher starts as the ranks.
