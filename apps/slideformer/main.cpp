@@ -121,6 +121,8 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--bucket-kb", run.bucket_kib, "with several processes: gradients are all-reduced in buckets of "
                                                        "this many KiB (the first at most 1024)")
       ->capture_default_str()->check(integer_in(1, 1 << 30));
+  train_cmd->add_option("--save-gradients", run.save_gradients, "write the first step's (all-reduced) gradients "
+                                                                 "to this file: dict(torch.load(FILE)) in Python");
 
   bool skip_bad_images = false;
   auto* eval_cmd = app.add_subcommand("eval", "test accuracy (top-5 for image folders) and confusion matrix of a checkpoint");
