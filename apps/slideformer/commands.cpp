@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint.h"
 #include "image_data.h"
 #include "slideformer/nn/export.h"
 #include "training.h"
@@ -37,6 +38,18 @@ std::string shape_text(const at::Tensor& t) { return fmt::format("[{}]", fmt::jo
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 // The last non-empty line: TorchScript errors end with the exception's own message.
+// torch::jit::load, once the archive is known to be sound (torch_archive_is_sound).
+torch::jit::Module load_torchscript(const std::string& path, torch::jit::ExtraFilesMap* extra = nullptr) {
+  const std::string damaged = path + ": not a loadable TorchScript model (truncated or corrupt?)";
+  if (!torch_archive_is_sound(path)) throw std::runtime_error(damaged);
+  try {
+    torch::jit::ExtraFilesMap none;
+    return torch::jit::load(path, c10::nullopt, extra != nullptr ? *extra : none);
+  } catch (const c10::Error&) {
+    throw std::runtime_error(damaged);
+  }
+}
+
 std::string last_line(const std::string& text) {
   const size_t end = text.find_last_not_of("\n ");
   if (end == std::string::npos) return text;
@@ -239,12 +252,7 @@ std::function<c10::IValue(const at::Tensor&)> load_exported_model(const std::str
       return outputs.size() == 1 ? c10::IValue(outputs[0]) : c10::IValue(outputs);
     };
   }
-  auto model = std::make_shared<torch::jit::Module>();
-  try {
-    *model = torch::jit::load(path);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(path + ": not a loadable TorchScript model (truncated or corrupt?)");
-  }
+  auto model = std::make_shared<torch::jit::Module>(load_torchscript(path));
   if (!model->find_method("forward")) {
     // Checkpoints are TorchScript archives too, of values without methods.
     throw std::runtime_error(model->hasattr("format")
@@ -321,12 +329,7 @@ int predict_images(const std::string& model_path, const std::vector<std::string>
                              "torchscript), which carries the class names and eval transform");
   }
   torch::jit::ExtraFilesMap extra{{kDataConfigFile, ""}};
-  torch::jit::Module model;
-  try {
-    model = torch::jit::load(model_path, c10::nullopt, extra);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(model_path + ": not a loadable TorchScript model (truncated or corrupt?)");
-  }
+  torch::jit::Module model = load_torchscript(model_path, &extra);
   if (extra[kDataConfigFile].empty()) {
     throw std::runtime_error(model_path + ": the model holds no data config (" + kDataConfigFile +
                              "): export it again with this version of slideformer");

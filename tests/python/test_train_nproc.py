@@ -291,6 +291,34 @@ def test_ctrl_c_of_the_launcher_stops_every_rank_and_saves(one_process, tmp_path
                             global_attention_stages(reference / "checkpoint.pt"))
 
 
+def is_running(pid):
+    """Whether process `pid` exists and is not a zombie (an orphan waits for init to reap it)."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_the_launcher_takes_every_rank_with_it(tmp_path):
+    launcher = start_and_wait_for(tmp_path, "epoch 2/2  step 3/16")
+    pids = rank_pids(launcher)
+    assert len(pids) == 2 and all(is_running(pid) for pid in pids.values())
+    launcher.kill()
+    launcher.wait(timeout=60)  # (the ranks hold its output pipes: they close when the ranks end)
+    deadline = time.monotonic() + 10
+    try:
+        while any(is_running(pid) for pid in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(is_running(pid) for pid in pids.values()), pids
+    finally:
+        for pid in filter(is_running, pids.values()):
+            os.kill(pid, signal.SIGKILL)
+        launcher.stdout.close()
+        launcher.stderr.close()
+    assert_checkpoint_loads_at(tmp_path, 1)
+
+
 @pytest.fixture
 def finished_run(one_process, tmp_path):
     """A copy of a finished run and its checkpoint's digest: a failed resume must leave it whole."""
