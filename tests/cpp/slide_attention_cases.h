@@ -244,8 +244,6 @@ inline std::vector<Case> parity_cases() {
 
 using ParityParam = std::tuple<Case, std::string, bool>;
 
-// Units of roundoff (expect_close_in_dtype) a result in a reduced dtype may be off by.
-inline constexpr double kHalfTypeFactor = 64;
 
 inline std::string parity_param_name(const ::testing::TestParamInfo<ParityParam>& info) {
   std::ostringstream name;
@@ -323,7 +321,7 @@ inline void check_half_types_close_to_float64(at::Device device) {
   for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
     for (const std::string border : {"zeros", "clamp"}) {
       SCOPED_TRACE(border);
-      expect_dtype_matches_float64(c, border, {true, true, true}, dtype, kHalfTypeFactor, device);
+      expect_dtype_matches_float64(c, border, {true, true, true}, dtype, roundoff_factor(dtype), device);
     }
   }
 }

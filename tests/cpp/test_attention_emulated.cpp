@@ -54,6 +54,8 @@ TEST_F(AttentionEmulated, LogitsRisingAcrossKeyBlocks) {
   st::check_logits_rising_across_key_blocks(kCpu);
 }
 
+TEST_F(AttentionEmulated, NeighbouringRowsFarApartFloat32) { st::check_rows_far_apart_float32(kCpu); }
+
 TEST_F(AttentionEmulated, HalfPrecisionWithinTolerance) { st::check_reduced_precision(kCpu); }
 
 TEST_F(AttentionEmulated, FiniteDifferenceGradcheckAllInputs) {
