@@ -1,6 +1,7 @@
 #include "checkpoint.h"
 
 #include "slideformer/data/transforms.h"
+#include "slideformer/io/torch_save.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -60,6 +61,19 @@ std::vector<ModelConfig> v1_preset_versions(const std::string& preset, const std
   return configs;
 }
 
+}  // namespace
+
+bool torch_archive_is_sound(const std::string& path) {
+  try {
+    io::check_torch_archive(path);
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+namespace {
+
 struct OpenedCheckpoint {
   torch::serialize::InputArchive archive;
   bool v1 = false;
@@ -69,6 +83,7 @@ OpenedCheckpoint open_checkpoint(const std::string& path) {
   struct stat info {};
   if (stat(path.c_str(), &info) != 0) fail(path, system_error("cannot open the checkpoint"));
   if (S_ISDIR(info.st_mode)) fail(path, "is a directory, not a checkpoint file");
+  if (!torch_archive_is_sound(path)) fail(path, "not a readable checkpoint (truncated or corrupt)");
   OpenedCheckpoint opened;
   // torch's reader throws c10::Error for most damage, plain std:: exceptions for some (an
   // attribute the archive's class lacks: std::out_of_range).

@@ -31,6 +31,11 @@ struct CheckpointState {
 void save_checkpoint(const std::string& path, const CheckpointState& state,
                      const torch::nn::Module& model, const torch::optim::Optimizer& optimizer);
 
+// Whether `path` is a ZIP archive whose pickles declare no length past their own bytes. torch's
+// reader reserves each declared length before reading it, so a damaged file could make it take
+// gigabytes: the program checks this before torch sees a checkpoint or an exported model.
+bool torch_archive_is_sound(const std::string& path);
+
 // Everything but the weights; std::runtime_error "<path>: <problem>" if the file is missing,
 // unreadable, not a checkpoint or holds values out of range.
 CheckpointState read_checkpoint_state(const std::string& path);

@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint.h"
 #include "image_data.h"
 #include "slideformer/nn/export.h"
 #include "training.h"
@@ -37,6 +38,17 @@ std::string shape_text(const at::Tensor& t) { return fmt::format("[{}]", fmt::jo
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 // The last non-empty line: TorchScript errors end with the exception's own message.
+// torch::jit::load, once the archive is known to be sound (torch_archive_is_sound).
+torch::jit::Module load_torchscript(const std::string& path, torch::jit::ExtraFilesMap& extra) {
+  const std::string damaged = path + ": not a loadable TorchScript model (truncated or corrupt?)";
+  if (!torch_archive_is_sound(path)) throw std::runtime_error(damaged);
+  try {
+    return torch::jit::load(path, c10::nullopt, extra);
+  } catch (const c10::Error&) {
+    throw std::runtime_error(damaged);
+  }
+}
+
 std::string last_line(const std::string& text) {
   const size_t end = text.find_last_not_of("\n ");
   if (end == std::string::npos) return text;
@@ -255,13 +267,8 @@ ExportedModel load_exported_model(const std::string& path) {
     };
     return {forward, config == metadata.end() ? "" : config->second};
   }
-  auto model = std::make_shared<torch::jit::Module>();
   torch::jit::ExtraFilesMap extra{{kDataConfigFile, ""}};
-  try {
-    *model = torch::jit::load(path, c10::nullopt, extra);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(path + ": not a loadable TorchScript model (truncated or corrupt?)");
-  }
+  auto model = std::make_shared<torch::jit::Module>(load_torchscript(path, extra));
   if (!model->find_method("forward")) {
     // Checkpoints are TorchScript archives too, of values without methods.
     throw std::runtime_error(model->hasattr("format")

@@ -125,6 +125,8 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--bucket-kb", run.bucket_kib, "with several processes: gradients are all-reduced in buckets of "
                                                        "this many KiB (the first at most 1024)")
       ->capture_default_str()->check(integer_in(1, 1 << 30));
+  train_cmd->add_option("--save-gradients", run.save_gradients, "write the first step's (all-reduced) gradients "
+                                                                 "to this file: dict(torch.load(FILE)) in Python");
   train_cmd->add_option("--init", config.init, "start from the weights of this file (a checkpoint.pt, or a "
                                                "safetensors / torch.save file of the --from family)");
   train_cmd->add_option("--from", config.init_from, "with --init: whose names the file has")

@@ -150,6 +150,19 @@ void replace_file(const std::string& path, const std::string& text) {
   }
 }
 
+// --save-gradients: the parameters' gradients as a pickled tuple of (name, tensor) pairs, which
+// torch.load reads without unpickling any class (a typed dict would need weights_only=False).
+void save_gradients(const std::string& path, const torch::nn::Module& module) {
+  std::vector<c10::IValue> gradients;
+  for (const auto& parameter : module.named_parameters()) {
+    if (parameter.value().grad().defined()) {
+      gradients.push_back(c10::ivalue::Tuple::create(parameter.key(), parameter.value().grad()));
+    }
+  }
+  const std::vector<char> bytes = torch::pickle_save(c10::ivalue::Tuple::create(std::move(gradients)));
+  replace_file(path, std::string(bytes.begin(), bytes.end()));
+}
+
 // metrics.jsonl and curves.dat (epoch, train loss, test accuracy) of the completed epochs, from
 // the history the checkpoint holds: a run killed between its checkpoint and these files, and
 // resumed, leaves them as an uninterrupted run would.
@@ -604,6 +617,9 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
         communication.add(parallel->last_timing());
       } else {
         loss.backward();
+      }
+      if (writer && steps_this_run == 0 && !run.save_gradients.empty()) {
+        save_gradients(run.save_gradients, *model.module);
       }
       optimizer.step();
       // The global batch's loss, and whether any rank was interrupted: every rank stops at the

@@ -75,6 +75,9 @@ struct TrainRun {
   // Gradients are all-reduced in buckets of this many KiB (the first one at most 1024), each
   // launched as soon as its gradients are ready, overlapping the rest of the backward.
   int64_t bucket_kib = 25 * 1024;
+  // Non-empty: rank 0 writes the gradients of this run's first step there, after the all-reduce
+  // and before the optimizer uses them ((name, tensor) pairs: dict(torch.load(path)) in Python).
+  std::string save_gradients;
   // The command line (argv[0] is replaced by this program's file): what the ranks run.
   std::vector<std::string> argv;
 };

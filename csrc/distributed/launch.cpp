@@ -1,8 +1,9 @@
 // launch_local: the ranks of a job as child processes of this one, on 127.0.0.1.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,7 +11,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
 #include <thread>
 
 #include "slideformer/distributed.h"
@@ -99,6 +102,58 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
   return pointers;
 }
 
+// `program` itself when it names a path, else the first executable of that name on PATH (as
+// execvp would find it; resolved here because the child may only make async-signal-safe calls).
+std::string find_program(const std::string& program) {
+  if (program.find('/') != std::string::npos) return program;
+  const char* path = std::getenv("PATH");
+  std::istringstream directories(path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin");
+  for (std::string directory; std::getline(directories, directory, ':');) {
+    const std::string candidate = (directory.empty() ? "." : directory) + "/" + program;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return program;  // execve fails with ENOENT, which start_rank reports
+}
+
+// Starts a rank that the kernel kills (SIGKILL) when this thread ends, by any death of the
+// launcher included (PR_SET_PDEATHSIG): no rank outlives a launcher killed with kill -9. Returns
+// its pid, or -errno when it could not be started (the child reports exec's errno through a
+// close-on-exec pipe, which an exec that succeeds closes empty).
+pid_t start_rank(const std::string& program, char* const* argv, char* const* envp, int close_fd) {
+  int report[2];
+  if (pipe2(report, O_CLOEXEC) != 0) return -errno;
+  const pid_t launcher = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Async-signal-safe calls only, up to the exec (the launcher may have threads).
+    int error = 0;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) error = errno;
+    if (error == 0 && getppid() != launcher) _exit(127);  // the launcher died before the prctl
+    if (error == 0 && close_fd >= 0) close(close_fd);
+    if (error == 0) execve(program.c_str(), argv, envp);
+    if (error == 0) error = errno;
+    (void)!write(report[1], &error, sizeof(error));
+    _exit(127);
+  }
+  const int fork_error = errno;
+  close(report[1]);
+  if (pid < 0) {
+    close(report[0]);
+    return -fork_error;
+  }
+  int error = 0;
+  ssize_t got = 0;
+  do {
+    got = read(report[0], &error, sizeof(error));
+  } while (got < 0 && errno == EINTR);
+  close(report[0]);
+  if (got == sizeof(error)) {
+    waitpid(pid, nullptr, 0);
+    return -error;
+  }
+  return pid;
+}
+
 int exit_status(int wait_status) {
   return WIFSIGNALED(wait_status) ? 128 + WTERMSIG(wait_status) : WEXITSTATUS(wait_status);
 }
@@ -126,20 +181,17 @@ LaunchResult launch_local(const std::vector<std::string>& argv, const LaunchOpti
   std::vector<pid_t> pids;
   std::vector<std::string> arguments = argv;
   std::vector<char*> arg_pointers = c_strings(arguments);
+  const std::string program = find_program(arguments[0]);
   for (int64_t rank = 0; rank < n; ++rank) {
     std::vector<std::string> environment = rank_environment(rank, n, port, listen_fd);
     std::vector<char*> env_pointers = c_strings(environment);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    if (rank != 0) posix_spawn_file_actions_addclose(&actions, listen_fd);  // only rank 0 listens
-    pid_t pid = 0;
-    const int error = posix_spawnp(&pid, arguments[0].c_str(), &actions, nullptr, arg_pointers.data(), env_pointers.data());
-    posix_spawn_file_actions_destroy(&actions);
-    if (error != 0) {
+    // Only rank 0 listens.
+    const pid_t pid = start_rank(program, arg_pointers.data(), env_pointers.data(), rank != 0 ? listen_fd : -1);
+    if (pid < 0) {
       for (pid_t started : pids) kill(started, SIGKILL);
       for (pid_t started : pids) waitpid(started, nullptr, 0);
       close(listen_fd);
-      throw std::runtime_error(std::string(kWho) + ": cannot start " + arguments[0] + ": " + std::strerror(error));
+      throw std::runtime_error(std::string(kWho) + ": cannot start " + arguments[0] + ": " + std::strerror(-pid));
     }
     pids.push_back(pid);
   }

@@ -272,8 +272,10 @@ struct LaunchResult {
 // ProcessGroupOptions::from_environment() joins them. The launcher binds the port itself and
 // hands the listening socket to rank 0 (SLIDEFORMER_LISTEN_FD), so no other program can take it
 // in between. SIGINT and SIGTERM are forwarded to the ranks (a second one kills them). A rank
-// that fails is reported on stderr with its exit status or signal. Throws std::runtime_error when
-// the port cannot be bound or a process cannot start.
+// that fails is reported on stderr with its exit status or signal. The ranks die with the thread
+// that launched them (SIGKILL from the kernel, PR_SET_PDEATHSIG): a launcher killed by any signal,
+// kill -9 included, leaves none running. Throws std::runtime_error when the port cannot be bound
+// or a process cannot start.
 LaunchResult launch_local(const std::vector<std::string>& argv, const LaunchOptions& options);
 
 }  // namespace slideformer::distributed

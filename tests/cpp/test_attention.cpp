@@ -38,6 +38,8 @@ TEST(Attention, ExplicitScaleAndNonContiguousInputs) {
 
 TEST(Attention, LogitsRisingAcrossKeyBlocks) { st::check_logits_rising_across_key_blocks(kCpu); }
 
+TEST(Attention, NeighbouringRowsFarApartFloat32) { st::check_rows_far_apart_float32(kCpu); }
+
 TEST(Attention, HalfPrecisionWithinTolerance) { st::check_reduced_precision(kCpu); }
 
 TEST(Attention, FiniteDifferenceGradcheckAllInputs) { st::check_finite_difference_gradients(kCpu); }

@@ -64,6 +64,8 @@ TEST_F(AttentionCuda, LogitsRisingAcrossKeyBlocks) {
   st::check_logits_rising_across_key_blocks(kCuda);
 }
 
+TEST_F(AttentionCuda, NeighbouringRowsFarApartFloat32) { st::check_rows_far_apart_float32(kCuda); }
+
 TEST_F(AttentionCuda, HalfPrecisionWithinTolerance) { st::check_reduced_precision(kCuda); }
 
 TEST_F(AttentionCuda, FiniteDifferenceGradcheckAllInputs) {

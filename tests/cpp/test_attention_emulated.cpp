@@ -54,6 +54,8 @@ TEST_F(AttentionEmulated, LogitsRisingAcrossKeyBlocks) {
   st::check_logits_rising_across_key_blocks(kCpu);
 }
 
+TEST_F(AttentionEmulated, NeighbouringRowsFarApartFloat32) { st::check_rows_far_apart_float32(kCpu); }
+
 TEST_F(AttentionEmulated, HalfPrecisionWithinTolerance) { st::check_reduced_precision(kCpu); }
 
 TEST_F(AttentionEmulated, FiniteDifferenceGradcheckAllInputs) {
@@ -87,20 +89,36 @@ TEST_F(AttentionEmulated, HeadDimsBeyondSharedMemorySayWhy) {
                st::reference_attention(q, q, v, std::nullopt, false, std::nullopt), 1e-5, 1e-5);
 }
 
+// The CPU half runs the CPU kernels (host execution off, nothing launched), the other half every
+// kernel of the case: forward, both backward kernels, and the bias gradient's when there is a
+// bias.
 TEST_F(AttentionEmulated, AgreesWithCpuKernelsEveryDtype) {
-  expect_launches_ = false;  // the launches happen in the helper's own scope
   const std::vector<st::AgreementCase> cases = {
       {{2, 3, 40, 33, 32, 32}, {}, false},
       {{2, 3, 45, 37, 64, 48}, {1, 3, 45, 37}, true},  // relative-position-like bias
       {{3, 2, 33, 70, 16, 16}, {3, 1, 1, 70}, false},  // key padding mask shape
       {{1, 2, 20, 20, 96, 96}, {20, 20}, true},        // head dim of three chunks
       {{2, 2, 70, 20, 8, 70}, {2, 2, 70, 1}, true}};   // Nq > Nk, wide values
+  auto expect_agrees = [](const st::AgreementCase& c, at::ScalarType dtype, double tol) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const st::RecordedLaunches launches;
+    st::expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution, st::CpuKernelsOnly>(
+        c, dtype, tol, kCpu);
+    std::set<std::string> expected = st::kernel_instantiations(
+        {"attention_forward_kernel", "attention_backward_query_kernel",
+         "attention_backward_key_value_kernel"},
+        {st::kernel_dtype_args(dtype)});
+    if (!c.bias_shape.empty()) {
+      expected.insert(std::string("attention_backward_bias_kernel") + st::kernel_dtype_args(dtype));
+    }
+    EXPECT_EQ(st::distinct_kernels(launches), expected);
+  };
   for (const auto& c : cases) {
-    st::expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, at::kDouble, 1e-10, kCpu);
-    st::expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, at::kFloat, 2e-5, kCpu);
+    expect_agrees(c, at::kDouble, 1e-10);
+    expect_agrees(c, at::kFloat, 2e-5);
     // Both accumulate in float32; they differ by roundings of the half-type inputs/outputs.
-    st::expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, at::kHalf, 1e-2, kCpu);
-    st::expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, at::kBFloat16, 6e-2, kCpu);
+    expect_agrees(c, at::kHalf, 1e-2);
+    expect_agrees(c, at::kBFloat16, 6e-2);
   }
 }
 

@@ -45,6 +45,17 @@ inline double unit_roundoff(at::ScalarType dtype) {
   }
 }
 
+// Units of roundoff (expect_close_in_dtype) a result may be off by against the float64 result on
+// the same rounded inputs (tests/python/precision.py uses the same). The half types: the kernels
+// accumulate in float32 and round once (observed: about one unit), so a half-type rounding inside
+// the computation (of a softmax sum, a logit) exceeds 8. float32 results carry the kernels' own
+// rounding, which grows with the length of the sums.
+inline constexpr double kHalfTypeFactor = 8;
+inline constexpr double kFloat32Factor = 64;
+inline double roundoff_factor(at::ScalarType dtype) {
+  return dtype == at::kFloat ? kFloat32Factor : kHalfTypeFactor;
+}
+
 // A result computed in `dtype` against the float64 one, element by element:
 //   |actual - expected| <= factor * u(dtype) * (|expected| + rms(expected)).
 // Rounding errors of a sum scale with its terms, so an entry that cancels to near 0 is allowed

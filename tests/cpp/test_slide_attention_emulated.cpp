@@ -101,24 +101,34 @@ TEST_F(SlideAttentionEmulated, WindowBeyondSharedMemorySaysWhy) {
   expect_matches_reference(l, c, "zeros", 1e-10);
 }
 
+// The CPU half runs the CPU kernels (host execution off, nothing launched), the other half every
+// kernel of the forward and of the backward with all three parameter gradients.
 TEST_F(SlideAttentionEmulated, AgreesWithCpuKernelsEveryDtype) {
-  expect_launches_ = false;  // the launches happen in the helper's own scope
   const std::vector<Case> cases = {{2, 2, 20, 19, 32, 3, 1},  // several tiles, two chunks
                                    {1, 2, 17, 23, 40, 5, 2},  // ragged tiles, channels past two
                                                               // chunks, dilation
                                    {1, 2, 9, 30, 7, 7, 3},    // short clamp sub-axes
                                    {1, 1, 20, 20, 4, 13, 1}};  // a halo wider than the tile
+  auto expect_agrees = [](const Case& c, const std::string& border, at::ScalarType dtype,
+                          double tol) {
+    const st::RecordedLaunches launches;
+    expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution, st::CpuKernelsOnly>(
+        c, border, dtype, tol, kCpu);
+    std::set<std::string> expected = st::kernel_instantiations(
+        {"slide_forward_kernel", "slide_backward_window_kernel", "slide_backward_key_value_kernel",
+         "slide_backward_parameter_partials_kernel"},
+        {st::kernel_dtype_args(dtype)});
+    expected.insert(dtype == at::kDouble ? "sum_partials_in_order_kernel<double>"
+                                         : "sum_partials_in_order_kernel<float>");
+    EXPECT_EQ(st::distinct_kernels(launches), expected);
+  };
   for (const Case& c : cases) {
     for (const std::string border : {"zeros", "clamp"}) {
-      expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, border, at::kDouble, 1e-10,
-                                                                  kCpu);
-      expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, border, at::kFloat, 2e-5,
-                                                                  kCpu);
+      expect_agrees(c, border, at::kDouble, 1e-10);
+      expect_agrees(c, border, at::kFloat, 2e-5);
       // Both accumulate in float32; they differ by roundings of the half-type inputs/outputs.
-      expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, border, at::kHalf, 1e-2,
-                                                                  kCpu);
-      expect_agrees_with_cpu_kernels<st::ScopedCudaHostExecution>(c, border, at::kBFloat16, 6e-2,
-                                                                  kCpu);
+      expect_agrees(c, border, at::kHalf, 1e-2);
+      expect_agrees(c, border, at::kBFloat16, 6e-2);
     }
   }
 }

@@ -18,6 +18,7 @@ namespace slideformer::testing {
 namespace host_runtime = ops::cuda::host_runtime;
 
 ScopedCudaHostExecution::ScopedCudaHostExecution() : include_(kCudaHostKey) {}
+ScopedCpuKernels::ScopedCpuKernels() : exclude_(kCudaHostKey) {}
 
 namespace {
 

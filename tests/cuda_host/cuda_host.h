@@ -26,6 +26,16 @@ class ScopedCudaHostExecution {
   c10::impl::IncludeDispatchKeyGuard include_;
 };
 
+// The CPU kernels serve this thread's calls while the object lives, also inside a
+// ScopedCudaHostExecution (the CPU half of an agreement test).
+class ScopedCpuKernels {
+ public:
+  ScopedCpuKernels();
+
+ private:
+  c10::impl::ExcludeDispatchKeyGuard exclude_;
+};
+
 // The GPUs whose limits the host execution can take (the launch configuration depends on them).
 enum class EmulatedGpu { kA100, kH100 };
 

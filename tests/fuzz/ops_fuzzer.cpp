@@ -6,9 +6,15 @@
 // one off, another dtype or device, transposed, sliced or expanded (stride 0) strides, NaN and
 // Inf values, undefined. Ints (kernel_size, dilation), the border, the scale and the flags come
 // from boundary values. Large sizes go to meta tensors, so only the shape checks see them; CPU
-// tensors stay small enough to compute. A refusal must be a c10::Error; anything else (a crash,
-// a sanitizer report, another exception) is a finding. The public (differentiable) ops run backward
-// too when an input requires grad.
+// tensors stay small enough to compute. The public (differentiable) ops run backward too when an
+// input requires grad.
+//
+// Findings (the program aborts, naming the op): a crash or sanitizer report; a refusal that is
+// not the operators' own (a c10::Error whose message does not start "slideformer::": an internal
+// assert, an index error, a refusal of some ATen op the kernels call) or any other exception; and,
+// where every tensor is on the CPU and the call succeeds, a disagreement of two oracles with the
+// CPU kernels: the Meta kernels must give the outputs' shapes and dtypes, and the CUDA kernels
+// executed on the host (tests/cuda_host) the same values, where the CPU results are finite.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -16,10 +22,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "cuda_host.h"
 #include "fuzz_input.h"
 
 namespace {
@@ -181,6 +190,87 @@ c10::IValue make_argument(FuzzInput& in, const c10::Argument& argument, bool sli
   }
 }
 
+[[noreturn]] void finding(const c10::OperatorHandle& op, const std::string& what) {
+  std::fprintf(stderr, "ops fuzzer: %s: %s\n", op.operator_name().name.c_str(), what.c_str());
+  std::abort();
+}
+
+// Runs the op on `arguments` and, for a differentiable op, the backward of its first output that
+// requires grad. A refusal must be the operators' own message; anything else is a finding.
+// Returns "" when the call succeeded (`outputs` holds its results), else the refusal.
+std::string call(const c10::OperatorHandle& op, const torch::jit::Stack& arguments, torch::jit::Stack& outputs) {
+  outputs = arguments;
+  try {
+    op.callBoxed(&outputs);
+    const bool differentiable = op.operator_name().name.rfind("slideformer::_", 0) != 0;
+    for (const c10::IValue& output : differentiable ? outputs : torch::jit::Stack()) {
+      if (!output.isTensor()) continue;
+      const at::Tensor& t = output.toTensor();
+      if (t.defined() && t.requires_grad() && t.numel() > 0) {
+        t.sum().backward();
+        break;
+      }
+    }
+    return "";
+  } catch (const c10::Error& error) {
+    const std::string message = error.what_without_backtrace();
+    // (error.what() adds where it was raised when TORCH_SHOW_CPP_STACKTRACES=1.)
+    if (message.rfind("slideformer::", 0) != 0) finding(op, std::string("a refusal that is not the op's own: ") + error.what());
+    return message;
+  } catch (const std::exception& error) {
+    finding(op, std::string("an exception other than c10::Error: ") + error.what());
+  }
+}
+
+// The arguments with every tensor replaced by `convert` of it (detached, no grad: the oracles
+// compare the forward results).
+template <typename Convert>
+torch::jit::Stack converted(const torch::jit::Stack& arguments, Convert convert) {
+  torch::jit::Stack out;
+  for (const c10::IValue& value : arguments) {
+    out.push_back(value.isTensor() && value.toTensor().defined() ? c10::IValue(convert(value.toTensor().detach()))
+                                                                  : value);
+  }
+  return out;
+}
+
+bool all_on_cpu(const torch::jit::Stack& arguments) {
+  return std::all_of(arguments.begin(), arguments.end(), [](const c10::IValue& v) {
+    return !v.isTensor() || !v.toTensor().defined() || v.toTensor().device().is_cpu();
+  });
+}
+
+// Outputs of the two kernels agree: shapes and dtypes always, values (when `values`) within a
+// tolerance of the dtype relative to the largest CPU value, where the CPU result is finite.
+void expect_same_outputs(const c10::OperatorHandle& op, const char* oracle, const torch::jit::Stack& cpu,
+                         const torch::jit::Stack& other, bool values) {
+  if (cpu.size() != other.size()) finding(op, std::string(oracle) + ": another number of outputs");
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (!cpu[i].isTensor()) continue;
+    const at::Tensor& a = cpu[i].toTensor();
+    const at::Tensor& b = other[i].toTensor();
+    const std::string output = std::string(oracle) + ", output " + std::to_string(i) + ": ";
+    if (a.defined() != b.defined()) finding(op, output + "defined on one side only");
+    if (!a.defined()) continue;
+    if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) {
+      finding(op, output + "CPU " + c10::str(a.sizes(), " ", a.scalar_type()) + ", other " +
+                      c10::str(b.sizes(), " ", b.scalar_type()));
+    }
+    if (!values || a.numel() == 0 || !a.isfinite().all().item<bool>()) continue;
+    const at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
+    const double tolerance = a.scalar_type() == at::kDouble ? 1e-9
+                             : a.scalar_type() == at::kFloat ? 1e-4
+                             : a.scalar_type() == at::kHalf  ? 1e-2
+                                                             : 6e-2;
+    const double scale = std::max(1.0, x.abs().max().item<double>());
+    const double difference = (x - y).abs().max().item<double>();
+    if (!(difference <= tolerance * scale)) {
+      finding(op, output + "max |CPU - host-executed CUDA| = " + std::to_string(difference) + " (largest " +
+                      std::to_string(scale) + ")");
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -206,23 +296,31 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const at::ScalarType dtype = in.pick<at::ScalarType>({at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(in.byte());
 
+  torch::jit::Stack arguments;
   try {
-    // at::empty refuses sizes whose bytes overflow before any op sees them.
-    torch::jit::Stack stack;
     for (const c10::Argument& argument : op.schema().arguments()) {
-      stack.push_back(make_argument(in, argument, slide, sizes, dtype, meta, generator));
-    }
-    op.callBoxed(&stack);
-    const bool differentiable = op.operator_name().name.rfind("slideformer::_", 0) != 0;
-    for (const c10::IValue& output : differentiable ? stack : torch::jit::Stack()) {
-      if (!output.isTensor()) continue;
-      const at::Tensor& t = output.toTensor();
-      if (t.defined() && t.requires_grad() && t.numel() > 0) {
-        t.sum().backward();
-        break;
-      }
+      arguments.push_back(make_argument(in, argument, slide, sizes, dtype, meta, generator));
     }
   } catch (const c10::Error&) {
+    return 0;  // at::empty refuses sizes whose bytes overflow before any op sees them
   }
+  torch::jit::Stack cpu_outputs;
+  if (!call(op, arguments, cpu_outputs).empty() || !all_on_cpu(arguments)) return 0;
+  torch::jit::Stack meta_outputs, plain_outputs, host_outputs;
+  const torch::jit::Stack on_meta = converted(arguments, [](const at::Tensor& t) { return t.to(at::kMeta); });
+  std::string refusal = call(op, on_meta, meta_outputs);
+  if (!refusal.empty()) finding(op, "the Meta kernel refused what the CPU kernel took: " + refusal);
+  expect_same_outputs(op, "Meta", cpu_outputs, meta_outputs, false);
+  const torch::jit::Stack plain = converted(arguments, [](const at::Tensor& t) { return t; });
+  refusal = call(op, plain, plain_outputs);
+  if (!refusal.empty()) finding(op, "the CPU kernel refused its inputs without grad: " + refusal);
+  {
+    const slideformer::testing::ScopedCudaHostExecution host;
+    refusal = call(op, plain, host_outputs);
+  }
+  // The one refusal of the CUDA kernels alone: more shared memory than the GPU has.
+  if (!refusal.empty() && refusal.find("shared memory") != std::string::npos) return 0;
+  if (!refusal.empty()) finding(op, "the CUDA kernels refused what the CPU kernel took: " + refusal);
+  expect_same_outputs(op, "host-executed CUDA", plain_outputs, host_outputs, true);
   return 0;
 }

@@ -2,7 +2,11 @@
 "slideformer: error: <message>", a failure exit status (1, or CLI11's above 100 for command-line
 mistakes), no crash, and leaves the files it was given as they were."""
 import gzip
+import os
+import pickletools
 import shutil
+import subprocess
+import zipfile
 
 import pytest
 import torch
@@ -281,3 +285,36 @@ def test_bad_input_fails_with_one_line(files, tmp_path, command, case, args, mes
     # The good files given to a failed command are unchanged, and no temporary file is left.
     assert {name: digest(files[name]) for name in files["digests"]} == files["digests"]
     assert not list(files["root"].rglob("*.tmp"))
+
+
+def with_huge_string_length(archive, target):
+    """A copy of a TorchScript archive whose data.pkl declares its first string 2 GiB long (the
+    record keeps its bytes and a valid CRC: only the length is wrong)."""
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as copy:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data.pkl"):
+                position = next(pos for op, _, pos in pickletools.genops(data) if op.name == "BINUNICODE")
+                data = data[:position + 1] + (0x7FFFFFF0).to_bytes(4, "little") + data[position + 5:]
+            copy.writestr(info.filename, data)
+    return target
+
+
+def peak_memory_mb(*args):
+    """(stderr, the peak resident memory in MB) of the program run with `args`."""
+    process = subprocess.Popen([str(BIN), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    stderr = process.stderr.read()
+    _, _, usage = os.wait4(process.pid, 0)
+    process.returncode = 0  # reaped above
+    return stderr, usage.ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("command,option,name", [("eval", "--checkpoint", "ckpt"), ("predict", "--model", "model")])
+def test_a_length_past_the_record_is_refused_before_torch_reserves_it(files, tmp_path, command, option, name):
+    """torch's unpickler would reserve (and zero) the 2 GiB before finding the record too short."""
+    damaged = with_huge_string_length(files[name], tmp_path / "damaged.pt")
+    stderr, peak = peak_memory_mb(command, option, damaged, "--data", DATA, "--limit", "8")
+    assert stderr.startswith(f"slideformer: error: {damaged}: not a "), stderr
+    assert stderr.count("\n") == 1, stderr
+    assert peak < 100 + peak_memory_mb(command, option, files["nowhere"], "--data", DATA, "--limit", "8")[1]

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "ops/attention.h"
+#include "ops/common/checks.h"
 #include "ops/common/dispatch.h"
 
 namespace slideformer::ops {
@@ -56,6 +57,10 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
 at::Tensor attention_autograd(const at::Tensor& query, const at::Tensor& key,
                               const at::Tensor& value, const std::optional<at::Tensor>& attn_bias,
                               bool is_causal, std::optional<double> scale) {
+  // Function::apply records every tensor input's device: an undefined one is refused first.
+  for (const auto& [name, tensor] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
+    check_defined(kAttentionOp, name, *tensor);
+  }
   return AttentionFunction::apply(query, key, value, attn_bias, is_causal, scale);
 }
 

@@ -5,6 +5,7 @@
 
 #include <array>
 
+#include "ops/common/checks.h"
 #include "ops/common/dispatch.h"
 #include "ops/slide_attention.h"
 
@@ -85,6 +86,10 @@ at::Tensor slide_attention_autograd(const at::Tensor& query, const at::Tensor& k
                                     const std::optional<at::Tensor>& shift_weight,
                                     const std::optional<at::Tensor>& shift_bias,
                                     c10::string_view border, std::optional<double> scale) {
+  // Function::apply records every tensor input's device: an undefined one is refused first.
+  for (const auto& [name, tensor] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
+    check_defined(kSlideAttentionOp, name, *tensor);
+  }
   return SlideAttentionFunction::apply(query, key, value, kernel_size, dilation, key_bias,
                                        shift_weight, shift_bias, border, scale);
 }

@@ -10,9 +10,13 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+inline void check_defined(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor, got None");
+}
+
 // Every tensor argument: defined and strided (the kernels read it through its strides).
 inline void check_dense(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor, got None");
+  check_defined(op, name, t);
   TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name, " must be a strided (dense) tensor, got ",
               t.layout());
 }
