@@ -104,7 +104,7 @@ int summary(ModelConfig config, int64_t image_size) {
   };
   auto count = [](const torch::nn::Module& module) { return nn::count_parameters(module, false); };
   // The model's own walk (layers()), each layer's output as it passes.
-  at::Tensor x = model->forward_features(
+  at::Tensor x = model->forward_tokens(
       at::zeros({1, channels, size, size}),
       [&](const std::string& name, torch::nn::Module& layer, const at::Tensor& out) {
         std::string type = c10::demangle(typeid(layer).name());
@@ -204,7 +204,7 @@ int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t
   return 0;
 }
 
-int export_model(const std::string& checkpoint, const std::string& out) {
+int export_model(const std::string& checkpoint, const std::string& out, bool features) {
   struct stat checkpoint_info {}, out_info {};
   if (stat(checkpoint.c_str(), &checkpoint_info) == 0 && stat(out.c_str(), &out_info) == 0 &&
       checkpoint_info.st_dev == out_info.st_dev && checkpoint_info.st_ino == out_info.st_ino) {
@@ -222,14 +222,17 @@ int export_model(const std::string& checkpoint, const std::string& out) {
   ::close(fd);
   const std::string data_config = exported_data_config(loaded.model_config, loaded.data_config);
   try {
-    nn::to_torchscript(*loaded.model.classifier).save(temporary, {{kDataConfigFile, data_config}});
+    const nn::Classifier& model = *loaded.model.classifier;
+    (features ? nn::to_torchscript_features(model) : nn::to_torchscript(model))
+        .save(temporary, {{kDataConfigFile, data_config}});
   } catch (const c10::Error& e) {
     fail(first_line(e.what_without_backtrace()));
   }
   if (std::rename(temporary.c_str(), out.c_str()) != 0) fail(std::strerror(errno));
-  fmt::print("exported {} ({}) to {}: input (N, {}, {}, {}) floats in [0, 1], output logits\n",
+  fmt::print("exported {} ({}) to {}: input (N, {}, {}, {}) floats in [0, 1], output {}\n",
              checkpoint, model_name(loaded.model_config), out, loaded.model->in_channels(),
-             loaded.model->image_size(), loaded.model->image_size());
+             loaded.model->image_size(), loaded.model->image_size(),
+             features ? "the stage outputs (N, C_i, H_i, W_i)" : "logits");
   return 0;
 }
 

@@ -22,8 +22,8 @@ struct TestSetOutputs {
 int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t limit,
              const TestSetOutputs& outputs, bool skip_bad_images = false);
 // A TorchScript model of the checkpoint, its data config (class names, eval transform) inside as
-// the extra file data_config.json.
-int export_model(const std::string& checkpoint, const std::string& out);
+// the extra file data_config.json; with `features`, the backbone that returns the stage outputs.
+int export_model(const std::string& checkpoint, const std::string& out, bool features = false);
 // The test accuracy of an exported model on Fashion-MNIST's IDX test set.
 int predict(const std::string& model_path, const std::string& data_dir, int64_t limit,
             const TestSetOutputs& outputs);

@@ -175,6 +175,9 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--format", export_format, "torchscript (C++), safetensors (the weights), or onnx / aoti "
                                                     "(run by the Python package)")
       ->check(CLI::IsMember({"torchscript", "safetensors", "onnx", "aoti"}))->capture_default_str();
+  bool export_features = false;
+  export_cmd->add_flag("--features", export_features, "torchscript: a backbone returning the stage outputs "
+                                                      "(N, C_i, H_i, W_i) instead of logits");
   export_cmd->add_option("--python", python, "Python interpreter for onnx / aoti (default: $SLIDEFORMER_PYTHON, "
                                              "else the build's Python, else python3)");
 
@@ -218,7 +221,11 @@ int main(int argc, char** argv) {
       return evaluate(checkpoint, eval_cmd->count("--data") ? data_dir : "", limit, outputs, skip_bad_images);
     }
     if (*export_cmd) {
-      if (export_format == "torchscript") return export_model(checkpoint, out);
+      if (export_features && export_format != "torchscript") {
+        throw std::runtime_error("--features: only the torchscript format exports the stage outputs, not " +
+                                 export_format);
+      }
+      if (export_format == "torchscript") return export_model(checkpoint, out, export_features);
       if (export_format == "safetensors") return export_safetensors(checkpoint, out);
       const CheckpointState state = read_checkpoint_state(checkpoint);
       export_with_python(checkpoint, out, export_format, exported_data_config(state.model, state.data_config),

@@ -1,7 +1,10 @@
 // MultiHeadAttention and SlideAttention modules.
+#include <cmath>
+
 #include "nn/init.h"
 #include "nn/layers.h"
 #include "nn/script.h"
+#include "nn/size_cache.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 #include "slideformer/ops.h"
@@ -18,7 +21,7 @@ void register_projections(Impl& module, int64_t dim, bool qkv_bias) {
 }  // namespace
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(MultiHeadAttentionOptions options_)
-    : options(std::move(options_)) {
+    : options(std::move(options_)), size_cache_(std::make_shared<SizeCache>()) {
   reset();
 }
 
@@ -52,16 +55,33 @@ at::Tensor MultiHeadAttentionImpl::relative_position_bias() const {
       .unsqueeze(0);
 }
 
-at::Tensor MultiHeadAttentionImpl::forward(const at::Tensor& x) {
+at::Tensor MultiHeadAttentionImpl::relative_position_bias(int64_t rows, int64_t cols) const {
+  const int64_t size = options.relative_position_size(), heads = options.heads();
+  if (!relative_position_table.defined() || (rows == size && cols == size)) return relative_position_bias();
+  const at::Tensor index = size_cache_->constant(
+      {rows, cols}, [&] { return functional::relative_position_index(rows, cols).view(-1); });
+  return size_cache_->derived({rows, cols}, relative_position_table, [&] {
+    // ((2R-1)^2, heads) -> (1, heads, 2R-1, 2R-1), resized as timm's resize_rel_pos_bias_table_simple.
+    const at::Tensor grid = relative_position_table.t().reshape({1, heads, 2 * size - 1, 2 * size - 1});
+    const at::Tensor resized = at::upsample_bicubic2d(grid, {2 * rows - 1, 2 * cols - 1}, /*align_corners=*/false);
+    return resized.reshape({heads, -1}).index_select(1, index).view({1, heads, rows * cols, rows * cols});
+  });
+}
+
+at::Tensor MultiHeadAttentionImpl::forward(const at::Tensor& x, int64_t rows, int64_t cols) {
   TORCH_CHECK(x.dim() == 3 && x.size(2) == options.dim(),
               "slideformer::MultiHeadAttention: input must be (B, N, ", options.dim(),
               "), got shape ", x.sizes());
   const int64_t batch = x.size(0), tokens = x.size(1), heads = options.heads();
-  const at::Tensor bias = relative_position_bias();
-  TORCH_CHECK(!bias.defined() || bias.size(-1) == tokens,
-              "slideformer::MultiHeadAttention: the relative-position table is for ",
-              bias.defined() ? bias.size(-1) : 0, " tokens (a ", options.relative_position_size(),
-              "x", options.relative_position_size(), " map), got ", tokens, " tokens");
+  if (rows == 0 && cols == 0) {  // a square map
+    rows = cols = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(tokens))));
+  }
+  const int64_t size = options.relative_position_size();
+  TORCH_CHECK(!relative_position_table.defined() || (rows > 0 && cols > 0 && rows * cols == tokens),
+              "slideformer::MultiHeadAttention: the relative-position table is for ", size * size, " tokens (a ",
+              size, "x", size, " map, resized for other maps), got ", tokens, " tokens, not a ", rows, "x", cols,
+              " map: give the map's rows and cols");
+  const at::Tensor bias = relative_position_bias(rows, cols);
   // (B, N, 3C) -> 3 x (B, heads, N, d), strided views straight into the operator.
   // unbind, not three selects: its backward stacks the three gradients in one copy, where each
   // select would zero a full-size buffer and the three would then be added.

@@ -136,40 +136,85 @@ at::Tensor forward_layers(const NamedLayers& layers, at::Tensor x,
   return x;
 }
 
-at::Tensor Classifier::forward_features(
+namespace {
+
+// Whether layers[i] is the last block of its stage ("block_<stage>_<i>"): where a stage output is.
+bool ends_stage(const NamedLayers& layers, size_t i) {
+  const std::string& name = layers[i].first;
+  if (name.rfind("block_", 0) != 0) return false;
+  const std::string stage = name.substr(0, name.find('_', 6) + 1);  // "block_<stage>_"
+  return i + 1 == layers.size() || layers[i + 1].first.rfind(stage, 0) != 0;
+}
+
+// The TorchScript lines from [0, 1] images (normalised with the model's mean and std) through
+// every layer, the layers registered as submodules of `root`; `after_stage` follows the line of
+// each stage's last block.
+std::string script_walk(const Classifier& model, torch::jit::Module& root, const std::string& after_stage) {
+  const int64_t channels = model.in_channels();
+  TORCH_CHECK(static_cast<int64_t>(model.input_mean().size()) == channels &&
+                  static_cast<int64_t>(model.input_std().size()) == channels,
+              "slideformer::to_torchscript: input_mean and input_std need one entry per input "
+              "channel (", channels, "), got ", model.input_mean().size(), " and ", model.input_std().size());
+  root.register_buffer("input_mean", torch::tensor(model.input_mean(), at::kFloat).view({1, channels, 1, 1}));
+  root.register_buffer("input_std", torch::tensor(model.input_std(), at::kFloat).view({1, channels, 1, 1}));
+  std::ostringstream code;
+  code << "    x = (images - self.input_mean) / self.input_std\n";
+  const NamedLayers layers = model.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    code << "    x = " << script::submodule(root, layers[i].first, as_script_form(*layers[i].second), "x") << "\n";
+    if (ends_stage(layers, i)) code << after_stage;
+  }
+  return code.str();
+}
+
+}  // namespace
+
+at::Tensor Classifier::forward_tokens(
     const at::Tensor& images,
     const std::function<void(const std::string&, torch::nn::Module&, const at::Tensor&)>& visit) {
   return forward_layers(layers(), images, visit);
+}
+
+std::vector<at::Tensor> Classifier::forward_features(const at::Tensor& images) {
+  const NamedLayers all = layers();
+  std::vector<at::Tensor> stages;
+  at::Tensor x = images;
+  for (size_t i = 0; i < all.size(); ++i) {
+    x = as_layer(*all[i].second).forward(x);
+    if (ends_stage(all, i)) stages.push_back(x.permute({0, 3, 1, 2}));
+  }
+  return stages;
 }
 
 at::Tensor Classifier::forward_head(const at::Tensor& features) {
   return apply_linear(head, norm(features).mean({1, 2}));
 }
 
-at::Tensor Classifier::forward(const at::Tensor& images) { return forward_head(forward_features(images)); }
+at::Tensor Classifier::forward(const at::Tensor& images) { return forward_head(forward_tokens(images)); }
 
 torch::jit::Module Classifier::script_form() const {
-  const int64_t channels = in_channels();
-  TORCH_CHECK(static_cast<int64_t>(input_mean().size()) == channels &&
-                  static_cast<int64_t>(input_std().size()) == channels,
-              "slideformer::to_torchscript: input_mean and input_std need one entry per input "
-              "channel (", channels, "), got ", input_mean().size(), " and ", input_std().size());
   torch::jit::Module root("Classifier");
-  root.register_buffer("input_mean", torch::tensor(input_mean(), at::kFloat).view({1, channels, 1, 1}));
-  root.register_buffer("input_std", torch::tensor(input_std(), at::kFloat).view({1, channels, 1, 1}));
+  const std::string walk = script_walk(*this, root, "");
   std::ostringstream code;
-  code << "def forward(self, images: Tensor) -> Tensor:\n"
-       << "    x = (images - self.input_mean) / self.input_std\n";
-  for (const auto& [name, module] : layers()) {
-    code << "    x = " << script::submodule(root, name, as_script_form(*module), "x") << "\n";
-  }
-  code << "    x = " << script::layer_norm(root, "norm", *norm, "x") << "\n"
+  code << "def forward(self, images: Tensor) -> Tensor:\n" << walk
+       << "    x = " << script::layer_norm(root, "norm", *norm, "x") << "\n"
        << "    return " << script::linear(root, "head", *head, "x.mean([1, 2])") << "\n";
   script::define(root, code.str());
   root.eval();
   return root;
 }
 
+torch::jit::Module Classifier::features_script_form() const {
+  torch::jit::Module root("Backbone");
+  const std::string walk = script_walk(*this, root, "    features.append(x.permute(0, 3, 1, 2))\n");
+  script::define(root, "def forward(self, images: Tensor) -> List[Tensor]:\n    features: List[Tensor] = []\n" + walk +
+                           "    return features\n");
+  root.eval();
+  return root;
+}
+
 torch::jit::Module to_torchscript(const Classifier& model) { return model.script_form(); }
+
+torch::jit::Module to_torchscript_features(const Classifier& model) { return model.features_script_form(); }
 
 }  // namespace slideformer::nn

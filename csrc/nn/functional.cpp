@@ -39,13 +39,16 @@ at::Tensor drop_path(const at::Tensor& x, double p, bool training) {
   return x * keep;
 }
 
-at::Tensor relative_position_index(int64_t size) {
-  TORCH_CHECK(size >= 1, "slideformer::relative_position_index: size must be >= 1, got ", size);
-  const at::Tensor coords = at::arange(size, at::kLong);
-  const at::Tensor rows = coords.repeat_interleave(size), cols = coords.repeat({size});
-  const at::Tensor dy = rows.unsqueeze(1) - rows.unsqueeze(0) + (size - 1);
-  const at::Tensor dx = cols.unsqueeze(1) - cols.unsqueeze(0) + (size - 1);
-  return dy * (2 * size - 1) + dx;
+at::Tensor relative_position_index(int64_t size) { return relative_position_index(size, size); }
+
+at::Tensor relative_position_index(int64_t rows, int64_t cols) {
+  TORCH_CHECK(rows >= 1 && cols >= 1, "slideformer::relative_position_index: rows and cols must be >= 1, got ",
+              rows, " and ", cols);
+  const at::Tensor y = at::arange(rows, at::kLong).repeat_interleave(cols);
+  const at::Tensor x = at::arange(cols, at::kLong).repeat({rows});
+  const at::Tensor dy = y.unsqueeze(1) - y.unsqueeze(0) + (rows - 1);
+  const at::Tensor dx = x.unsqueeze(1) - x.unsqueeze(0) + (cols - 1);
+  return dy * (2 * cols - 1) + dx;
 }
 
 at::Tensor merge_patches(const at::Tensor& x) {

@@ -80,13 +80,13 @@ void PoolingAttentionImpl::pretty_print(std::ostream& stream) const {
 
 namespace {
 
-// (B, heads, S*S, d) -> (B, heads, S'*S', d): pooled per head over the S x S map.
+// (B, heads, Y*X, d) -> (B, heads, Y'*X', d): pooled per head over the Y x X map.
 at::Tensor pool(const at::Tensor& t, const PoolingAttentionOptions& o, int64_t stride, torch::nn::Conv2d conv,
-                torch::nn::LayerNorm norm) {
+                torch::nn::LayerNorm norm, int64_t rows, int64_t cols) {
   const int64_t k = o.kernel_size();
   if (k == 1 && stride == 1) return t;
-  const int64_t batch = t.size(0), heads = t.size(1), d = t.size(3), size = o.input_size();
-  at::Tensor map = t.reshape({batch * heads, size, size, d}).permute({0, 3, 1, 2});
+  const int64_t batch = t.size(0), heads = t.size(1), d = t.size(3);
+  at::Tensor map = t.reshape({batch * heads, rows, cols, d}).permute({0, 3, 1, 2});
   if (o.mode() == PoolMode::kConv) {
     map = conv(map);
   } else if (o.mode() == PoolMode::kMax) {
@@ -123,24 +123,28 @@ std::string pool_source(torch::jit::Module& module, const std::string& name, con
 
 }  // namespace
 
+// Any map size: the relative-position tables are resized to the pooled maps (see
+// DecomposedRelativePosition); at input_size everything is as the options describe.
 at::Tensor PoolingAttentionImpl::forward(const at::Tensor& x) {
   const auto& o = options;
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == o.input_size() && x.size(2) == o.input_size() && x.size(3) == o.dim(),
-              "slideformer::PoolingAttention: input must be (B, ", o.input_size(), ", ", o.input_size(), ", ",
-              o.dim(), "), got shape ", x.sizes());
-  const int64_t batch = x.size(0), heads = o.heads(), head_dim = o.dim_out() / heads;
+  TORCH_CHECK(x.dim() == 4 && x.size(1) > 0 && x.size(2) > 0 && x.size(3) == o.dim(),
+              "slideformer::PoolingAttention: input must be (B, Y, X, ", o.dim(), "), got shape ", x.sizes());
+  const int64_t batch = x.size(0), rows = x.size(1), cols = x.size(2), heads = o.heads(), head_dim = o.dim_out() / heads;
   const std::vector<at::Tensor> qkv_out = apply_linear(qkv, x)
-                                              .view({batch, o.input_size() * o.input_size(), 3, heads, head_dim})
+                                              .view({batch, rows * cols, 3, heads, head_dim})
                                               .permute({2, 0, 3, 1, 4})
                                               .unbind();
-  const at::Tensor q = pool(qkv_out[0], o, o.stride_q(), pool_q, norm_q);
-  const at::Tensor k = pool(qkv_out[1], o, o.stride_kv(), pool_k, norm_k);
-  const at::Tensor v = pool(qkv_out[2], o, o.stride_kv(), pool_v, norm_v);
-  at::Tensor out = slideformer::attention(
-      q, k, v, relative_position ? std::optional<at::Tensor>(relative_position(q)) : std::nullopt);
+  const at::Tensor q = pool(qkv_out[0], o, o.stride_q(), pool_q, norm_q, rows, cols);
+  const at::Tensor k = pool(qkv_out[1], o, o.stride_kv(), pool_k, norm_k, rows, cols);
+  const at::Tensor v = pool(qkv_out[2], o, o.stride_kv(), pool_v, norm_v, rows, cols);
+  const int64_t q_rows = pooled_size(rows, o.stride_q()), q_cols = pooled_size(cols, o.stride_q());
+  std::optional<at::Tensor> bias;
+  if (relative_position) {
+    bias = relative_position->forward(q, q_rows, q_cols, pooled_size(rows, o.stride_kv()), pooled_size(cols, o.stride_kv()));
+  }
+  at::Tensor out = slideformer::attention(q, k, v, bias);
   if (o.residual_pooling()) out = out + q;
-  const int64_t side = query_size();
-  return apply_linear(proj, out.transpose(1, 2).reshape({batch, side, side, o.dim_out()}));
+  return apply_linear(proj, out.transpose(1, 2).reshape({batch, q_rows, q_cols, o.dim_out()}));
 }
 
 torch::jit::Module PoolingAttentionImpl::script_form() const {

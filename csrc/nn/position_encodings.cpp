@@ -2,6 +2,7 @@
 // position term. (Swin's relative-position bias lives in MultiHeadAttention.)
 #include "nn/init.h"
 #include "nn/script.h"
+#include "nn/size_cache.h"
 #include "slideformer/nn/modules.h"
 
 namespace slideformer::nn {
@@ -101,8 +102,39 @@ def forward(self, x: Tensor) -> Tensor:
   return module;
 }
 
+namespace {
+
+// Rows of a table of 2 max(q, k) - 1 offsets for q queries and k keys along one axis: offsets
+// scaled to the larger map, in float32 as MViTv2 computes them, then truncated. (q, k) int64.
+at::Tensor decomposed_index(int64_t q, int64_t k) {
+  const double q_ratio = std::max(static_cast<double>(k) / q, 1.0);
+  const double k_ratio = std::max(static_cast<double>(q) / k, 1.0);
+  const at::Tensor offsets = at::arange(q, at::kLong).unsqueeze(-1) * q_ratio -
+                             at::arange(k, at::kLong).unsqueeze(0) * k_ratio + (k - 1) * k_ratio;
+  return offsets.to(at::kLong);
+}
+
+// A (length, d) table resized linearly to `target` rows (align_corners false), as timm's
+// checkpoint_filter_fn resizes MViTv2's tables.
+at::Tensor resized_table(const at::Tensor& table, int64_t target) {
+  if (table.size(0) == target) return table;
+  return at::upsample_linear1d(table.t().unsqueeze(0), {target}, /*align_corners=*/false).squeeze(0).t();
+}
+
+// (B, heads, qy*qx, ky*kx): the query map's relative terms along each axis, summed.
+at::Tensor decomposed_bias(const at::Tensor& q, const at::Tensor& height_rows, const at::Tensor& width_rows,
+                           int64_t qy, int64_t qx, int64_t ky, int64_t kx) {
+  const int64_t batch = q.size(0), heads = q.size(1), d = q.size(3);
+  const at::Tensor r = q.reshape({batch, heads, qy, qx, d});
+  const at::Tensor rel_h = at::einsum("bnyxc,ykc->bnyxk", {r, height_rows.view({qy, ky, d})});
+  const at::Tensor rel_w = at::einsum("bnyxc,xkc->bnyxk", {r, width_rows.view({qx, kx, d})});
+  return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape({batch, heads, qy * qx, ky * kx});
+}
+
+}  // namespace
+
 DecomposedRelativePositionImpl::DecomposedRelativePositionImpl(DecomposedRelativePositionOptions options_)
-    : options(std::move(options_)) {
+    : options(std::move(options_)), size_cache_(std::make_shared<SizeCache>()) {
   reset();
 }
 
@@ -116,12 +148,7 @@ void DecomposedRelativePositionImpl::reset() {
   width = register_parameter("width", at::empty({length, options.head_dim()}));
   init::trunc_normal_(height, 0.02);
   init::trunc_normal_(width, 0.02);
-  // Offsets scaled to the larger map, in float32 as MViTv2 computes them, then truncated.
-  const double q_ratio = std::max(static_cast<double>(k) / q, 1.0);
-  const double k_ratio = std::max(static_cast<double>(q) / k, 1.0);
-  const at::Tensor offsets = at::arange(q, at::kLong).unsqueeze(-1) * q_ratio -
-                             at::arange(k, at::kLong).unsqueeze(0) * k_ratio + (k - 1) * k_ratio;
-  index = register_buffer("index", offsets.to(at::kLong));
+  index = register_buffer("index", decomposed_index(q, k));
 }
 
 void DecomposedRelativePositionImpl::pretty_print(std::ostream& stream) const {
@@ -134,11 +161,26 @@ at::Tensor DecomposedRelativePositionImpl::forward(const at::Tensor& q) {
   TORCH_CHECK(q.dim() == 4 && q.size(2) == qs * qs && q.size(3) == d,
               "slideformer::DecomposedRelativePosition: queries must be (B, heads, ", qs * qs, ", ", d,
               "), got shape ", q.sizes());
-  const int64_t batch = q.size(0), heads = q.size(1);
-  const at::Tensor r = q.reshape({batch, heads, qs, qs, d});
-  const at::Tensor rel_h = at::einsum("bnyxc,ykc->bnyxk", {r, height.index_select(0, index.view(-1)).view({qs, ks, d})});
-  const at::Tensor rel_w = at::einsum("bnyxc,xkc->bnyxk", {r, width.index_select(0, index.view(-1)).view({qs, ks, d})});
-  return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape({batch, heads, qs * qs, ks * ks});
+  return decomposed_bias(q, height.index_select(0, index.view(-1)), width.index_select(0, index.view(-1)), qs, qs, ks,
+                         ks);
+}
+
+at::Tensor DecomposedRelativePositionImpl::forward(const at::Tensor& q, int64_t query_rows, int64_t query_cols,
+                                                   int64_t key_rows, int64_t key_cols) {
+  const int64_t qs = options.query_size(), ks = options.key_size(), d = options.head_dim();
+  if (query_rows == qs && query_cols == qs && key_rows == ks && key_cols == ks) return forward(q);
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == query_rows * query_cols && q.size(3) == d,
+              "slideformer::DecomposedRelativePosition: queries must be (B, heads, ", query_rows * query_cols, ", ",
+              d, ") for a ", query_rows, "x", query_cols, " query map, got shape ", q.sizes());
+  // Each axis' table resized to the offsets of this map, and its rows for the (query, key) pairs.
+  auto rows_of = [&](const at::Tensor& table, int64_t axis, int64_t queries, int64_t keys) {
+    const int64_t length = 2 * std::max(queries, keys) - 1;
+    const at::Tensor resized = size_cache_->derived({axis, length}, table, [&] { return resized_table(table, length); });
+    const at::Tensor rows = size_cache_->constant({queries, keys}, [&] { return decomposed_index(queries, keys).view(-1); });
+    return resized.index_select(0, rows);
+  };
+  return decomposed_bias(q, rows_of(height, 0, query_rows, key_rows), rows_of(width, 1, query_cols, key_cols),
+                         query_rows, query_cols, key_rows, key_cols);
 }
 
 torch::jit::Module DecomposedRelativePositionImpl::script_form() const {

@@ -80,7 +80,7 @@ at::Tensor TransformerBlockImpl::forward(const at::Tensor& x) {
   if (slide_attention) {
     attended = slide_attention(normed);
   } else {  // global attention over the flattened map
-    attended = global_attention(normed.flatten(1, 2)).view(x.sizes());
+    attended = global_attention(normed.flatten(1, 2), x.size(1), x.size(2)).view(x.sizes());
   }
   const at::Tensor y = x + functional::drop_path(attended, options.drop_path(), is_training());
   return y + functional::drop_path(mlp(norm2(y)), options.drop_path(), is_training());

@@ -83,7 +83,8 @@ TEST(PoolingAttention, MaxAndAveragePoolingAndChecks) {
     EXPECT_EQ(attn(torch::randn({1, 7, 7, 8})).sizes(), at::IntArrayRef({1, 4, 4, 8}));
   }
   PoolingAttention attn(PoolingAttentionOptions(8, 8, 2, 4));
-  EXPECT_THROW_MSG(attn(torch::randn({1, 5, 5, 8})), "slideformer::PoolingAttention: input must be (B, 4, 4, 8)");
+  EXPECT_EQ(attn(torch::randn({1, 5, 3, 8})).sizes(), at::IntArrayRef({1, 5, 3, 8}));  // any map (test_input_sizes)
+  EXPECT_THROW_MSG(attn(torch::randn({1, 5, 5, 7})), "slideformer::PoolingAttention: input must be (B, Y, X, 8)");
   EXPECT_THROW_MSG(PoolingAttention(PoolingAttentionOptions(8, 9, 2, 4)),
                    "dim_out must be a positive multiple of heads, got dim_out 9 and heads 2");
   EXPECT_THROW_MSG(PoolingAttention(PoolingAttentionOptions(8, 8, 2, 4).kernel_size(2)),

@@ -297,3 +297,41 @@ def test_every_row_of_the_tables_is_documented():
                 assert f"`{pattern}`" in text and (not target or f"`{target}`" in text), pattern
     with pytest.raises(ValueError, match="unknown weight source 'hub' \\(slideformer, slide-transformer or timm\\)"):
         weights.mapping_table("hub")
+
+
+# --- other input sizes ---------------------------------------------------------------------------
+# The C++ models are built for 224 and given 256 x 256 images: the global stages' Swin tables are
+# resized at run time (bicubic), MViTv2's decomposed tables too (linear). The expected logits come
+# from the peers' own resizing: timm's resize_rel_pos_bias_table_simple applied to the official
+# state, run by the float64 transcription of the official forward at 256; timm's mvitv2_tiny built
+# for 256 with the 224 weights through its checkpoint_filter_fn.
+
+def test_official_weights_at_256_give_the_official_forward_with_tables_resized_as_timm_does(tmp_path, official_tiny):
+    from timm.layers import resize_rel_pos_bias_table_simple
+    path, state, _, _ = official_tiny
+    _, depths, heads = OFFICIAL["slide_swin_tiny"]
+    resized = collections.OrderedDict(state)
+    for stage in range(SLIDE_STAGES, len(depths)):
+        size = 256 // 4 // 2 ** stage
+        for block in range(depths[stage]):
+            name = f"layers.{stage}.blocks.{block}.attn.relative_position_bias_table"
+            resized[name] = resize_rel_pos_bias_table_simple(state[name], (size, size),
+                                                             ((2 * size - 1) ** 2, heads[stage]))
+    images = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(5))
+    expected = official_logits(resized, images, "slide_swin_tiny")
+    assert relative_error(run_tool(tmp_path, "slide_swin_tiny", path, images, "slide-transformer"), expected) < 1e-4
+
+
+def test_timm_mvitv2_tiny_at_256_gives_timms_logits(tmp_path, timm_tiny):
+    import timm
+    from timm.models.mvitv2 import checkpoint_filter_fn
+    state, _, _ = timm_tiny
+    reference = timm.create_model("mvitv2_tiny", img_size=256).eval()
+    reference.load_state_dict(checkpoint_filter_fn({k: v.clone() for k, v in state.items()}, reference))
+    assert reference.stages[0].blocks[0].attn.rel_pos_h.shape[0] != state["stages.0.blocks.0.attn.rel_pos_h"].shape[0]
+    images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = reference(images)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    assert relative_error(run_tool(tmp_path, "mvitv2_tiny", path, images, "timm"), expected) < 1e-4

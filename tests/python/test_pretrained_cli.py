@@ -219,3 +219,34 @@ def test_layer_wise_lr_decay_scales_each_depth(fashion_checkpoint, tmp_path):
         step = (trained[name] - initial[name]).abs().max().item()
         assert step == pytest.approx(lr * decay ** (5 - depth), rel=1e-3), name
 
+
+
+# --- export --features ---------------------------------------------------------------------------
+
+def test_features_export_returns_the_stage_outputs(fashion_checkpoint, tmp_path):
+    """The backbone export's stage outputs against the Python modules' walk, written out here."""
+    import slideformer
+    out = tmp_path / "backbone.pt"
+    stdout = run_program("export", "--checkpoint", fashion_checkpoint, "--out", out, "--features")
+    assert stdout.endswith("output the stage outputs (N, C_i, H_i, W_i)\n")
+    unit = fashion_test_images(3)
+    with torch.no_grad():
+        features = torch.jit.load(str(out))(unit)
+        model = slideformer.load_checkpoint(fashion_checkpoint)
+        config = model.config
+        x = model.patch_embed((unit - config.input_mean[0]) / config.input_std[0])
+        if model.absolute_position is not None:
+            x = x + model.absolute_position
+        expected = []
+        for s, stage in enumerate(model.stages):
+            for block in stage:
+                x = block(x)
+            expected.append(x.permute(0, 3, 1, 2))
+            if s < len(model.mergings):
+                x = model.mergings[s](x)
+    assert [tuple(f.shape) for f in features] == [(3, 48, 14, 14), (3, 96, 7, 7)]
+    for actual, reference in zip(features, expected):
+        assert torch.allclose(actual, reference, rtol=1e-4, atol=1e-5)
+    assert error_of("export", "--checkpoint", fashion_checkpoint, "--out", tmp_path / "x.onnx", "--format", "onnx",
+                    "--features") == (
+        "slideformer: error: --features: only the torchscript format exports the stage outputs, not onnx")

@@ -17,4 +17,8 @@ torch::jit::Module to_torchscript(const torch::nn::ModuleHolder<Impl>& model) {
   return to_torchscript(*model);
 }
 
+// The same input, and forward returns the stage outputs (B, C_i, H_i, W_i) as List[Tensor]
+// (Classifier::forward_features): a backbone for a detection or segmentation neck.
+torch::jit::Module to_torchscript_features(const Classifier& model);
+
 }  // namespace slideformer::nn

@@ -27,6 +27,8 @@ class GlobalBatchSlice {
 
 // Swin relative-position index of an R x R map: (R*R, R*R) int64 entries in [0, (2R-1)^2).
 at::Tensor relative_position_index(int64_t size);
+// The same for a rows x cols map: (rows*cols, rows*cols) entries in [0, (2 rows - 1)(2 cols - 1)).
+at::Tensor relative_position_index(int64_t rows, int64_t cols);
 
 // What linear() applies after the affine map.
 enum class Activation { kNone, kGelu };

@@ -15,24 +15,34 @@
 
 namespace slideformer::nn {
 
+class SizeCache;  // csrc/nn/size_cache.h
+
 // Global multi-head attention on slideformer::attention. Input and output (B, N, C). With
-// relative_position_size R > 0, N must be R*R and a Swin bias table ((2R-1)^2, heads), trained
-// through the operator's bias gradient, is added to the logits.
+// relative_position_size R > 0 a Swin bias table ((2R-1)^2, heads), trained through the
+// operator's bias gradient, is added to the logits: as it is for an R x R map, resized
+// bicubically for any other rows x cols map (N = rows * cols; rows = cols = sqrt(N) when not
+// given), once per size.
 class MultiHeadAttentionImpl : public torch::nn::Cloneable<MultiHeadAttentionImpl>, public ScriptForm {
  public:
   explicit MultiHeadAttentionImpl(MultiHeadAttentionOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  at::Tensor forward(const at::Tensor& x);
-  // The relative-position bias is stored gathered (it is constant at inference).
+  at::Tensor forward(const at::Tensor& x, int64_t rows = 0, int64_t cols = 0);
+  // The relative-position bias is stored gathered for the R x R map (it is constant at inference).
   torch::jit::Module script_form() const override;
   // (1, heads, N, N) bias gathered from the table, or undefined without one.
   at::Tensor relative_position_bias() const;
+  // The same for a rows x cols map: the table itself for R x R, else resized to (2 rows - 1) x
+  // (2 cols - 1) as timm's resize_rel_pos_bias_table_simple does (bicubic, align_corners false).
+  at::Tensor relative_position_bias(int64_t rows, int64_t cols) const;
 
   MultiHeadAttentionOptions options;
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
   at::Tensor relative_position_table;  // ((2R-1)^2, heads) parameter, if any
   at::Tensor relative_position_index;  // (R*R, R*R) buffer, if any
+
+ private:
+  std::shared_ptr<SizeCache> size_cache_;
 };
 TORCH_MODULE(MultiHeadAttention);
 
@@ -180,13 +190,20 @@ class Classifier : public ScriptForm {
   virtual int64_t num_classes() const = 0;
   virtual const std::vector<double>& input_mean() const = 0;
   virtual const std::vector<double>& input_std() const = 0;
-  // (B, Y, X, C) features before the final norm and pooling; `visit` as in forward_layers.
-  at::Tensor forward_features(
+  // (B, Y, X, C) map of the last layer, before the final norm and pooling; `visit` as in
+  // forward_layers.
+  at::Tensor forward_tokens(
       const at::Tensor& images,
       const std::function<void(const std::string&, torch::nn::Module&, const at::Tensor&)>& visit = {});
-  at::Tensor forward_head(const at::Tensor& features);
+  // The output of each stage (its last block), (B, C_i, H_i, W_i), first stage first: the inputs
+  // of a detection or segmentation neck (docs/pretrained.md lists the shapes). No final norm.
+  std::vector<at::Tensor> forward_features(const at::Tensor& images);
+  at::Tensor forward_head(const at::Tensor& tokens);
   at::Tensor forward(const at::Tensor& images);
   torch::jit::Module script_form() const override;
+  // What forward_features computes, from [0, 1] images as script_form() takes them: forward
+  // returns List[Tensor].
+  torch::jit::Module features_script_form() const;
 
   torch::nn::LayerNorm norm{nullptr};
   torch::nn::Linear head{nullptr};
@@ -220,7 +237,9 @@ TORCH_MODULE(SlideTransformer);
 
 // MViTv2's decomposed relative position term. forward(q) takes the (pooled) queries (B, heads,
 // query_size^2, head_dim) and returns the (B, heads, query_size^2, key_size^2) attention bias;
-// the tables train through the attention operator's bias gradient.
+// the tables train through the attention operator's bias gradient. For other maps, each table is
+// resized linearly to 2 max(queries, keys) - 1 rows along its axis (as timm's
+// checkpoint_filter_fn resizes MViTv2's), once per size.
 class DecomposedRelativePositionImpl : public torch::nn::Cloneable<DecomposedRelativePositionImpl>,
                                        public ScriptForm {
  public:
@@ -228,16 +247,21 @@ class DecomposedRelativePositionImpl : public torch::nn::Cloneable<DecomposedRel
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& q);
+  // Queries of a query_rows x query_cols map over keys of a key_rows x key_cols map.
+  at::Tensor forward(const at::Tensor& q, int64_t query_rows, int64_t query_cols, int64_t key_rows, int64_t key_cols);
   torch::jit::Module script_form() const override;
 
   DecomposedRelativePositionOptions options;
   at::Tensor height, width;  // (2 * max(query_size, key_size) - 1, head_dim) parameters
   at::Tensor index;          // (query_size, key_size) int64 buffer: rows of the tables
+
+ private:
+  std::shared_ptr<SizeCache> size_cache_;
 };
 TORCH_MODULE(DecomposedRelativePosition);
 
-// Multi-head pooling attention on slideformer::attention. Input (B, Y, X, dim) with Y = X =
-// input_size, output (B, Y', X', dim_out) with Y' = ceil(Y / stride_q). qkv's output channels are
+// Multi-head pooling attention on slideformer::attention. Input (B, Y, X, dim), Y = X =
+// input_size for the map the options describe (any other map works too), output (B, Y', X', dim_out) with Y' = ceil(Y / stride_q). qkv's output channels are
 // ({q, k, v}, head, d), d = dim_out / heads; each head's q, k and v are pooled with the same
 // depthwise (d-channel) convolution + LayerNorm(d) (or max / average pooling, without norm).
 class PoolingAttentionImpl : public torch::nn::Cloneable<PoolingAttentionImpl>, public Layer {

@@ -1,0 +1,159 @@
+// Models at input sizes other than their own (docs/pretrained.md, "Input sizes"): the global
+// stages' Swin tables resized bicubically, MViTv2's decomposed tables linearly, both once per size;
+// and the models as backbones (forward_features, to_torchscript_features). Logits against timm and
+// the official code at 256: tests/python/test_import_weights.py.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "slideformer/nn/export.h"
+#include "slideformer/nn/functional.h"
+#include "slideformer/nn/modules.h"
+#include "test_helpers.h"
+
+namespace {
+
+using namespace slideformer::nn;
+
+// Forward and backward of a preset at `size`: (1, classes) logits, and a gradient for every
+// trainable parameter, the position tables included (they train through the resizing). In eval
+// mode: drop-path would drop whole blocks of a batch of one.
+template <typename Model>
+void expect_trains_at(Model& model, int64_t size) {
+  model->eval();
+  model->zero_grad();
+  const at::Tensor logits = model(torch::randn({1, 3, size, size}));
+  ASSERT_EQ(logits.sizes(), at::IntArrayRef({1, 1000})) << size;
+  logits.square().sum().backward();
+  for (const auto& item : model->named_parameters()) {
+    const at::Tensor& parameter = item.value();
+    const std::string& name = item.key();
+    if (!parameter.requires_grad()) continue;
+    ASSERT_TRUE(parameter.grad().defined()) << name << " at " << size;
+    if (name.find("relative_position") != std::string::npos) {
+      EXPECT_GT(parameter.grad().abs().sum().item<double>(), 0) << name << " at " << size;
+    }
+  }
+}
+
+// At its own size the model computes what it computed before any other size was run.
+template <typename Model>
+void expect_other_sizes_leave_224_unchanged(Model& model) {
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor images = torch::randn({2, 3, 224, 224});
+  const at::Tensor before = model(images);
+  for (const int64_t size : {192, 256, 320}) {
+    const at::Tensor logits = model(torch::randn({1, 3, size, size}));
+    EXPECT_TRUE(logits.isfinite().all().item<bool>()) << size;
+  }
+  EXPECT_TRUE(torch::equal(model(images), before));
+}
+
+TEST(InputSizes, SlideSwinTinyTrainsAt192256And320AndIsUnchangedAt224) {
+  torch::manual_seed(0);
+  SlideTransformer model(preset("slide_swin_tiny"));
+  expect_other_sizes_leave_224_unchanged(model);
+  for (const int64_t size : {192, 256, 320}) expect_trains_at(model, size);
+}
+
+TEST(InputSizes, MViTv2TinyTrainsAt192256And320AndIsUnchangedAt224) {
+  torch::manual_seed(0);
+  MViT model(mvit_preset("mvitv2_tiny"));
+  expect_other_sizes_leave_224_unchanged(model);
+  for (const int64_t size : {192, 256, 320}) expect_trains_at(model, size);
+}
+
+// The bias of a 4 x 6 map from a 3 x 3 table: the table resized bicubically to 7 x 11 (written
+// out here with the offsets of each token pair) and gathered.
+TEST(InputSizes, SwinTableIsResizedBicubicallyAndGathered) {
+  torch::manual_seed(1);
+  MultiHeadAttention mha(MultiHeadAttentionOptions(8, 2).relative_position_size(3));
+  const at::Tensor grid = mha->relative_position_table.detach().t().reshape({1, 2, 5, 5});
+  const at::Tensor resized = torch::nn::functional::interpolate(
+      grid, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{7, 11}).mode(torch::kBicubic)
+                .align_corners(false))[0];
+  torch::NoGradGuard no_grad;
+  const at::Tensor bias = mha->relative_position_bias(4, 6);
+  ASSERT_EQ(bias.sizes(), at::IntArrayRef({1, 2, 24, 24}));
+  for (int64_t i = 0; i < 24; ++i) {
+    for (int64_t j = 0; j < 24; ++j) {
+      const int64_t dy = i / 6 - j / 6 + 3, dx = i % 6 - j % 6 + 5;
+      for (int64_t h = 0; h < 2; ++h) {
+        ASSERT_EQ(bias[0][h][i][j].item<float>(), resized[h][dy][dx].item<float>()) << i << " " << j;
+      }
+    }
+  }
+  // Its own size: the table as it is.
+  EXPECT_TRUE(torch::equal(mha->relative_position_bias(3, 3), mha->relative_position_bias()));
+  EXPECT_EQ(mha(torch::randn({2, 24, 8}), 4, 6).sizes(), at::IntArrayRef({2, 24, 8}));
+  EXPECT_THROW_MSG(mha(torch::randn({2, 8, 8})), "got 8 tokens, not a 3x3 map: give the map's rows and cols");
+}
+
+TEST(InputSizes, ResizedTablesAreComputedOncePerSizeWhileTheTableIsUnchanged) {
+  torch::manual_seed(2);
+  MultiHeadAttention mha(MultiHeadAttentionOptions(8, 2).relative_position_size(3));
+  torch::NoGradGuard no_grad;
+  const at::Tensor first = mha->relative_position_bias(4, 4);
+  EXPECT_EQ(mha->relative_position_bias(4, 4).data_ptr(), first.data_ptr());  // cached
+  EXPECT_NE(mha->relative_position_bias(5, 5).data_ptr(), first.data_ptr());
+  mha->relative_position_table.add_(1.0);  // a training step, a load: the cache follows
+  const at::Tensor after = mha->relative_position_bias(4, 4);
+  EXPECT_NE(after.data_ptr(), first.data_ptr());
+  slideformer::testing::expect_close(after, first + 1.0, 1e-6, 1e-5, "bias after the table moved by 1");
+}
+
+// A model built for 256 whose tables are the 224 model's, resized as the import resizes them,
+// computes what the 224 model computes at 256: resizing at run time or at import is the same.
+TEST(InputSizes, MViTv2RunAtAnotherSizeEqualsOneBuiltForIt) {
+  torch::manual_seed(3);
+  MViT at224(mvit_preset("mvitv2_tiny"));
+  MViT at256(mvit_preset("mvitv2_tiny").image_size(256));
+  torch::NoGradGuard no_grad;
+  const auto target = at256->named_parameters();
+  for (const auto& item : at224->named_parameters()) {
+    at::Tensor source = item.value();
+    if (source.sizes() != target[item.key()].sizes()) {  // a decomposed table: resized linearly
+      source = at::upsample_linear1d(source.t().unsqueeze(0), {target[item.key()].size(0)}, false).squeeze(0).t();
+    }
+    target[item.key()].copy_(source);
+  }
+  at224->eval();
+  at256->eval();
+  const at::Tensor images = torch::randn({1, 3, 256, 256});
+  EXPECT_TRUE(torch::equal(at224(images), at256(images)));
+}
+
+// The stage outputs (B, C_i, H_i, W_i): the last is the map the head pools, and the TorchScript
+// backbone returns the same from [0, 1] images.
+template <typename Model>
+void expect_stage_outputs(Model& model, int64_t size, const std::vector<std::vector<int64_t>>& shapes) {
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor unit = torch::rand({2, 3, size, size});
+  const at::Tensor mean = torch::tensor(model->input_mean(), at::kFloat).view({1, 3, 1, 1});
+  const at::Tensor std = torch::tensor(model->input_std(), at::kFloat).view({1, 3, 1, 1});
+  const at::Tensor images = (unit - mean) / std;
+  const std::vector<at::Tensor> features = model->forward_features(images);
+  ASSERT_EQ(features.size(), shapes.size());
+  for (size_t i = 0; i < shapes.size(); ++i) EXPECT_EQ(features[i].sizes(), at::IntArrayRef(shapes[i])) << i;
+  EXPECT_TRUE(torch::equal(features.back(), model->forward_tokens(images).permute({0, 3, 1, 2})));
+  if (size != model->image_size()) return;  // the export is for the model's own size
+  const c10::List<at::Tensor> exported =
+      to_torchscript_features(*model).forward({unit}).toTensorList();
+  ASSERT_EQ(exported.size(), features.size());
+  for (size_t i = 0; i < features.size(); ++i) {
+    slideformer::testing::expect_close(exported.get(i), features[i], 1e-4, 1e-4, "exported stage " + std::to_string(i));
+  }
+}
+
+TEST(Backbone, StageOutputsOfSlideSwinTinyAndMViTv2Tiny) {
+  torch::manual_seed(4);
+  SlideTransformer slide(preset("slide_swin_tiny"));
+  expect_stage_outputs(slide, 224, {{2, 96, 56, 56}, {2, 192, 28, 28}, {2, 384, 14, 14}, {2, 768, 7, 7}});
+  expect_stage_outputs(slide, 256, {{2, 96, 64, 64}, {2, 192, 32, 32}, {2, 384, 16, 16}, {2, 768, 8, 8}});
+  MViT mvit(mvit_preset("mvitv2_tiny"));
+  expect_stage_outputs(mvit, 224, {{2, 96, 56, 56}, {2, 192, 28, 28}, {2, 384, 14, 14}, {2, 768, 7, 7}});
+  expect_stage_outputs(mvit, 320, {{2, 96, 80, 80}, {2, 192, 40, 40}, {2, 384, 20, 20}, {2, 768, 10, 10}});
+}
+
+}  // namespace
