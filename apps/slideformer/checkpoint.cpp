@@ -106,6 +106,8 @@ void check_state(const CheckpointState& state, const std::string& path) {
   check(p.epoch >= 0 && p.epoch <= c.epochs, "epoch", p.epoch, "in [0, epochs]");
   check(c.image_size >= 0 && c.image_size <= 4096, "image_size", c.image_size, "in [0, 4096]");
   check(c.crop_pct > 0 && c.crop_pct <= 1, "crop_pct", c.crop_pct, "in (0, 1]");
+  check(c.freeze_stages >= 0, "freeze_stages", c.freeze_stages, ">= 0");
+  check(c.lr_decay > 0 && c.lr_decay <= 1, "lr_decay", c.lr_decay, "in (0, 1]");
   check(p.step_in_epoch >= 0, "step_in_epoch", p.step_in_epoch, ">= 0");
   check(p.global_step >= p.step_in_epoch, "global_step", p.global_step, ">= step_in_epoch");
   check(state.rng_state.defined() && state.rng_state.scalar_type() == at::kByte && state.rng_state.dim() == 1,
@@ -258,6 +260,10 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   archive.write("image_size", c10::IValue(c.image_size));
   archive.write("crop_pct", c10::IValue(c.crop_pct));
   archive.write("skip_bad_images", c10::IValue(c.skip_bad_images));
+  archive.write("init", c10::IValue(c.init));
+  archive.write("init_from", c10::IValue(c.init_from));
+  archive.write("freeze_stages", c10::IValue(c.freeze_stages));
+  archive.write("lr_decay", c10::IValue(c.lr_decay));
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -298,6 +304,13 @@ CheckpointState read_checkpoint_state(const std::string& path) {
     c.image_size = read_value<int64_t>(archive, path, "image_size");
     c.crop_pct = read_value<double>(archive, path, "crop_pct");
     c.skip_bad_images = read_value<bool>(archive, path, "skip_bad_images");
+  }
+  // The fine-tuning fields, absent from checkpoints written before them.
+  if (archive.try_read("init", present)) {
+    c.init = read_value<std::string>(archive, path, "init");
+    c.init_from = read_value<std::string>(archive, path, "init_from");
+    c.freeze_stages = read_value<int64_t>(archive, path, "freeze_stages");
+    c.lr_decay = read_value<double>(archive, path, "lr_decay");
   }
   check_state(state, path);
   if (!state.data_config.empty()) check_data_config(state, path);

@@ -174,6 +174,10 @@ int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t
                            skip_bad_images);
   }
   if (data_dir.empty() && !loaded.data_config.empty()) {
+    if (loaded.config.data_dir.empty() && loaded.config.val_dir.empty()) {
+      throw std::runtime_error(checkpoint + ": imported weights come with no data: give --data (a folder of "
+                               "<class>/<image>)");
+    }
     const std::string val = loaded.config.val_dir.empty() ? loaded.config.data_dir + "/val" : loaded.config.val_dir;
     return evaluate_folder(loaded, val, limit, outputs, skip_bad_images);
   }
@@ -204,8 +208,7 @@ int export_model(const std::string& checkpoint, const std::string& out) {
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail(std::strerror(errno));
   ::close(fd);
-  const std::string data_config = loaded.data_config.empty() ? fashion_data_config(loaded.model_config).to_json()
-                                                             : loaded.data_config;
+  const std::string data_config = exported_data_config(loaded.model_config, loaded.data_config);
   try {
     nn::to_torchscript(*loaded.model.classifier).save(temporary, {{kDataConfigFile, data_config}});
   } catch (const c10::Error& e) {
@@ -224,9 +227,16 @@ bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// An exported model as a function of [0, 1] images: a TorchScript module, or an AOTInductor
-// package (.pt2, python -m slideformer export --format aoti) run by AOTIModelPackageLoader.
-std::function<c10::IValue(const at::Tensor&)> load_exported_model(const std::string& path) {
+// An exported model as a function of [0, 1] images, and the data config it carries (JSON; empty
+// for models exported before the config travelled with them): a TorchScript module (the config
+// is its extra file), or an AOTInductor package (.pt2, python -m slideformer export --format aoti;
+// the config is its metadata) run by AOTIModelPackageLoader.
+struct ExportedModel {
+  std::function<c10::IValue(const at::Tensor&)> forward;
+  std::string data_config;
+};
+
+ExportedModel load_exported_model(const std::string& path) {
   if (ends_with(path, ".pt2")) {
     std::shared_ptr<torch::inductor::AOTIModelPackageLoader> package;
     try {
@@ -234,14 +244,18 @@ std::function<c10::IValue(const at::Tensor&)> load_exported_model(const std::str
     } catch (const c10::Error& e) {
       throw std::runtime_error(path + ": not a loadable AOTInductor package (truncated or corrupt?)");
     }
-    return [package](const at::Tensor& images) {
+    const auto metadata = package->get_metadata();
+    const auto config = metadata.find(kDataConfigFile);
+    auto forward = [package](const at::Tensor& images) {
       std::vector<at::Tensor> outputs = package->run({images});
       return outputs.size() == 1 ? c10::IValue(outputs[0]) : c10::IValue(outputs);
     };
+    return {forward, config == metadata.end() ? "" : config->second};
   }
   auto model = std::make_shared<torch::jit::Module>();
+  torch::jit::ExtraFilesMap extra{{kDataConfigFile, ""}};
   try {
-    *model = torch::jit::load(path);
+    *model = torch::jit::load(path, c10::nullopt, extra);
   } catch (const c10::Error& e) {
     throw std::runtime_error(path + ": not a loadable TorchScript model (truncated or corrupt?)");
   }
@@ -252,7 +266,7 @@ std::function<c10::IValue(const at::Tensor&)> load_exported_model(const std::str
                                  : path + ": a TorchScript archive without a forward method");
   }
   model->eval();
-  return [model](const at::Tensor& images) { return model->forward({images}); };
+  return {[model](const at::Tensor& images) { return model->forward({images}); }, extra[kDataConfigFile]};
 }
 
 }  // namespace
@@ -264,7 +278,7 @@ int predict(const std::string& model_path, const std::string& data_dir, int64_t 
     throw std::runtime_error(model_path + ": cannot open the model (" + std::strerror(errno) + ")");
   }
   if (S_ISDIR(info.st_mode)) throw std::runtime_error(model_path + ": is a directory, not a model file");
-  const auto model = load_exported_model(model_path);
+  const auto model = load_exported_model(model_path).forward;
   const Dataset test = load_fashion_mnist(data_dir, false, limit);
   auto logits_of = [&](const at::Tensor& unit) {
     c10::IValue output;
@@ -316,23 +330,12 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
 }  // namespace
 
 int predict_images(const std::string& model_path, const std::vector<std::string>& inputs, int64_t top, bool json) {
-  if (ends_with(model_path, ".pt2")) {
-    throw std::runtime_error(model_path + ": predicting image files takes a TorchScript model (export --format "
-                             "torchscript), which carries the class names and eval transform");
-  }
-  torch::jit::ExtraFilesMap extra{{kDataConfigFile, ""}};
-  torch::jit::Module model;
-  try {
-    model = torch::jit::load(model_path, c10::nullopt, extra);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(model_path + ": not a loadable TorchScript model (truncated or corrupt?)");
-  }
-  if (extra[kDataConfigFile].empty()) {
+  const ExportedModel model = load_exported_model(model_path);
+  if (model.data_config.empty()) {
     throw std::runtime_error(model_path + ": the model holds no data config (" + kDataConfigFile +
                              "): export it again with this version of slideformer");
   }
-  const data::DataConfig config = data::DataConfig::from_json(extra[kDataConfigFile], model_path);
-  model.eval();
+  const data::DataConfig config = data::DataConfig::from_json(model.data_config, model_path);
   // The exported model normalises its [0, 1] input itself.
   data::ImageTransform transform = data::ImageTransform::eval(config);
   transform.normalize(false);
@@ -354,7 +357,7 @@ int predict_images(const std::string& model_path, const std::vector<std::string>
       }
     }
     if (images.empty()) continue;
-    const at::Tensor probabilities = model.forward({at::stack(images)}).toTensor().to(at::kFloat).softmax(1);
+    const at::Tensor probabilities = model.forward(at::stack(images)).toTensor().to(at::kFloat).softmax(1);
     const auto [values, indices] = probabilities.topk(top, 1);
     for (size_t i = 0; i < names.size(); ++i) {
       nlohmann::ordered_json classes = nlohmann::ordered_json::array();

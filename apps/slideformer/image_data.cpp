@@ -77,6 +77,10 @@ data::DataConfig fashion_data_config(const ModelConfig& model) {
   return data_config_for(model, classes, 1.0);
 }
 
+std::string exported_data_config(const ModelConfig& model, const std::string& data_config) {
+  return data_config.empty() ? fashion_data_config(model).to_json() : data_config;
+}
+
 void fit_model_to_data(ModelConfig& model, int64_t channels, int64_t classes, int64_t image_size) {
   auto fit = [&](auto& options) {
     options.input_mean(per_channel(options.input_mean(), channels));

@@ -38,6 +38,10 @@ data::DataConfig data_config_for(const ModelConfig& model, std::vector<std::stri
 // Fashion-MNIST's classes and the 28 x 28 input of a model trained on its IDX files.
 data::DataConfig fashion_data_config(const ModelConfig& model);
 
+// The data config (JSON) that an exported model of a checkpoint carries: the checkpoint's own
+// `data_config`, or Fashion-MNIST's for a run on the IDX files.
+std::string exported_data_config(const ModelConfig& model, const std::string& data_config);
+
 // The model's input channels and classes set to the data's (mean and std follow the channels).
 void fit_model_to_data(ModelConfig& model, int64_t channels, int64_t classes, int64_t image_size);
 

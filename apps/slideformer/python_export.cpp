@@ -70,9 +70,10 @@ std::string python_interpreter(const std::string& requested) {
 }
 
 void export_with_python(const std::string& checkpoint, const std::string& out, const std::string& format,
+                        const std::string& data_config,
                         const std::string& python) {
   std::vector<std::string> args = {python, "-m", "slideformer", "export", "--checkpoint", checkpoint,
-                                   "--out", out, "--format", format};
+                                   "--out", out, "--format", format, "--data-config", data_config};
   std::vector<std::string> overrides = {"SLIDEFORMER_LIBRARY=" + loaded_library_path()};
 #ifdef SLIDEFORMER_SOURCE_PYTHON_DIR
   // A program of a build tree exports with the package of its own source tree.

@@ -32,6 +32,13 @@ struct TrainConfig {
   int64_t image_size = 0;   // the model's input size (0: the preset's)
   double crop_pct = 0.875;  // eval transform: resize the short side to image_size / crop_pct, crop
   bool skip_bad_images = false;  // count unreadable images instead of stopping
+  // Fine-tuning (pretrained.h, docs/pretrained.md): the first step starts from the weights of
+  // `init` (a file of the `init_from` family), the first `freeze_stages` stages stay as they
+  // are, and the learning rate of the depth-d parameters is scaled by lr_decay^(L + 1 - d).
+  std::string init;
+  std::string init_from = "slideformer";
+  int64_t freeze_stages = 0;
+  double lr_decay = 1.0;
 };
 
 // Where a run stands; saved in every checkpoint.

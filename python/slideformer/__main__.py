@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from .images import DATA_CONFIG_FILE
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slideformer", description=__doc__.splitlines()[2])
@@ -17,13 +19,16 @@ def main(argv=None) -> int:
     export.add_argument("--checkpoint", required=True, help="checkpoint.pt of the slideformer program")
     export.add_argument("--out", required=True, help="file to write (.onnx or .pt2)")
     export.add_argument("--format", required=True, choices=["onnx", "aoti"])
+    export.add_argument("--data-config", help="JSON of the data config to store in the file "
+                        "(slideformer.images.DATA_CONFIG_FILE: class names, input size, mean, std, crop_pct)")
     args = parser.parse_args(argv)
     try:
         import slideformer
 
         exporter = importlib.import_module(f"slideformer.{args.format}")  # onnx needs the onnx packages
         model = slideformer.nn.InputNormalization(slideformer.load_checkpoint(args.checkpoint))
-        exporter.export(model, args.out)
+        metadata = {} if args.data_config is None else {DATA_CONFIG_FILE: args.data_config}
+        exporter.export(model, args.out, metadata=metadata)
     except Exception as error:  # one line, as the C++ program reports its errors
         print(f"slideformer: error: {error}", file=sys.stderr)
         return 1

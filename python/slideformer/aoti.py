@@ -8,7 +8,7 @@ linked against libslideformer (torch::inductor::AOTIModelPackageLoader; `slidefo
 --model model.pt2`).
 """
 import os
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
@@ -18,7 +18,7 @@ __all__ = ["export", "load"]
 
 
 def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input: Optional[torch.Tensor] = None,
-           dynamic_batch: bool = True) -> str:
+           dynamic_batch: bool = True, metadata: Optional[Dict[str, str]] = None) -> str:
     """Compiles `model` (in eval mode) into an AOTInductor package at `path` (a .pt2 file).
 
     Args:
@@ -28,6 +28,8 @@ def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input:
         example_input: an input of the shape to compile for (batch size aside); by default a
             (2, C, S, S) batch from the model's config.
         dynamic_batch: the package takes any batch size (otherwise only the example's).
+        metadata: strings stored in the package (AOTInductor's metadata; `load(path).get_metadata()`
+            and the C++ AOTIModelPackageLoader::get_metadata() read them back).
 
     Returns:
         The path written. The compilation runs a C++ compiler: expect a minute or more.
@@ -36,7 +38,8 @@ def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input:
     with eval_mode(model):
         program = torch.export.export(model, (example_input,), dynamic_shapes=batch_dynamic_shapes(dynamic_batch))
     with replaced_on_success(path, ".pt2") as temporary:
-        torch._inductor.aoti_compile_and_package(program, package_path=temporary)
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=temporary, inductor_configs={"aot_inductor.metadata": dict(metadata or {})})
     return os.fspath(path)
 
 

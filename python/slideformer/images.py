@@ -1,7 +1,8 @@
 """Image files through an exported model, in Python: the Python side of `slideformer predict FILE...`.
 
-An exported TorchScript model (`slideformer export`) carries its data config as the extra file
-``data_config.json``: class names, channels, input size, mean, std and crop_pct. With it, a
+An exported model (`slideformer export`) carries its data config: a TorchScript model as the
+extra file ``data_config.json``, an AOTInductor package (.pt2) and an ONNX file as metadata under
+that name: class names, channels, input size, mean, std and crop_pct. With it, a
 deployed model needs nothing else:
 
     import slideformer.images as images
@@ -16,6 +17,7 @@ normalises it). Decoding needs Pillow, which the package does not depend on.
 """
 import json
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +26,18 @@ DATA_CONFIG_FILE = "data_config.json"
 
 
 def load_model(path):
-    """The exported model (eval mode) and its data config (a dict)."""
-    extra = {DATA_CONFIG_FILE: ""}
-    model = torch.jit.load(str(path), _extra_files=extra).eval()
-    if not extra[DATA_CONFIG_FILE]:
+    """The exported model and its data config (a dict): a TorchScript model (put in eval mode),
+    or an AOTInductor package (.pt2) whose metadata holds the config."""
+    if os.fspath(path).endswith(".pt2"):
+        model = torch._inductor.aoti_load_package(os.fspath(path))
+        config = model.get_metadata().get(DATA_CONFIG_FILE, "")
+    else:
+        extra = {DATA_CONFIG_FILE: ""}
+        model = torch.jit.load(str(path), _extra_files=extra).eval()
+        config = extra[DATA_CONFIG_FILE]
+    if not config:
         raise ValueError(f"{path}: the model holds no data config ({DATA_CONFIG_FILE}): export it again")
-    return model, json.loads(extra[DATA_CONFIG_FILE])
+    return model, json.loads(config)
 
 
 def eval_transform(image, config):

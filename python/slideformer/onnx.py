@@ -7,7 +7,7 @@ file without a custom-op library. Shapes other than the batch size are fixed at 
 the window index maps of slide_attention become constants.
 """
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx_ir as ir
@@ -182,7 +182,8 @@ def translation_table() -> dict:
 # --- export -----------------------------------------------------------------------------------------
 
 def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input: Optional[torch.Tensor] = None,
-           dynamic_batch: bool = True, opset_version: Optional[int] = None) -> None:
+           dynamic_batch: bool = True, opset_version: Optional[int] = None,
+           metadata: Optional[Dict[str, str]] = None) -> None:
     """Writes `model` (in eval mode) as an ONNX file with standard operators only.
 
     Args:
@@ -193,11 +194,14 @@ def export(model: torch.nn.Module, path: Union[str, os.PathLike], example_input:
             (2, C, S, S) batch from the model's config.
         dynamic_batch: the batch dimension stays free in the ONNX graph.
         opset_version: ONNX opset (default: the exporter's).
+        metadata: strings stored as the model's metadata_props (onnxruntime: InferenceSession(...)
+            .get_modelmeta().custom_metadata_map).
     """
     example_input = example_images(model, example_input, "slideformer.onnx.export")
     with eval_mode(model):
         program = torch.onnx.export(model, (example_input,), dynamo=True, custom_translation_table=translation_table(),
                                     dynamic_shapes=batch_dynamic_shapes(dynamic_batch), input_names=["images"],
                                     output_names=["logits"], opset_version=opset_version, verbose=False)
+    program.model.metadata_props.update(metadata or {})
     with replaced_on_success(path, ".onnx") as temporary:
         program.save(temporary)

@@ -89,24 +89,52 @@ def exported(trained, tmp_path_factory):
     return model
 
 
-def test_predict_from_cpp_and_python_gives_the_same_top_classes(exported, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Four photographs of scikit-image, PNG and JPEG, in one directory."""
+    folder = tmp_path_factory.mktemp("photos")
     for name in ["chelsea.png", "rocket.jpg", "camera.png"]:
-        shutil.copy(PHOTO_DIR / name, photos / name)
-    Image.open(PHOTO_DIR / "coffee.png").save(photos / "coffee.jpg", quality=90)
-    lines = run_program("predict", "--model", exported, "--json", photos).splitlines()
-    cpp = [json.loads(line) for line in lines]
+        shutil.copy(PHOTO_DIR / name, folder / name)
+    Image.open(PHOTO_DIR / "coffee.png").save(folder / "coffee.jpg", quality=90)
+    return folder
+
+
+def predicted_by_cpp_and_python(model_file, photos):
+    """The C++ program's and slideformer.images' top-3 of each photo, after asserting that they
+    name the same classes with the same probabilities (1e-5)."""
+    cpp = [json.loads(line) for line in run_program("predict", "--model", model_file, "--json", photos).splitlines()]
     assert [pathlib.Path(r["file"]).name for r in cpp] == ["camera.png", "chelsea.png", "coffee.jpg", "rocket.jpg"]
-    model, config = images.load_model(exported)
+    model, config = images.load_model(model_file)
     assert config["class_names"] == CLASSES and config["image_size"] == 28
     python = images.predict(model, config, [r["file"] for r in cpp])
     for ours, (file, top) in zip(cpp, python):
         assert [c["class"] for c in ours["top"]] == [name for name, _ in top]
         for c, (_, p) in zip(ours["top"], top):
             assert abs(c["probability"] - p) < 1e-5, (file, c, p)
+    return cpp
+
+
+def test_predict_from_cpp_and_python_gives_the_same_top_classes(exported, photos):
+    predicted_by_cpp_and_python(exported, photos)
     text = run_program("predict", "--model", exported, "--top", "2", photos / "rocket.jpg").strip()
     assert text.startswith(f"{photos / 'rocket.jpg'}: ") and text.count(",") == 1
+
+
+def test_aoti_and_onnx_exports_carry_the_data_config(trained, exported, photos, tmp_path):
+    """The class names and transform travel in an AOTInductor package's metadata (predict works on
+    it as on the TorchScript model, with the same probabilities) and in an ONNX file's metadata."""
+    out, _ = trained
+    package = tmp_path / "model.pt2"
+    run_program("export", "--checkpoint", out / "checkpoint.pt", "--out", package, "--format", "aoti")
+    from_package = predicted_by_cpp_and_python(package, photos)
+    for ours, theirs in zip(from_package, predicted_by_cpp_and_python(exported, photos)):
+        for a, b in zip(ours["top"], theirs["top"]):
+            assert a["class"] == b["class"] and abs(a["probability"] - b["probability"]) < 1e-5
+    onnx_file = tmp_path / "model.onnx"
+    run_program("export", "--checkpoint", out / "checkpoint.pt", "--out", onnx_file, "--format", "onnx")
+    import onnxruntime
+    stored = onnxruntime.InferenceSession(str(onnx_file)).get_modelmeta().custom_metadata_map
+    assert json.loads(stored[images.DATA_CONFIG_FILE]) == images.load_model(exported)[1]
 
 
 def test_predict_reports_a_bad_file_and_predicts_the_others(exported, tmp_path):
