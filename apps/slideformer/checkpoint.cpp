@@ -9,6 +9,8 @@
 #include <torch/script.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -30,34 +32,12 @@ constexpr const char* kFormatV1 = "slideformer-checkpoint-v1";
 
 std::string system_error(const std::string& what) { return what + " (" + std::strerror(errno) + ")"; }
 
-// The architectures each preset name denoted while v1 checkpoints were written, frozen whatever
-// the presets become: fashion changed twice then (a stem and overlapping patches were added, then
-// an absolute position table), the Slide-Swin presets never did.
+// The architectures a preset name of a v1 checkpoint may denote (the library's list).
 std::vector<ModelConfig> v1_preset_versions(const std::string& preset, const std::string& path) {
-  constexpr const char* kSwin =
-      R"({{"family": "slide_transformer", "options": {{"image_size": 224, "in_channels": 3,
-      "num_classes": 1000, "patch_size": 4, "stem_channels": 0, "overlapping_patches": false,
-      "embed_dim": {}, "absolute_position_embedding": false, "depths": {}, "heads": {},
-      "stage_kinds": ["slide", "slide", "global", "global"], "kernel_size": 3, "dilation": 1,
-      "border": "zeros", "mlp_ratio": 4.0, "drop_path_rate": {}, "input_mean": [0.485, 0.456, 0.406],
-      "input_std": [0.229, 0.224, 0.225]}}}})";
-  constexpr const char* kFashion =
-      R"({{"family": "slide_transformer", "options": {{"image_size": 28, "in_channels": 1,
-      "num_classes": 10, "patch_size": 2, "stem_channels": {}, "overlapping_patches": {},
-      "embed_dim": 48, "absolute_position_embedding": {}, "depths": [2, 2], "heads": [3, 6],
-      "stage_kinds": ["slide", "global"], "kernel_size": 3, "dilation": 1, "border": "zeros",
-      "mlp_ratio": 2.0, "drop_path_rate": 0.05, "input_mean": [0.2860], "input_std": [0.3530]}}}})";
-  std::vector<std::string> versions;
-  if (preset == "slide_swin_tiny") versions = {fmt::format(kSwin, 96, "[2, 2, 6, 2]", "[3, 6, 12, 24]", 0.2)};
-  if (preset == "slide_swin_small") versions = {fmt::format(kSwin, 96, "[2, 2, 18, 2]", "[3, 6, 12, 24]", 0.3)};
-  if (preset == "slide_swin_base") versions = {fmt::format(kSwin, 128, "[2, 2, 18, 2]", "[4, 8, 16, 32]", 0.5)};
-  if (preset == "fashion") {
-    versions = {fmt::format(kFashion, 24, true, true), fmt::format(kFashion, 24, true, false),
-                fmt::format(kFashion, 0, false, false)};
-  }
-  if (versions.empty()) fail(path, "v1 checkpoint of an unknown preset '" + preset + "'");
+  const nlohmann::json versions = nlohmann::json::parse(nn::v1_presets());
+  if (!versions.contains(preset)) fail(path, "v1 checkpoint of an unknown preset '" + preset + "'");
   std::vector<ModelConfig> configs;
-  for (const std::string& json : versions) configs.push_back(model_config_from_json(json, "v1 preset " + preset));
+  for (const auto& json : versions[preset]) configs.push_back(model_config_from_json(json.dump(), "v1 preset " + preset));
   return configs;
 }
 

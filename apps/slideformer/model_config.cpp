@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -14,75 +15,13 @@ namespace {
 
 using Json = nlohmann::ordered_json;  // keys in the options' own order: readable files
 
-// Calls visit(name, field) for every option, in declaration order: the one list of names the
-// writer and the reader share. An option added to SlideTransformerOptions is added here; a
-// checkpoint written before it then lacks the key, so the reader needs a fallback that means
-// "as before this option existed" (see kAddedLater).
-template <typename Options, typename Visit>
-std::enable_if_t<std::is_same_v<std::decay_t<Options>, nn::SlideTransformerOptions>> for_each_option(
-    Options& o, Visit&& visit) {
-  visit("image_size", o.image_size());
-  visit("in_channels", o.in_channels());
-  visit("num_classes", o.num_classes());
-  visit("patch_size", o.patch_size());
-  visit("stem_channels", o.stem_channels());
-  visit("overlapping_patches", o.overlapping_patches());
-  visit("embed_dim", o.embed_dim());
-  visit("absolute_position_embedding", o.absolute_position_embedding());
-  visit("sinusoidal_position_encoding", o.sinusoidal_position_encoding());
-  visit("depths", o.depths());
-  visit("heads", o.heads());
-  visit("stage_kinds", o.stage_kinds());
-  visit("kernel_size", o.kernel_size());
-  visit("dilation", o.dilation());
-  visit("border", o.border());
-  visit("mlp_ratio", o.mlp_ratio());
-  visit("drop_path_rate", o.drop_path_rate());
-  visit("input_mean", o.input_mean());
-  visit("input_std", o.input_std());
-}
-
-// The same for MViTOptions (family "mvit").
-template <typename Options, typename Visit>
-std::enable_if_t<std::is_same_v<std::decay_t<Options>, nn::MViTOptions>> for_each_option(Options& o,
-                                                                                          Visit&& visit) {
-  visit("image_size", o.image_size());
-  visit("in_channels", o.in_channels());
-  visit("num_classes", o.num_classes());
-  visit("patch_size", o.patch_size());
-  visit("embed_dim", o.embed_dim());
-  visit("depths", o.depths());
-  visit("heads", o.heads());
-  visit("kernel_size", o.kernel_size());
-  visit("stride_kv", o.stride_kv());
-  visit("pool_mode", o.pool_mode());
-  visit("position_encoding", o.position_encoding());
-  visit("relative_position", o.relative_position());
-  visit("residual_pooling", o.residual_pooling());
-  visit("mlp_ratio", o.mlp_ratio());
-  visit("drop_path_rate", o.drop_path_rate());
-  visit("norm_eps", o.norm_eps());
-  visit("input_mean", o.input_mean());
-  visit("input_std", o.input_std());
-}
-
-// The JSON names of the enumerations, in enumerator order.
-const std::vector<std::string> kPoolModes = {"conv", "max", "avg"};
-const std::vector<std::string> kPositionEncodings = {"none", "learned", "sinusoidal"};
+using nn::for_each_option;
 
 // Options added after the model_config format, with the value that reproduces the models
-// written before them: {name, JSON value}.
-const std::vector<std::pair<const char*, Json>> kAddedLater = {{"sinusoidal_position_encoding", false}};
-
-Json to_json(nn::AttentionKind kind) { return kind == nn::AttentionKind::kSlide ? "slide" : "global"; }
-Json to_json(nn::PoolMode mode) { return kPoolModes[static_cast<size_t>(mode)]; }
-Json to_json(nn::PositionEncoding encoding) { return kPositionEncodings[static_cast<size_t>(encoding)]; }
-template <typename T>
-Json to_json(const T& value) { return value; }
-Json to_json(const std::vector<nn::AttentionKind>& kinds) {
-  Json out = Json::array();
-  for (auto kind : kinds) out.push_back(to_json(kind));
-  return out;
+// written before them (the library's list): family -> {name: JSON value}.
+const Json& added_later() {
+  static const Json options = Json::parse(nn::added_later_options());
+  return options;
 }
 
 // Strict readers: a float is no integer, a number no string.
@@ -118,15 +57,17 @@ struct Reader {
       fail(name, "a list of \"slide\" or \"global\"", j);
     }
   }
-  template <typename Enum>
-  void read_enum(const std::string& name, const Json& j, const std::vector<std::string>& names, Enum& out) const {
+  template <typename Enum, size_t N>
+  void read_enum(const std::string& name, const Json& j, const std::array<const char*, N>& names, Enum& out) const {
     const auto found = j.is_string() ? std::find(names.begin(), names.end(), j.get<std::string>()) : names.end();
     if (found == names.end()) fail(name, fmt::format("one of \"{}\"", fmt::join(names, "\", \"")), j);
     out = static_cast<Enum>(found - names.begin());
   }
-  void read(const std::string& name, const Json& j, nn::PoolMode& out) const { read_enum(name, j, kPoolModes, out); }
+  void read(const std::string& name, const Json& j, nn::PoolMode& out) const {
+    read_enum(name, j, nn::kPoolModeNames, out);
+  }
   void read(const std::string& name, const Json& j, nn::PositionEncoding& out) const {
-    read_enum(name, j, kPositionEncodings, out);
+    read_enum(name, j, nn::kPositionEncodingNames, out);
   }
   template <typename T>
   void read(const std::string& name, const Json& j, std::vector<T>& out) const {
@@ -237,25 +178,24 @@ void check_options(const nn::MViTOptions& o, const std::string& source) {
   check.size(o, patches * patches * o.embed_dim());
 }
 
+// The library's description of the options (family and options), as JSON.
 template <typename Options>
-Json options_to_json(const Options& options) {
-  Json out = Json::object();
-  for_each_option(options, [&](const char* name, const auto& value) { out[name] = to_json(value); });
-  return out;
+Json description_of(const Options& options) {
+  return Json::parse(nn::describe(options));
 }
 
-Json options_to_json(const ModelConfig& config) {
-  return config.family == kMViTFamily ? options_to_json(config.mvit) : options_to_json(config.options);
+Json description_of(const ModelConfig& config) {
+  return config.family == kMViTFamily ? description_of(config.mvit) : description_of(config.options);
 }
 
 // Reads every option of `out` from `options` (a JSON object), strictly, then checks them.
 template <typename Options>
-void read_options(Json options, const std::vector<std::pair<const char*, Json>>& added_later, Options& out,
-                  const std::string& source) {
-  for (const auto& [name, value] : added_later) {
-    if (!options.contains(name)) options[name] = value;
+void read_options(Json options, Options& out, const std::string& source) {
+  const Json description = description_of(out);
+  for (const auto& item : added_later().at(description["family"].get<std::string>()).items()) {
+    if (!options.contains(item.key())) options[item.key()] = item.value();
   }
-  const Json known = options_to_json(out);
+  const Json& known = description["options"];
   for (const auto& item : options.items()) {
     if (!known.contains(item.key())) {
       throw std::runtime_error(fmt::format(
@@ -307,7 +247,7 @@ ModelConfig preset_model(const std::string& preset) {
 }
 
 std::string model_config_to_json(const ModelConfig& config) {
-  return Json{{"family", config.family}, {"options", options_to_json(config)}}.dump();
+  return description_of(config).dump();
 }
 
 ModelConfig model_config_from_json(const std::string& text, const std::string& source) {
@@ -325,9 +265,9 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& s
   ModelConfig config;
   config.family = json["family"].get<std::string>();
   if (config.family == kSlideTransformerFamily) {
-    read_options(json["options"], kAddedLater, config.options, source);
+    read_options(json["options"], config.options, source);
   } else if (config.family == kMViTFamily) {
-    read_options(json["options"], {}, config.mvit, source);
+    read_options(json["options"], config.mvit, source);
   } else {
     throw std::runtime_error(fmt::format("{}: unknown model family '{}' (this program builds '{}' and '{}')",
                                          source, config.family, kSlideTransformerFamily, kMViTFamily));
@@ -344,7 +284,7 @@ void check_model_config(const ModelConfig& config, const std::string& source) {
 }
 
 bool operator==(const ModelConfig& a, const ModelConfig& b) {
-  return a.family == b.family && options_to_json(a) == options_to_json(b);
+  return description_of(a) == description_of(b);
 }
 
 std::string model_name(const ModelConfig& config) {

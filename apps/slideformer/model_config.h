@@ -8,12 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "slideformer/nn/description.h"
 #include "slideformer/nn/modules.h"
 
 namespace slideformer::app {
 
-inline constexpr const char* kSlideTransformerFamily = "slide_transformer";
-inline constexpr const char* kMViTFamily = "mvit";
+using nn::kMViTFamily;
+using nn::kSlideTransformerFamily;
 
 struct ModelConfig {
   std::string family = kSlideTransformerFamily;

@@ -14,8 +14,8 @@ def example_images(model: torch.nn.Module, example_input: Optional[torch.Tensor]
     if example_input is not None:
         return example_input
     config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
-    if not isinstance(config, snn.SlideTransformerConfig):
-        raise ValueError(f"{exporter}: pass example_input for a model without a SlideTransformerConfig")
+    if not isinstance(config, snn.ClassifierConfig):
+        raise ValueError(f"{exporter}: pass example_input for a model without the config of a model family")
     return torch.rand(2, config.in_channels, config.image_size, config.image_size)
 
 

@@ -3,11 +3,12 @@
 A checkpoint is a torch::serialize archive (readable with torch.jit.load). Its "model_config"
 entry is the JSON {"family": ..., "options": {...}} that describes the model in full, and its
 "model" entry holds the weights under the C++ modules' names, which the Python modules share.
-Checkpoints written before "model_config" existed name a preset ("preset") instead.
+Checkpoints written before "model_config" existed (format v1) name a preset ("preset") instead:
+the architecture of that preset's time whose weights fit (the library's list of them).
 """
 import json
 import os
-from typing import Any, Callable, Dict, NamedTuple, Union
+from typing import Any, Dict, Union
 
 import torch
 from torch import nn as torch_nn
@@ -15,30 +16,24 @@ from torch import nn as torch_nn
 from . import nn
 
 
-class Family(NamedTuple):
-    """How to build the models of one family from a checkpoint's "options"."""
-    config_from_options: Callable[[Dict[str, Any], str], Any]
-    module: Callable[[Any], torch_nn.Module]
-
-
-# Model families a checkpoint's "model_config" may name: one entry per family.
-FAMILIES: Dict[str, Family] = {
-    "slide_transformer": Family(nn.SlideTransformerConfig.from_options, nn.SlideTransformer),
-}
-
-
 def build_model(model_config: Union[str, Dict[str, Any]], source: str = "model_config") -> torch_nn.Module:
     """A freshly initialised model from a description {"family": ..., "options": {...}} (a dict or
     its JSON text)."""
     description = json.loads(model_config) if isinstance(model_config, str) else model_config
-    if not isinstance(description, dict) or not isinstance(description.get("options"), dict):
-        raise ValueError(f'{source}: a model description must be {{"family": ..., "options": {{...}}}}, '
-                         f"got {str(description)[:200]}")
-    family = description.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"{source}: unknown model family {family!r} (this package builds: {', '.join(FAMILIES)})")
-    entry = FAMILIES[family]
-    return entry.module(entry.config_from_options(description["options"], source))
+    return nn.build(nn.config_from_description(description, source))
+
+
+def _fits(model: torch_nn.Module, state: Dict[str, torch.Tensor]) -> str:
+    """Why `state` does not fit `model` ("" when it does: the same names and shapes)."""
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        return f"missing: {missing[:5]}, unexpected: {unexpected[:5]}"
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            return f"{name} has shape {list(state[name].shape)}, the model expects {list(tensor.shape)}"
+    return ""
 
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location: str = "cpu") -> torch_nn.Module:
@@ -56,23 +51,18 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: str = "cpu") ->
         raise ValueError(f"{path}: not a readable checkpoint (missing, truncated or corrupt): {error}") from None
     if not str(getattr(archive, "format", "")).startswith("slideformer-checkpoint"):
         raise ValueError(f"{path}: not a slideformer checkpoint (no 'slideformer-checkpoint' format marker)")
-    if hasattr(archive, "model_config"):
-        model = build_model(archive.model_config, path)
-    elif hasattr(archive, "preset"):
-        model = nn.SlideTransformer(nn.preset(archive.preset))
-    else:
-        raise ValueError(f"{path}: the checkpoint describes no model (neither 'model_config' nor 'preset')")
     if not hasattr(archive, "model"):
         raise ValueError(f"{path}: checkpoint lacks 'model'")
     state = archive.model.state_dict()
-    expected = model.state_dict()
-    missing = [name for name in expected if name not in state]
-    unexpected = [name for name in state if name not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model (missing: {missing[:5]}, unexpected: {unexpected[:5]})")
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            raise ValueError(f"{path}: weights do not fit the model ({name} has shape {list(state[name].shape)}, "
-                             f"the model expects {list(tensor.shape)})")
+    if hasattr(archive, "model_config"):
+        models = [build_model(archive.model_config, path)]
+    elif hasattr(archive, "preset"):  # v1: the preset's architecture of that time whose weights fit
+        models = [nn.build(config) for config in nn.v1_preset_versions(archive.preset)]
+    else:
+        raise ValueError(f"{path}: the checkpoint describes no model (neither 'model_config' nor 'preset')")
+    problems = [_fits(model, state) for model in models]
+    if all(problems):
+        raise ValueError(f"{path}: weights do not fit the model ({problems[0]})")
+    model = models[problems.index("")]
     model.load_state_dict(state)
     return model.eval()

@@ -2,9 +2,13 @@
 
 Parameter and buffer names, shapes and order equal the C++ modules', so the weights of a C++
 checkpoint load into these modules unchanged (slideformer.load_checkpoint) and give the same
-outputs. SlideTransformerConfig's fields are the names of the C++ SlideTransformerOptions.
+outputs. SlideTransformerConfig's and MViTConfig's fields are the names of the C++
+SlideTransformerOptions and MViTOptions.
 """
+import copy
 import dataclasses
+import functools
+import json
 import math
 from typing import Any, ClassVar, Dict, List, Mapping, Optional
 
@@ -14,11 +18,12 @@ from torch import Tensor, nn
 from . import ops
 
 __all__ = [
-    "InputNormalization", "MultiHeadAttention", "Mlp", "PatchEmbed", "PatchMerging", "SinusoidalPositionEncoding",
-    "SlideAttention",
-    "SlideTransformer", "SlideTransformerConfig", "TransformerBlock", "drop_path", "fashion",
-    "merge_patches", "preset", "preset_names", "relative_position_index", "slide_swin_base",
-    "slide_swin_small", "slide_swin_tiny",
+    "AbsolutePositionEmbedding", "Classifier", "ClassifierConfig", "DecomposedRelativePosition", "FAMILIES",
+    "InputNormalization", "MViT", "MViTBlock", "MViTConfig", "Mlp", "MultiHeadAttention", "PatchEmbed",
+    "PatchMerging", "PoolingAttention", "SinusoidalPositionEncoding", "SlideAttention", "SlideTransformer",
+    "SlideTransformerConfig", "TransformerBlock", "build", "config_from_description", "drop_path", "fashion", "fashion_mvit", "merge_patches",
+    "mvitv2_base", "mvitv2_small", "mvitv2_tiny", "preset", "preset_names", "relative_position_index",
+    "slide_swin_base", "slide_swin_small", "slide_swin_tiny", "v1_preset_versions",
 ]
 
 STAGE_KINDS = ("slide", "global")
@@ -216,10 +221,10 @@ class TransformerBlock(nn.Module):
 class PatchEmbed(nn.Module):
     """(B, C_in, H, W) -> (B, H/p, W/p, dim): an optional convolutional stem (two 3x3
     convolutions + GELU to stem_channels), a strided convolution (kernel 2p - 1 with overlapping
-    patches, else p), then LayerNorm."""
+    patches, else p), then LayerNorm (unless norm=False, as in MViTv2)."""
 
     def __init__(self, in_channels: int, dim: int, patch_size: int, stem_channels: int = 0,
-                 overlapping: bool = False):
+                 overlapping: bool = False, norm: bool = True, norm_eps: float = 1e-5):
         super().__init__()
         self.in_channels = in_channels
         channels = in_channels
@@ -232,14 +237,15 @@ class PatchEmbed(nn.Module):
         kernel = 2 * patch_size - 1 if overlapping else patch_size
         self.proj = nn.Conv2d(channels, dim, kernel, stride=patch_size,
                               padding=patch_size - 1 if overlapping else 0)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else None
 
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(f"slideformer.nn.PatchEmbed: input must be (B, {self.in_channels}, H, W), "
                              f"got shape {tuple(images.shape)}")
         x = self.stem(images) if self.stem is not None else images
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x) if self.norm is not None else x
 
 
 class SinusoidalPositionEncoding(nn.Module):
@@ -276,45 +282,197 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(merge_patches(x)))
 
 
-@dataclasses.dataclass
-class SlideTransformerConfig:
-    """The options of a SlideTransformer: the fields and defaults of the C++
-    SlideTransformerOptions (docs/modules.md), stage_kinds as "slide" / "global"."""
+class AbsolutePositionEmbedding(nn.Module):
+    """A learned (1, rows, cols, dim) table added to a (B, rows, cols, dim) map."""
 
-    image_size: int = 224
-    in_channels: int = 3
-    num_classes: int = 1000
-    patch_size: int = 4
-    stem_channels: int = 0
-    overlapping_patches: bool = False
-    embed_dim: int = 96
-    absolute_position_embedding: bool = False
-    sinusoidal_position_encoding: bool = False
-    depths: List[int] = dataclasses.field(default_factory=lambda: [2, 2, 6, 2])
-    heads: List[int] = dataclasses.field(default_factory=lambda: [3, 6, 12, 24])
-    stage_kinds: List[str] = dataclasses.field(default_factory=lambda: ["slide", "slide", "global", "global"])
-    kernel_size: int = 3
-    dilation: int = 1
-    border: str = "zeros"
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.2
-    input_mean: List[float] = dataclasses.field(default_factory=lambda: [0.485, 0.456, 0.406])
-    input_std: List[float] = dataclasses.field(default_factory=lambda: [0.229, 0.224, 0.225])
+    def __init__(self, rows: int, cols: int, dim: int):
+        super().__init__()
+        if rows <= 0 or cols <= 0 or dim <= 0:
+            raise ValueError("slideformer.nn.AbsolutePositionEmbedding: rows, cols and dim must be positive, "
+                             f"got {rows}, {cols} and {dim}")
+        self.weight = nn.Parameter(_trunc_normal_(torch.empty(1, rows, cols, dim), 0.02))
 
-    # The C++ reader's kAddedLater (apps/slideformer/model_config.cpp).
-    ADDED_LATER: ClassVar[Dict[str, Any]] = {"sinusoidal_position_encoding": False}
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.weight.shape[1:]):
+            raise ValueError(f"slideformer.nn.AbsolutePositionEmbedding: input must be (B, "
+                             f"{', '.join(map(str, self.weight.shape[1:]))}), got shape {tuple(x.shape)}")
+        return x + self.weight
+
+
+class DecomposedRelativePosition(nn.Module):
+    """MViTv2's decomposed relative position between a query_size^2 map of queries and a
+    key_size^2 map of keys: forward(q) with q (B, heads, query_size^2, head_dim) gives the
+    (B, heads, query_size^2, key_size^2) attention bias q . R_h[d(i, k)] + q . R_w[d(j, l)],
+    offsets d scaled to the larger map (docs/modules.md)."""
+
+    def __init__(self, query_size: int, key_size: int, head_dim: int):
+        super().__init__()
+        if query_size <= 0 or key_size <= 0 or head_dim <= 0:
+            raise ValueError("slideformer.nn.DecomposedRelativePosition: query_size, key_size and head_dim must "
+                             f"be positive, got {query_size}, {key_size} and {head_dim}")
+        self.query_size, self.key_size, self.head_dim = query_size, key_size, head_dim
+        length = 2 * max(query_size, key_size) - 1
+        self.height = nn.Parameter(_trunc_normal_(torch.empty(length, head_dim), 0.02))
+        self.width = nn.Parameter(_trunc_normal_(torch.empty(length, head_dim), 0.02))
+        # Offsets scaled in float32 (as MViTv2 computes them), then truncated.
+        q_ratio, k_ratio = max(key_size / query_size, 1.0), max(query_size / key_size, 1.0)
+        offsets = (torch.arange(query_size).unsqueeze(-1) * q_ratio - torch.arange(key_size).unsqueeze(0) * k_ratio
+                   + (key_size - 1) * k_ratio)
+        self.register_buffer("index", offsets.long())
+
+    def forward(self, q: Tensor) -> Tensor:
+        qs, ks, d = self.query_size, self.key_size, self.head_dim
+        if q.dim() != 4 or q.shape[2] != qs * qs or q.shape[3] != d:
+            raise ValueError(f"slideformer.nn.DecomposedRelativePosition: queries must be (B, heads, {qs * qs}, "
+                             f"{d}), got shape {tuple(q.shape)}")
+        batch, heads = q.shape[0], q.shape[1]
+        r = q.reshape(batch, heads, qs, qs, d)
+        rel_h = torch.einsum("bnyxc,ykc->bnyxk", r, self.height.index_select(0, self.index.view(-1)).view(qs, ks, d))
+        rel_w = torch.einsum("bnyxc,xkc->bnyxk", r, self.width.index_select(0, self.index.view(-1)).view(qs, ks, d))
+        return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(batch, heads, qs * qs, ks * ks)
+
+
+POOL_MODES = ("conv", "max", "avg")
+POSITION_ENCODINGS = ("none", "learned", "sinusoidal")
+
+
+def pooled_size(size: int, stride: int) -> int:
+    """Side of a square map pooled with an odd kernel, padding kernel // 2 and `stride`."""
+    return (size + stride - 1) // stride
+
+
+class PoolingAttention(nn.Module):
+    """Multi-head pooling attention (MViTv2) over a (B, S, S, dim) map, S = input_size: queries,
+    keys and values are pooled per head (a strided depthwise convolution + LayerNorm in "conv"
+    mode, else max / average pooling; kernel kernel_size, padding kernel_size // 2) before the
+    attention operator. Output (B, S', S', dim_out), S' = ceil(S / stride_q)."""
+
+    def __init__(self, dim: int, dim_out: int, heads: int, input_size: int, kernel_size: int = 3,
+                 stride_q: int = 1, stride_kv: int = 1, mode: str = "conv", relative_position: bool = True,
+                 residual_pooling: bool = True, qkv_bias: bool = True, norm_eps: float = 1e-6):
+        super().__init__()
+        _check_heads("PoolingAttention", dim_out, heads)
+        if dim <= 0 or input_size <= 0:
+            raise ValueError(f"slideformer.nn.PoolingAttention: dim and input_size must be positive, "
+                             f"got {dim} and {input_size}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"slideformer.nn.PoolingAttention: kernel_size must be odd and positive, got {kernel_size}")
+        if stride_q < 1 or stride_kv < 1:
+            raise ValueError(f"slideformer.nn.PoolingAttention: stride_q and stride_kv must be >= 1, "
+                             f"got {stride_q} and {stride_kv}")
+        if mode not in POOL_MODES:
+            raise ValueError(f"slideformer.nn.PoolingAttention: mode must be one of {POOL_MODES}, got {mode!r}")
+        self.dim, self.dim_out, self.heads, self.input_size = dim, dim_out, heads, input_size
+        self.kernel_size, self.stride_q, self.stride_kv, self.mode = kernel_size, stride_q, stride_kv, mode
+        self.residual_pooling, self.norm_eps = residual_pooling, norm_eps
+        head_dim = dim_out // heads
+        self.qkv = _linear(dim, 3 * dim_out, qkv_bias)
+        self.proj = _linear(dim_out, dim_out)
+        for name, stride in (("q", stride_q), ("k", stride_kv), ("v", stride_kv)):
+            convolved = mode == "conv" and (kernel_size > 1 or stride > 1)
+            setattr(self, "pool_" + name, nn.Conv2d(head_dim, head_dim, kernel_size, stride, kernel_size // 2,
+                                                    groups=head_dim, bias=False) if convolved else None)
+            setattr(self, "norm_" + name, nn.LayerNorm(head_dim, eps=norm_eps) if convolved else None)
+        self.relative_position = (DecomposedRelativePosition(self.query_size, self.key_size, head_dim)
+                                  if relative_position else None)
+
+    @property
+    def query_size(self) -> int:
+        return pooled_size(self.input_size, self.stride_q)
+
+    @property
+    def key_size(self) -> int:
+        return pooled_size(self.input_size, self.stride_kv)
+
+    def _pool(self, t: Tensor, stride: int, conv: Optional[nn.Conv2d], norm: Optional[nn.LayerNorm]) -> Tensor:
+        """(B, heads, S*S, d) -> (B, heads, S'*S', d), pooled per head over the S x S map."""
+        k = self.kernel_size
+        if k == 1 and stride == 1:
+            return t
+        batch, heads, d, size = t.shape[0], t.shape[1], t.shape[3], self.input_size
+        x = t.reshape(batch * heads, size, size, d).permute(0, 3, 1, 2)
+        if self.mode == "conv":
+            x = conv(x)
+        elif self.mode == "max":
+            x = nn.functional.max_pool2d(x, k, stride, k // 2)
+        else:
+            x = nn.functional.avg_pool2d(x, k, stride, k // 2)
+        out = x.reshape(batch, heads, d, -1).transpose(2, 3)
+        return norm(out) if norm is not None else out
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = self.input_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (size, size, self.dim):
+            raise ValueError(f"slideformer.nn.PoolingAttention: input must be (B, {size}, {size}, {self.dim}), "
+                             f"got shape {tuple(x.shape)}")
+        batch = x.shape[0]
+        q, k, v = self.qkv(x).view(batch, size * size, 3, self.heads, self.dim_out // self.heads) \
+            .permute(2, 0, 3, 1, 4).unbind(0)
+        q = self._pool(q, self.stride_q, self.pool_q, self.norm_q)
+        k = self._pool(k, self.stride_kv, self.pool_k, self.norm_k)
+        v = self._pool(v, self.stride_kv, self.pool_v, self.norm_v)
+        bias = self.relative_position(q) if self.relative_position is not None else None
+        out = ops.attention(q, k, v, bias)
+        if self.residual_pooling:
+            out = out + q
+        side = self.query_size
+        return self.proj(out.transpose(1, 2).reshape(batch, side, side, self.dim_out))
+
+
+class MViTBlock(nn.Module):
+    """MViTv2 block on a (B, S, S, dim) map: x' = pool(shortcut) + drop_path(attn(norm1(x))), then
+    x' + drop_path(mlp(norm2(x'))). The shortcut is x, or Linear(dim, dim_out)(norm1(x)) when the
+    width changes; with stride_q > 1 it is max-pooled (kernel stride_q + 1) to the queries' map."""
+
+    def __init__(self, attention: PoolingAttention, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        dim, dim_out = attention.dim, attention.dim_out
+        self.drop_path = drop_path
+        self.norm1 = nn.LayerNorm(dim, eps=attention.norm_eps)
+        self.shortcut_proj = _linear(dim, dim_out) if dim != dim_out else None
+        self.attn = attention
+        self.norm2 = nn.LayerNorm(dim_out, eps=attention.norm_eps)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:
+        stride = self.attn.stride_q
+        normed = self.norm1(x)
+        shortcut = self.shortcut_proj(normed) if self.shortcut_proj is not None else x
+        if stride > 1:  # to the pooled queries' map
+            shortcut = nn.functional.max_pool2d(shortcut.permute(0, 3, 1, 2), stride + 1, stride,
+                                                (stride + 1) // 2).permute(0, 2, 3, 1)
+        y = shortcut + drop_path(self.attn(normed), self.drop_path, self.training)
+        return y + drop_path(self.mlp(self.norm2(y)), self.drop_path, self.training)
+
+
+# --- classifiers ----------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _catalog() -> Dict[str, Any]:
+    """The library's model catalog: presets, defaults, options added later, v1 presets
+    (slideformer::nn::model_catalog, include/slideformer/nn/description.h)."""
+    return json.loads(torch.ops.slideformer.model_catalog())
+
+
+class ClassifierConfig:
+    """What the configs of every family share: the reading and writing of a model description's
+    "options" object, whose names are the fields. The fields, their defaults (FAMILY's options in
+    the library) and ADDED_LATER (the options added after the description format, with the value
+    that reproduces the models written before them) come from the library's catalog."""
+
+    FAMILY: ClassVar[str]
+    ADDED_LATER: ClassVar[Dict[str, Any]]
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], source: str = "options") -> "SlideTransformerConfig":
-        """The config of a checkpoint's "options" object. Every option must be there, and no other:
-        a model this package cannot build exactly is refused rather than approximated. Options added
-        after the format (ADDED_LATER) take the value that reproduces the models written before them."""
+    def from_options(cls, options: Mapping[str, Any], source: str = "options") -> "ClassifierConfig":
+        """The config of a description's "options" object. Every option must be there, and no other:
+        a model this package cannot build exactly is refused rather than approximated."""
         options = {**cls.ADDED_LATER, **options}
         names = [field.name for field in dataclasses.fields(cls)]
         unknown = [name for name in options if name not in names]
         missing = [name for name in names if name not in options]
         if unknown or missing:
-            raise ValueError(f"{source}: the slide_transformer options do not match this slideformer package "
+            raise ValueError(f"{source}: the {cls.FAMILY} options do not match this slideformer package "
                              f"(unknown: {unknown or 'none'}, missing: {missing or 'none'})")
         return cls(**{name: options[name] for name in names})
 
@@ -322,8 +480,44 @@ class SlideTransformerConfig:
         return dataclasses.asdict(self)
 
 
-class SlideTransformer(nn.Module):
-    """The hierarchical classifier: (B, C, H, W) normalised images -> (B, classes) logits."""
+def _config_class(name: str, family: str, doc: str) -> type:
+    """The dataclass of a family's options: one field per option of the library's description,
+    with the library's default."""
+    defaults = _catalog()["defaults"][family]
+    fields = [(option, type(value), dataclasses.field(default_factory=functools.partial(copy.deepcopy, value)))
+              for option, value in defaults.items()]
+    namespace = {"__doc__": doc, "__module__": __name__, "FAMILY": family,
+                 "ADDED_LATER": _catalog()["added_later"][family]}
+    return dataclasses.make_dataclass(name, fields, bases=(ClassifierConfig,), namespace=namespace)
+
+
+def drop_path_schedule(depths: List[int], rate: float) -> List[List[float]]:
+    """Per stage, the stochastic-depth rate of each block: rising linearly over all blocks from 0
+    to `rate`."""
+    total = sum(depths)
+    rates = [rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+    starts = [sum(depths[:s]) for s in range(len(depths))]
+    return [rates[start:start + depth] for start, depth in zip(starts, depths)]
+
+
+class Classifier(nn.Module):
+    """What the classifiers share: (B, C, H, W) normalised images -> forward_features (B, Y, X, C)
+    -> LayerNorm, mean over the map, Linear -> (B, classes) logits."""
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.norm(self.forward_features(images)).mean((1, 2)))
+
+
+SlideTransformerConfig = _config_class("SlideTransformerConfig", "slide_transformer", """The options of a
+    SlideTransformer: the fields and defaults of the C++ SlideTransformerOptions (docs/modules.md),
+    stage_kinds as "slide" / "global".""")
+
+
+class SlideTransformer(Classifier):
+    """The Slide-Transformer classifier: (B, C, H, W) normalised images -> (B, classes) logits."""
 
     def __init__(self, config: Optional[SlideTransformerConfig] = None):
         super().__init__()
@@ -348,16 +542,11 @@ class SlideTransformer(nn.Module):
         self.sinusoidal_position = (SinusoidalPositionEncoding(config.embed_dim)
                                     if config.sinusoidal_position_encoding else None)
         self.stages, self.mergings = nn.ModuleList(), nn.ModuleList()
-        total_blocks = sum(config.depths)
-        block_index, dim, map_size = 0, config.embed_dim, patches
-        for s in range(stages):
-            stage = nn.ModuleList()
-            for _ in range(config.depths[s]):
-                drop = config.drop_path_rate * block_index / (total_blocks - 1) if total_blocks > 1 else 0.0
-                stage.append(TransformerBlock(dim, config.heads[s], config.stage_kinds[s], config.mlp_ratio, drop,
-                                              config.kernel_size, config.dilation, config.border, map_size))
-                block_index += 1
-            self.stages.append(stage)
+        dim, map_size = config.embed_dim, patches
+        for s, drops in enumerate(drop_path_schedule(config.depths, config.drop_path_rate)):
+            self.stages.append(nn.ModuleList(
+                TransformerBlock(dim, config.heads[s], config.stage_kinds[s], config.mlp_ratio, drop,
+                                 config.kernel_size, config.dilation, config.border, map_size) for drop in drops))
             if s + 1 < stages:
                 self.mergings.append(PatchMerging(dim))
                 dim *= 2
@@ -379,15 +568,89 @@ class SlideTransformer(nn.Module):
                 x = self.mergings[s](x)
         return x
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.norm(self.forward_features(images)).mean((1, 2)))
+
+MViTConfig = _config_class("MViTConfig", "mvit", """The options of an MViT: the fields and defaults of the
+    C++ MViTOptions (docs/modules.md), pool_mode as "conv" / "max" / "avg", position_encoding as
+    "none" / "learned" / "sinusoidal".""")
+
+
+class MViT(Classifier):
+    """Multiscale vision Transformer v2: overlapping patch embedding without norm, stages of
+    pooling-attention blocks (the first block of every stage but the first halves the map and
+    doubles the width), LayerNorm, mean pool, linear head."""
+
+    def __init__(self, config: Optional[MViTConfig] = None):
+        super().__init__()
+        config = config if config is not None else MViTConfig()
+        self.config = config
+        stages = len(config.depths)
+        if stages == 0 or len(config.heads) != stages:
+            raise ValueError("slideformer.nn.MViT: depths and heads must have one entry per stage, "
+                             f"got {len(config.depths)} and {len(config.heads)}")
+        if not 1 <= config.patch_size <= config.image_size:
+            raise ValueError(f"slideformer.nn.MViT: patch_size must be in [1, image_size {config.image_size}], "
+                             f"got {config.patch_size}")
+        if config.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(f"slideformer.nn.MViT: position_encoding must be one of {POSITION_ENCODINGS}, "
+                             f"got {config.position_encoding!r}")
+        self.patch_embed = PatchEmbed(config.in_channels, config.embed_dim, config.patch_size,
+                                      overlapping=True, norm=False)
+        size = pooled_size(config.image_size, config.patch_size)
+        self.absolute_position = (AbsolutePositionEmbedding(size, size, config.embed_dim)
+                                  if config.position_encoding == "learned" else None)
+        self.sinusoidal_position = (SinusoidalPositionEncoding(config.embed_dim)
+                                    if config.position_encoding == "sinusoidal" else None)
+        self.stages = nn.ModuleList()
+        dim, stride_kv = config.embed_dim, config.stride_kv
+        for s, drops in enumerate(drop_path_schedule(config.depths, config.drop_path_rate)):
+            dim_out, stride_q = config.embed_dim << s, 2 if s > 0 else 1
+            if s > 0:
+                stride_kv = max(stride_kv // 2, 1)
+            stage = nn.ModuleList()
+            for i, drop in enumerate(drops):
+                attention = PoolingAttention(dim, dim_out, config.heads[s], size, config.kernel_size,
+                                             stride_q if i == 0 else 1, stride_kv, config.pool_mode,
+                                             config.relative_position, config.residual_pooling,
+                                             norm_eps=config.norm_eps)
+                stage.append(MViTBlock(attention, config.mlp_ratio, drop))
+                dim = dim_out
+                if i == 0:
+                    size = pooled_size(size, stride_q)
+            self.stages.append(stage)
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
+        self.head = _linear(dim, config.num_classes)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """(B, Y, X, C) features before the final norm and pooling."""
+        x = self.patch_embed(images)
+        if self.absolute_position is not None:
+            x = self.absolute_position(x)
+        if self.sinusoidal_position is not None:
+            x = self.sinusoidal_position(x)
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return x
+
+
+# The model families: a description's "family" -> (config class, module class).
+FAMILIES: Dict[str, Any] = {"slide_transformer": (SlideTransformerConfig, SlideTransformer),
+                            "mvit": (MViTConfig, MViT)}
+
+
+def build(config: ClassifierConfig) -> Classifier:
+    """A freshly initialised classifier of `config`'s family."""
+    for config_class, module_class in FAMILIES.values():
+        if isinstance(config, config_class):
+            return module_class(config)
+    raise TypeError(f"slideformer.nn.build: expected the config of a model family, got {type(config).__name__}")
 
 
 class InputNormalization(nn.Module):
     """A classifier that takes (N, C, H, W) images in [0, 1] and normalises them itself with the
     config's input_mean / input_std, as the exported models do (docs/export.md)."""
 
-    def __init__(self, model: SlideTransformer):
+    def __init__(self, model: Classifier):
         super().__init__()
         channels = model.config.in_channels
         if len(model.config.input_mean) != channels or len(model.config.input_std) != channels:
@@ -402,39 +665,72 @@ class InputNormalization(nn.Module):
         return self.model((images - self.input_mean) / self.input_std)
 
 
-# --- presets (the C++ presets of csrc/nn/presets.cpp) ---------------------------------------------
+# --- presets (the library's: slideformer::nn::preset, slideformer::nn::mvit_preset) ---------------
 
-def slide_swin_tiny() -> SlideTransformerConfig:
-    return SlideTransformerConfig(embed_dim=96, depths=[2, 2, 6, 2], heads=[3, 6, 12, 24], drop_path_rate=0.2)
-
-
-def slide_swin_small() -> SlideTransformerConfig:
-    return SlideTransformerConfig(embed_dim=96, depths=[2, 2, 18, 2], heads=[3, 6, 12, 24], drop_path_rate=0.3)
-
-
-def slide_swin_base() -> SlideTransformerConfig:
-    return SlideTransformerConfig(embed_dim=128, depths=[2, 2, 18, 2], heads=[4, 8, 16, 32], drop_path_rate=0.5)
-
-
-def fashion() -> SlideTransformerConfig:
-    """28x28 grey images, 10 classes: a convolutional stem, overlapping 2x2 patches, an absolute
-    position table, two slide blocks at 14x14 and two global blocks at 7x7."""
-    return SlideTransformerConfig(
-        image_size=28, in_channels=1, num_classes=10, stem_channels=24, overlapping_patches=True, patch_size=2,
-        embed_dim=48, absolute_position_embedding=True, depths=[2, 2], heads=[3, 6], stage_kinds=["slide", "global"],
-        mlp_ratio=2.0, drop_path_rate=0.05, input_mean=[0.2860], input_std=[0.3530])
-
-
-_PRESETS = {"slide_swin_tiny": slide_swin_tiny, "slide_swin_small": slide_swin_small,
-            "slide_swin_base": slide_swin_base, "fashion": fashion}
+def config_from_description(description: Mapping[str, Any], source: str = "model description") -> ClassifierConfig:
+    """The config of a model description {"family": ..., "options": {...}}."""
+    if not isinstance(description, Mapping) or not isinstance(description.get("options"), Mapping):
+        raise ValueError(f'{source}: a model description must be {{"family": ..., "options": {{...}}}}, '
+                         f"got {str(description)[:200]}")
+    family = description.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"{source}: unknown model family {family!r} (this package builds: {', '.join(FAMILIES)})")
+    return FAMILIES[family][0].from_options(description["options"], source)
 
 
 def preset_names() -> List[str]:
-    return list(_PRESETS)
+    return list(_catalog()["presets"])
 
 
-def preset(name: str) -> SlideTransformerConfig:
-    """The options of a preset, by name (the names of slideformer::nn::preset)."""
-    if name not in _PRESETS:
-        raise ValueError(f"slideformer: unknown preset '{name}', expected one of {', '.join(_PRESETS)}")
-    return _PRESETS[name]()
+def preset(name: str) -> ClassifierConfig:
+    """The config of a preset of either family, by name (the names of slideformer::nn::preset and
+    slideformer::nn::mvit_preset)."""
+    presets = _catalog()["presets"]
+    if name not in presets:
+        raise ValueError(f"slideformer: unknown preset '{name}', expected one of {', '.join(presets)}")
+    return config_from_description(presets[name], f"preset {name}")
+
+
+def v1_preset_versions(name: str) -> List[ClassifierConfig]:
+    """The architectures the preset name of a v1 checkpoint (which stored no description) may
+    denote, newest first (the library's list)."""
+    versions = _catalog()["v1_presets"]
+    if name not in versions:
+        raise ValueError(f"slideformer: v1 checkpoint of an unknown preset '{name}'")
+    return [config_from_description(d, f"v1 preset {name}") for d in versions[name]]
+
+
+def slide_swin_tiny() -> ClassifierConfig:
+    return preset("slide_swin_tiny")
+
+
+def slide_swin_small() -> ClassifierConfig:
+    return preset("slide_swin_small")
+
+
+def slide_swin_base() -> ClassifierConfig:
+    return preset("slide_swin_base")
+
+
+def fashion() -> ClassifierConfig:
+    """28x28 grey images, 10 classes: a convolutional stem, overlapping 2x2 patches, an absolute
+    position table, two slide blocks at 14x14 and two global blocks at 7x7."""
+    return preset("fashion")
+
+
+def mvitv2_tiny() -> ClassifierConfig:
+    return preset("mvitv2_tiny")
+
+
+def mvitv2_small() -> ClassifierConfig:
+    return preset("mvitv2_small")
+
+
+def mvitv2_base() -> ClassifierConfig:
+    return preset("mvitv2_base")
+
+
+def fashion_mvit() -> ClassifierConfig:
+    """28x28 grey images, 10 classes: overlapping 2x2 patches (14x14), keys and values pooled to
+    7x7 in the first stage, then 7x7 and 4x4 maps, a learned absolute position table."""
+    return preset("fashion_mvit")

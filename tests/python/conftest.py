@@ -88,13 +88,32 @@ def nudged_timm_reference(name="mvitv2_tiny"):
         return reference.state_dict(), images, reference(images)
 
 
-@pytest.fixture(scope="session")
-def fashion_checkpoint(tmp_path_factory):
-    """A checkpoint of the C++ program: fashion, one short epoch."""
-    out = tmp_path_factory.mktemp("fashion_run")
-    run_program("train", "--preset", "fashion", "--limit", "256", "--batch-size", "64", "--threads", "1",
+def short_training(tmp_path_factory, preset):
+    """A checkpoint of the C++ program: `preset`, one short epoch on Fashion-MNIST."""
+    out = tmp_path_factory.mktemp(f"{preset}_run")
+    run_program("train", "--preset", preset, "--limit", "256", "--batch-size", "64", "--threads", "1",
                 "--epochs", "1", "--out", out)
     return out / "checkpoint.pt"
+
+
+def exportable_model(config):
+    """A model of `config` taking [0, 1] images (seed 0, eval mode), its head scaled by 50 so that
+    the logits are larger than a fresh head gives: a stricter comparison of exports."""
+    torch.manual_seed(0)
+    model = slideformer.nn.InputNormalization(slideformer.nn.build(config)).eval()
+    with torch.no_grad():
+        model.model.head.weight.mul_(50)
+    return model
+
+
+@pytest.fixture(scope="session")
+def fashion_checkpoint(tmp_path_factory):
+    return short_training(tmp_path_factory, "fashion")
+
+
+@pytest.fixture(scope="session")
+def fashion_mvit_checkpoint(tmp_path_factory):
+    return short_training(tmp_path_factory, "fashion_mvit")
 
 
 def cuda_available():

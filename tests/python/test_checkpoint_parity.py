@@ -1,9 +1,15 @@
 """A checkpoint of the C++ program loads into the Python modules: the same parameter and buffer
-names, shapes and order, and the same logits (1e-5)."""
+names, shapes and order, and the same logits (1e-5); and checkpoints of format v1 (a preset name,
+no model description) load as the architecture their preset had then."""
+import subprocess
+
+import pytest
 import torch
 
 import slideformer
-from conftest import fashion_test_images, read_logits, run_program
+from conftest import LIBRARY, fashion_test_images, read_logits, run_program
+
+TOOL = LIBRARY.parent.parent / "bin" / "model_parity"
 
 IMAGES = 300
 
@@ -23,3 +29,29 @@ def test_a_cpp_checkpoint_gives_the_same_logits_in_python(fashion_checkpoint, tm
     with torch.no_grad():
         python_logits = model(fashion_test_images(IMAGES))
     torch.testing.assert_close(python_logits, read_logits(tmp_path / "cpp.f32"), rtol=1e-5, atol=1e-5)
+
+
+# The architectures of v1 checkpoints, newest first: how the presets were while v1 was written
+# (written out here, independently of the library's list).
+FASHION_V1 = dict(image_size=28, in_channels=1, num_classes=10, patch_size=2, stem_channels=24,
+                  overlapping_patches=True, embed_dim=48, absolute_position_embedding=True,
+                  sinusoidal_position_encoding=False, depths=[2, 2], heads=[3, 6], stage_kinds=["slide", "global"],
+                  kernel_size=3, dilation=1, border="zeros", mlp_ratio=2.0, drop_path_rate=0.05,
+                  input_mean=[0.2860], input_std=[0.3530])
+V1_VERSIONS = [
+    ("fashion", 0, FASHION_V1),
+    ("fashion", 1, dict(FASHION_V1, absolute_position_embedding=False)),
+    ("fashion", 2, dict(FASHION_V1, absolute_position_embedding=False, stem_channels=0, overlapping_patches=False)),
+    ("slide_swin_tiny", 0, slideformer.nn.SlideTransformerConfig().to_options()),
+]
+
+
+@pytest.mark.parametrize("preset,version,options", V1_VERSIONS)
+def test_v1_checkpoints_load_as_their_preset_was_then(tmp_path, preset, version, options):
+    path = tmp_path / "v1.pt"
+    subprocess.run([str(TOOL), preset, "--v1-checkpoint", str(version), str(path)], check=True, timeout=600)
+    model = slideformer.load_checkpoint(path)
+    assert model.config.to_options() == options
+    saved = torch.jit.load(str(path)).model.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name

@@ -1,6 +1,7 @@
 """`slideformer export --format onnx|aoti` (the C++ program running the Python package) and
 `slideformer predict` of an AOTInductor package: the exported files give the logits of the
-checkpoint's module (1e-4) from ONNX Runtime, from C++ and from Python."""
+checkpoint's module (1e-4) from ONNX Runtime, from C++ and from Python, for a checkpoint of each
+model family (fashion, fashion_mvit)."""
 import onnxruntime
 import pytest
 import torch
@@ -11,25 +12,31 @@ from conftest import fashion_test_images, program_result, read_logits, run_progr
 IMAGES = 300
 
 
+@pytest.fixture(scope="module", params=["fashion", "fashion_mvit"])
+def checkpoint(request):
+    """A short training's checkpoint of each model family."""
+    return request.getfixturevalue(f"{request.param}_checkpoint")
+
+
 @pytest.fixture(scope="module")
-def module_logits(fashion_checkpoint, tmp_path_factory):
+def module_logits(checkpoint, tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "module.f32"
-    run_program("eval", "--checkpoint", fashion_checkpoint, "--limit", IMAGES, "--logits", path)
+    run_program("eval", "--checkpoint", checkpoint, "--limit", IMAGES, "--logits", path)
     return read_logits(path)
 
 
-def test_onnx_export_of_a_checkpoint_runs_in_onnx_runtime(fashion_checkpoint, module_logits, tmp_path):
-    out = tmp_path / "fashion.onnx"
-    printed = run_program("export", "--format", "onnx", "--checkpoint", fashion_checkpoint, "--out", out)
+def test_onnx_export_of_a_checkpoint_runs_in_onnx_runtime(checkpoint, module_logits, tmp_path):
+    out = tmp_path / "model.onnx"
+    printed = run_program("export", "--format", "onnx", "--checkpoint", checkpoint, "--out", out)
     assert f"to {out} (onnx): input (N, 1, 28, 28) floats in [0, 1]" in printed
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"images": fashion_test_images(IMAGES).numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(logits), module_logits, rtol=1e-4, atol=1e-4)
 
 
-def test_aoti_package_of_a_checkpoint_runs_from_cpp_and_python(fashion_checkpoint, module_logits, tmp_path):
-    package = tmp_path / "fashion.pt2"
-    run_program("export", "--format", "aoti", "--checkpoint", fashion_checkpoint, "--out", package)
+def test_aoti_package_of_a_checkpoint_runs_from_cpp_and_python(checkpoint, module_logits, tmp_path):
+    package = tmp_path / "model.pt2"
+    run_program("export", "--format", "aoti", "--checkpoint", checkpoint, "--out", package)
     printed = run_program("predict", "--model", package, "--limit", IMAGES, "--logits", tmp_path / "cpp.f32")
     assert f"exported model {package}: test accuracy" in printed
     torch.testing.assert_close(read_logits(tmp_path / "cpp.f32"), module_logits, rtol=1e-4, atol=1e-4)

@@ -1,7 +1,7 @@
 """ONNX export (slideformer.onnx): the operators in standard ONNX operators, run by ONNX Runtime
 against the library: the operators alone (both borders, with and without the shift weight,
-dilation, short axes, masks) and whole models (fashion, slide_swin_tiny, both borders), with a
-free batch size."""
+dilation, short axes, masks) and whole models (fashion, slide_swin_tiny, both borders;
+fashion_mvit, mvitv2_tiny), with a free batch size."""
 import dataclasses
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 import slideformer
 import slideformer.onnx
 from slideformer import nn as snn
+from conftest import exportable_model
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 
@@ -89,14 +90,9 @@ def test_attention_in_onnx_runtime_matches_the_library(tmp_path, is_causal):
         torch.testing.assert_close(run(session, x), expected, **TOLERANCE)
 
 
-@pytest.mark.parametrize("preset", ["fashion", "slide_swin_tiny"])
-@pytest.mark.parametrize("border", ["zeros", "clamp"])
-def test_models_in_onnx_runtime_match_the_library(tmp_path, preset, border):
-    torch.manual_seed(0)
-    config = dataclasses.replace(snn.preset(preset), border=border)
-    model = snn.InputNormalization(snn.SlideTransformer(config)).eval()
-    with torch.no_grad():  # larger logits than a fresh head gives: a stricter comparison
-        model.model.head.weight.mul_(50)
+def check_model_in_onnx_runtime(tmp_path, config):
+    """The exported model of `config` gives the module's logits in ONNX Runtime, at other batch sizes."""
+    model = exportable_model(config)
     shape = (config.in_channels, config.image_size, config.image_size)
     session = export_and_session(model, torch.rand(2, *shape), tmp_path / "model.onnx")
     for batch in (1, 3):
@@ -105,6 +101,17 @@ def test_models_in_onnx_runtime_match_the_library(tmp_path, preset, border):
             expected = model(images)
         assert expected.abs().max() > 1
         torch.testing.assert_close(run(session, images), expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("preset", ["fashion", "slide_swin_tiny"])
+@pytest.mark.parametrize("border", ["zeros", "clamp"])
+def test_models_in_onnx_runtime_match_the_library(tmp_path, preset, border):
+    check_model_in_onnx_runtime(tmp_path, dataclasses.replace(snn.preset(preset), border=border))
+
+
+@pytest.mark.parametrize("preset", ["fashion_mvit", "mvitv2_tiny"])
+def test_mvit_models_in_onnx_runtime_match_the_library(tmp_path, preset):
+    check_model_in_onnx_runtime(tmp_path, snn.preset(preset))
 
 
 def test_window_index_of_the_clamp_border_moves_windows_inside_the_map():

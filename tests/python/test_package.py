@@ -71,10 +71,14 @@ def test_operator_errors_reach_python():
     ("slide_swin_small", 49747378, 49737010),
     ("slide_swin_base", 87948704, 87938336),
     ("fashion", 240676, 238084),
+    ("mvitv2_tiny", 24173320, 24173320),  # timm's counts
+    ("mvitv2_small", 34870216, 34870216),
+    ("mvitv2_base", 51472744, 51472744),
+    ("fashion_mvit", 338954, 338954),
 ])
 def test_presets_have_the_reference_parameter_counts(name, total, trainable):
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = snn.SlideTransformer(snn.preset(name))
+        model = snn.build(snn.preset(name))
     assert sum(p.numel() for p in model.parameters()) == total
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
 
@@ -158,7 +162,7 @@ def test_model_descriptions_build_the_model_or_say_what_is_wrong():
     options = snn.fashion().to_options()
     model = slideformer.checkpoint.build_model({"family": "slide_transformer", "options": options})
     assert isinstance(model, snn.SlideTransformer) and model.config == snn.fashion()
-    with pytest.raises(ValueError, match="unknown model family 'mvit2' \\(this package builds: slide_transformer\\)"):
+    with pytest.raises(ValueError, match="unknown model family 'mvit2' \\(this package builds: slide_transformer, mvit\\)"):
         slideformer.checkpoint.build_model({"family": "mvit2", "options": options})
     with pytest.raises(ValueError, match=r"unknown: \['window'\], missing: \['border'\]"):
         bad = dict(options, window=7)

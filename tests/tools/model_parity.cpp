@@ -8,6 +8,15 @@
 //   model_parity <preset> <weights.pt or -> <images.pt> <logits.pt> <export.pt or -> [<family>]
 // Or it writes the names and shapes a preset's weights have (its state, as safetensors):
 //   model_parity <preset> --state <out.safetensors>
+// Or, for the C++ / Python parity of every preset, it runs the preset (seed 0) on the "images" of
+// a dict saved by torch.save, in eval mode and then in train mode after torch::manual_seed(
+// "seed"), in float32 and then in float64, where it back-propagates sum(train logits *
+// "cotangent"); it writes {"state", "float32": {"eval", "train"}, "float64": {"eval", "train",
+// "gradients"}} (state and gradients by parameter name):
+//   model_parity <preset> --gradients <inputs.pt> <out.pt>
+// Or it writes a checkpoint as format v1 did (a preset name, no model description) holding a model
+// (seed 0) of the preset's v1-era version `index` (the library's list, newest first):
+//   model_parity <preset> --v1-checkpoint <index> <out.pt>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -18,6 +27,9 @@
 #include <map>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
+#include "model_config.h"
 #include "slideformer/io/safetensors.h"
 #include "slideformer/io/weight_mapping.h"
 #include "slideformer/nn/export.h"
@@ -44,6 +56,82 @@ c10::IValue read(const std::string& path) {
   return torch::pickle_load(bytes);
 }
 
+c10::impl::GenericDict tensor_dict() { return c10::impl::GenericDict(c10::StringType::get(), c10::TensorType::get()); }
+
+void write(const std::string& path, const c10::IValue& value) {
+  const std::vector<char> bytes = torch::pickle_save(value);
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out.flush()) throw std::runtime_error(path + ": cannot write");
+}
+
+// The model's eval and train-mode logits for `images` (train mode after torch::manual_seed(seed)),
+// and, with `cotangent` defined, every parameter's gradient of sum(train logits * cotangent).
+c10::impl::GenericDict run_model(torch::nn::Module& module, Classifier& model, const at::Tensor& images,
+                                 int64_t seed, const at::Tensor& cotangent) {
+  c10::impl::GenericDict result(c10::StringType::get(), c10::AnyType::get());
+  module.eval();
+  {
+    torch::NoGradGuard no_grad;
+    result.insert("eval", model.forward(images));
+  }
+  module.train();
+  torch::manual_seed(static_cast<uint64_t>(seed));
+  const at::Tensor train_logits = model.forward(images);
+  result.insert("train", train_logits.detach());
+  if (cotangent.defined()) {
+    (train_logits * cotangent).sum().backward();
+    c10::impl::GenericDict gradients = tensor_dict();
+    for (const auto& item : module.named_parameters()) {
+      if (item.value().grad().defined()) gradients.insert(item.key(), item.value().grad());
+    }
+    result.insert("gradients", gradients);
+  }
+  return result;
+}
+
+// The --gradients mode (see the top of this file): float32 logits, then float64 logits and
+// gradients (float64 on both sides compares the gradients exactly enough that a max-pooling
+// whose float32 argmax flips between two near-equal values cannot hide a real difference).
+void write_gradients(const std::string& preset, const std::string& inputs_path, const std::string& out_path) {
+  const c10::impl::GenericDict inputs = read(inputs_path).toGenericDict();
+  torch::manual_seed(0);
+  const auto [module, model] = build(preset);
+  c10::impl::GenericDict state = tensor_dict();
+  for (const auto& item : module->named_parameters()) state.insert(item.key(), item.value().detach().clone());
+  for (const auto& item : module->named_buffers()) state.insert(item.key(), item.value().clone());
+  const at::Tensor images = inputs.at("images").toTensor();
+  const int64_t seed = inputs.at("seed").toInt();
+  c10::impl::GenericDict result(c10::StringType::get(), c10::AnyType::get());
+  result.insert("state", state);
+  result.insert("float32", run_model(*module, *model, images, seed, at::Tensor()));
+  {  // Module::to(kDouble) would convert the index buffers too
+    torch::NoGradGuard no_grad;
+    for (auto& tensor : module->parameters()) tensor.set_data(tensor.to(at::kDouble));
+    for (auto& tensor : module->buffers()) {
+      if (tensor.is_floating_point()) tensor.set_data(tensor.to(at::kDouble));
+    }
+  }
+  result.insert("float64", run_model(*module, *model, images.to(at::kDouble), seed,
+                                     inputs.at("cotangent").toTensor().to(at::kDouble)));
+  write(out_path, result);
+}
+
+// The --v1-checkpoint mode (see the top of this file).
+void write_v1_checkpoint(const std::string& preset, size_t index, const std::string& out_path) {
+  const nlohmann::json versions = nlohmann::json::parse(v1_presets()).at(preset);
+  if (index >= versions.size()) throw std::runtime_error(preset + " has " + std::to_string(versions.size()) + " v1 versions");
+  torch::manual_seed(0);
+  const auto model = slideformer::app::build_model(
+      slideformer::app::model_config_from_json(versions[index].dump(), "v1 preset " + preset));
+  torch::serialize::OutputArchive archive, model_archive;
+  archive.write("format", c10::IValue(std::string("slideformer-checkpoint-v1")));
+  archive.write("preset", c10::IValue(preset));
+  model.module->save(model_archive);
+  archive.write("model", model_archive);
+  archive.save_to(out_path);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -51,6 +139,19 @@ int main(int argc, char** argv) {
     try {
       torch::manual_seed(0);
       slideformer::io::save_safetensors(argv[3], slideformer::io::module_state(*build(argv[1]).first));
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "model_parity: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  if (argc == 5 && (std::string(argv[2]) == "--gradients" || std::string(argv[2]) == "--v1-checkpoint")) {
+    try {
+      if (std::string(argv[2]) == "--gradients") {
+        write_gradients(argv[1], argv[3], argv[4]);
+      } else {
+        write_v1_checkpoint(argv[1], std::stoul(argv[3]), argv[4]);
+      }
       return 0;
     } catch (const std::exception& e) {
       std::cerr << "model_parity: " << e.what() << "\n";
@@ -93,8 +194,7 @@ int main(int argc, char** argv) {
     for (auto& item : module->named_buffers()) copy(item.key(), item.value(), false);
     if (!unused.empty()) throw std::runtime_error("unknown weight '" + *unused.begin() + "'");
     const at::Tensor logits = model->forward(read(argv[3]).toTensor());
-    const std::vector<char> bytes = torch::pickle_save(logits);
-    std::ofstream(argv[4], std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    write(argv[4], logits);
     if (std::string(argv[5]) != "-") to_torchscript(*model).save(argv[5]);
   } catch (const std::exception& e) {
     std::cerr << "model_parity: " << e.what() << "\n";
