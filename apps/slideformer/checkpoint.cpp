@@ -126,6 +126,8 @@ void check_state(const CheckpointState& state, const std::string& path) {
   check(p.epoch >= 0 && p.epoch <= c.epochs, "epoch", p.epoch, "in [0, epochs]");
   check(c.image_size >= 0 && c.image_size <= 4096, "image_size", c.image_size, "in [0, 4096]");
   check(c.crop_pct > 0 && c.crop_pct <= 1, "crop_pct", c.crop_pct, "in (0, 1]");
+  check(c.freeze_stages >= 0, "freeze_stages", c.freeze_stages, ">= 0");
+  check(c.lr_decay > 0 && c.lr_decay <= 1, "lr_decay", c.lr_decay, "in (0, 1]");
   check(p.step_in_epoch >= 0, "step_in_epoch", p.step_in_epoch, ">= 0");
   check(c.amp == "none" || c.amp == "bf16" || c.amp == "fp16", "amp", c.amp, "none, bf16 or fp16");
   check(p.epoch_skipped_steps >= 0 && p.epoch_skipped_steps <= p.step_in_epoch, "epoch_skipped_steps",
@@ -287,6 +289,10 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   archive.write("epoch_skipped_steps", c10::IValue(state.progress.epoch_skipped_steps));
   archive.write("loss_scale", c10::IValue(state.progress.loss_scale));
   archive.write("loss_scale_growth_tracker", c10::IValue(state.progress.loss_scale_growth_tracker));
+  archive.write("init", c10::IValue(c.init));
+  archive.write("init_from", c10::IValue(c.init_from));
+  archive.write("freeze_stages", c10::IValue(c.freeze_stages));
+  archive.write("lr_decay", c10::IValue(c.lr_decay));
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -334,6 +340,13 @@ CheckpointState read_checkpoint_state(const std::string& path) {
     state.progress.epoch_skipped_steps = read_value<int64_t>(archive, path, "epoch_skipped_steps");
     state.progress.loss_scale = read_value<double>(archive, path, "loss_scale");
     state.progress.loss_scale_growth_tracker = read_value<int64_t>(archive, path, "loss_scale_growth_tracker");
+  }
+  // The fine-tuning fields, absent from checkpoints written before them.
+  if (archive.try_read("init", present)) {
+    c.init = read_value<std::string>(archive, path, "init");
+    c.init_from = read_value<std::string>(archive, path, "init_from");
+    c.freeze_stages = read_value<int64_t>(archive, path, "freeze_stages");
+    c.lr_decay = read_value<double>(archive, path, "lr_decay");
   }
   check_state(state, path);
   if (!state.data_config.empty()) check_data_config(state, path);

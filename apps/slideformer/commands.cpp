@@ -174,6 +174,10 @@ int evaluate(const std::string& checkpoint, const std::string& data_dir, int64_t
                            skip_bad_images);
   }
   if (data_dir.empty() && !loaded.data_config.empty()) {
+    if (loaded.config.data_dir.empty() && loaded.config.val_dir.empty()) {
+      throw std::runtime_error(checkpoint + ": imported weights come with no data: give --data (a folder of "
+                               "<class>/<image>)");
+    }
     const std::string val = loaded.config.val_dir.empty() ? loaded.config.data_dir + "/val" : loaded.config.val_dir;
     return evaluate_folder(loaded, val, limit, outputs, skip_bad_images);
   }

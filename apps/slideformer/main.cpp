@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "crash_report.h"
 #include "image_data.h"
+#include "pretrained.h"
 #include "python_export.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
@@ -127,6 +128,33 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--bucket-kb", run.bucket_kib, "with several processes: gradients are all-reduced in buckets of "
                                                        "this many KiB (the first at most 1024)")
       ->capture_default_str()->check(integer_in(1, 1 << 30));
+  train_cmd->add_option("--init", config.init, "start from the weights of this file (a checkpoint.pt, or a "
+                                               "safetensors / torch.save file of the --from family)");
+  train_cmd->add_option("--from", config.init_from, "with --init: whose names the file has")
+      ->check(CLI::IsMember({"slideformer", "slide-transformer", "timm"}))->capture_default_str();
+  train_cmd->add_option("--freeze-stages", config.freeze_stages, "keep the patch embedding and the first N stages "
+                                                                 "as they are")
+      ->capture_default_str()->check(non_negative);
+  train_cmd->add_option("--lr-decay", config.lr_decay, "layer-wise learning-rate decay: depth d of L blocks learns "
+                                                       "at lr * decay^(L + 1 - d)")
+      ->capture_default_str()->check(number("in (0, 1]", [](double v) { return v > 0 && v <= 1; }));
+
+  ImportRun import_run;
+  auto* import_cmd = app.add_subcommand("import", "a checkpoint.pt of published weights (docs/pretrained.md)");
+  import_cmd->add_option("--from", import_run.source, "whose weights: the official Slide-Transformer code, timm's "
+                                                      "MViTv2, or this program's safetensors export")
+      ->check(CLI::IsMember({"slide-transformer", "timm", "slideformer"}))->required();
+  import_cmd->add_option("file", import_run.file, "the weights: a .safetensors or torch.save file")->required();
+  import_cmd->add_option("--preset", import_run.preset, "the model to fill (optional for a slideformer safetensors "
+                                                        "export, which names its model)")->check(CLI::IsMember(presets));
+  import_cmd->add_option("--out", import_run.out_dir, "output directory (checkpoint.pt)")->required();
+  import_cmd->add_option("--entry", import_run.entry, "torch.save files: the key of the state dict (model, "
+                                                      "state_dict, state_dict_ema, ...)");
+  import_cmd->add_option("--class-names", import_run.class_names, "text file of the class names, one a line "
+                                                                  "(default: 0, 1, ...)");
+  import_cmd->add_option("--crop-pct", import_run.crop_pct, "eval transform's crop fraction (default: the "
+                                                            "source's: timm 0.9, slide-transformer 0.875)")
+      ->check(number("in (0, 1]", [](double v) { return v > 0 && v <= 1; }));
 
   bool skip_bad_images = false;
   auto* eval_cmd = app.add_subcommand("eval", "test accuracy (top-5 for image folders) and confusion matrix of a checkpoint");
@@ -145,8 +173,9 @@ int main(int argc, char** argv) {
   auto* export_cmd = app.add_subcommand("export", "write a deployable model of a checkpoint");
   export_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
   export_cmd->add_option("--out", out, "output file (.pt, .onnx or .pt2)")->required();
-  export_cmd->add_option("--format", export_format, "torchscript (C++), or onnx / aoti (run by the Python package)")
-      ->check(CLI::IsMember({"torchscript", "onnx", "aoti"}))->capture_default_str();
+  export_cmd->add_option("--format", export_format, "torchscript (C++), safetensors (the weights), or onnx / aoti "
+                                                    "(run by the Python package)")
+      ->check(CLI::IsMember({"torchscript", "safetensors", "onnx", "aoti"}))->capture_default_str();
   export_cmd->add_option("--python", python, "Python interpreter for onnx / aoti (default: $SLIDEFORMER_PYTHON, "
                                              "else the build's Python, else python3)");
 
@@ -191,12 +220,14 @@ int main(int argc, char** argv) {
     }
     if (*export_cmd) {
       if (export_format == "torchscript") return export_model(checkpoint, out);
+      if (export_format == "safetensors") return export_safetensors(checkpoint, out);
       const CheckpointState state = read_checkpoint_state(checkpoint);
       export_with_python(checkpoint, out, export_format, exported_data_config(state.model, state.data_config),
                          python_interpreter(python));
       return 0;
     }
     if (*bench_cmd) return bench(bench_config);
+    if (*import_cmd) return import_checkpoint(import_run);
     if (*predict_cmd) {
       return predict_inputs.empty() ? predict(model_path, data_dir, limit, outputs)
                                     : predict_images(model_path, predict_inputs, top, json);

@@ -23,6 +23,7 @@
 
 #include "checkpoint.h"
 #include "image_data.h"
+#include "pretrained.h"
 #include "slideformer/autocast.h"
 #include "slideformer/distributed.h"
 #include "slideformer/nn/functional.h"
@@ -86,27 +87,6 @@ at::Tensor unit_images(const Dataset& data, const at::Tensor& index) {
   return data.images.index_select(0, index).to(at::kFloat).div_(255.0);
 }
 
-// Weight decay on linear and convolution weights only, not on biases, norms, shift mixing and
-// bias tables.
-std::vector<torch::optim::OptimizerParamGroup> parameter_groups(const torch::nn::Module& model,
-                                                                double weight_decay) {
-  std::vector<at::Tensor> decayed, plain;
-  for (const auto& item : model.named_parameters()) {
-    const at::Tensor& p = item.value();
-    if (!p.requires_grad()) continue;
-    const std::string& name = item.key();
-    const bool is_layer_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
-    (is_layer_weight && p.dim() >= 2 ? decayed : plain).push_back(p);
-  }
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decayed, std::make_unique<torch::optim::AdamWOptions>(
-                                   torch::optim::AdamWOptions().weight_decay(weight_decay)));
-  groups.emplace_back(plain, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions().weight_decay(0.0)));
-  return groups;
-}
-
-
 // Creates `out_dir` if needed and makes sure a checkpoint can be written there before any work;
 // removes a temporary checkpoint a killed run left behind (never a valid one: see checkpoint.h).
 void prepare_out_dir(const std::string& out_dir, const std::string& checkpoint_path) {
@@ -159,6 +139,10 @@ void check_resume_options(const TrainRun& run, const CheckpointState& state, con
   same("--image-size", given.image_size, saved.image_size);
   same("--crop-pct", given.crop_pct, saved.crop_pct);
   same("--amp", given.amp, saved.amp);
+  same("--init", given.init, saved.init);
+  same("--from", given.init_from, saved.init_from);
+  same("--freeze-stages", given.freeze_stages, saved.freeze_stages);
+  same("--lr-decay", given.lr_decay, saved.lr_decay);
 }
 
 std::string read_text(const std::string& path) {
@@ -365,6 +349,7 @@ struct Session {
   int64_t train_size = 0;
   Model model;
   std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::vector<double> lr_scales;  // of the optimizer's groups (layer-wise decay)
 };
 
 // Opens a run's image folders: the model takes the data's channels and classes (a fresh run) or
@@ -428,7 +413,14 @@ Session open_session(TrainRun& run, bool writer) {
   }
   torch::manual_seed(static_cast<uint64_t>(config.seed));
   session.model = build_model(state.model);
-  session.optimizer = std::make_unique<torch::optim::AdamW>(parameter_groups(*session.model.module, config.weight_decay));
+  if (!run.resume && !config.init.empty()) {
+    const std::string report = load_initial_weights(session.model, config.init, config.init_from);
+    if (writer) fmt::print("{}\n", report);
+  }
+  freeze_stages(session.model, config.freeze_stages);
+  ParameterGroups groups = parameter_groups(session.model, config.weight_decay, config.lr_decay);
+  session.lr_scales = std::move(groups.lr_scales);
+  session.optimizer = std::make_unique<torch::optim::AdamW>(std::move(groups.groups));
   if (run.resume) {
     const int64_t n = session.train_size;
     const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
@@ -610,7 +602,9 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
         labels = train_data.labels.index_select(0, part.indices);
       }
       const double lr = learning_rate(config, progress.global_step, total_steps);
-      for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+      for (size_t g = 0; g < optimizer.param_groups().size(); ++g) {
+        optimizer.param_groups()[g].options().set_lr(lr * session.lr_scales[g]);
+      }
       at::Tensor logits;
       {
         nn::functional::GlobalBatchSlice slice(part.offset, part.global_size);

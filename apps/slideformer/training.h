@@ -36,6 +36,13 @@ struct TrainConfig {
   // Mixed precision: "none", "bf16" (the forward under autocast to bfloat16) or "fp16" (float16,
   // with a dynamic loss scale: grad_scaler.h).
   std::string amp = "none";
+  // Fine-tuning (pretrained.h, docs/pretrained.md): the first step starts from the weights of
+  // `init` (a file of the `init_from` family), the first `freeze_stages` stages stay as they
+  // are, and the learning rate of the depth-d parameters is scaled by lr_decay^(L + 1 - d).
+  std::string init;
+  std::string init_from = "slideformer";
+  int64_t freeze_stages = 0;
+  double lr_decay = 1.0;
 };
 
 // Where a run stands; saved in every checkpoint.

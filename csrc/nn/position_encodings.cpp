@@ -24,7 +24,8 @@ void AbsolutePositionEmbeddingImpl::reset() {
               "slideformer::AbsolutePositionEmbedding: rows, cols and dim must be positive, got ",
               options.rows(), ", ", options.cols(), " and ", options.dim());
   if (shared_table_.defined()) {
-    weight = register_parameter("weight", shared_table_);
+    // Keeps the table's requires_grad (a frozen table stays frozen however often it is wrapped).
+    weight = register_parameter("weight", shared_table_, shared_table_.requires_grad());
   } else {
     weight = register_parameter("weight", at::empty({1, options.rows(), options.cols(), options.dim()}));
     init::trunc_normal_(weight, 0.02);
