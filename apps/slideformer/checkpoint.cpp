@@ -124,6 +124,11 @@ void check_state(const CheckpointState& state, const std::string& path) {
   check(c.freeze_stages >= 0, "freeze_stages", c.freeze_stages, ">= 0");
   check(c.lr_decay > 0 && c.lr_decay <= 1, "lr_decay", c.lr_decay, "in (0, 1]");
   check(p.step_in_epoch >= 0, "step_in_epoch", p.step_in_epoch, ">= 0");
+  check(c.amp == "none" || c.amp == "bf16" || c.amp == "fp16", "amp", c.amp, "none, bf16 or fp16");
+  check(p.epoch_skipped_steps >= 0 && p.epoch_skipped_steps <= p.step_in_epoch, "epoch_skipped_steps",
+        p.epoch_skipped_steps, "in [0, step_in_epoch]");
+  check(p.loss_scale > 0 && std::isfinite(p.loss_scale), "loss_scale", p.loss_scale, "> 0");
+  check(p.loss_scale_growth_tracker >= 0, "loss_scale_growth_tracker", p.loss_scale_growth_tracker, ">= 0");
   check(p.global_step >= p.step_in_epoch, "global_step", p.global_step, ">= step_in_epoch");
   check(state.rng_state.defined() && state.rng_state.scalar_type() == at::kByte && state.rng_state.dim() == 1,
         "rng_state", state.rng_state.defined() ? c10::str(state.rng_state.sizes()) : "nothing",
@@ -275,6 +280,10 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   archive.write("image_size", c10::IValue(c.image_size));
   archive.write("crop_pct", c10::IValue(c.crop_pct));
   archive.write("skip_bad_images", c10::IValue(c.skip_bad_images));
+  archive.write("amp", c10::IValue(c.amp));
+  archive.write("epoch_skipped_steps", c10::IValue(state.progress.epoch_skipped_steps));
+  archive.write("loss_scale", c10::IValue(state.progress.loss_scale));
+  archive.write("loss_scale_growth_tracker", c10::IValue(state.progress.loss_scale_growth_tracker));
   archive.write("init", c10::IValue(c.init));
   archive.write("init_from", c10::IValue(c.init_from));
   archive.write("freeze_stages", c10::IValue(c.freeze_stages));
@@ -319,6 +328,13 @@ CheckpointState read_checkpoint_state(const std::string& path) {
     c.image_size = read_value<int64_t>(archive, path, "image_size");
     c.crop_pct = read_value<double>(archive, path, "crop_pct");
     c.skip_bad_images = read_value<bool>(archive, path, "skip_bad_images");
+  }
+  // Mixed precision, absent from checkpoints written before it (float32 runs).
+  if (archive.try_read("amp", present)) {
+    c.amp = read_value<std::string>(archive, path, "amp");
+    state.progress.epoch_skipped_steps = read_value<int64_t>(archive, path, "epoch_skipped_steps");
+    state.progress.loss_scale = read_value<double>(archive, path, "loss_scale");
+    state.progress.loss_scale_growth_tracker = read_value<int64_t>(archive, path, "loss_scale_growth_tracker");
   }
   // The fine-tuning fields, absent from checkpoints written before them.
   if (archive.try_read("init", present)) {

@@ -111,6 +111,9 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--label-smoothing", config.label_smoothing, "label smoothing of the loss")->capture_default_str()->check(number("in [0, 1]", [](double v) { return v >= 0 && v <= 1; }));
   train_cmd->add_flag("--augment,!--no-augment", config.augment, "random crop and flip (image folders: "
                                                                   "RandomResizedCrop and flip; default off)");
+  train_cmd->add_option("--amp", config.amp, "mixed precision: the forward under autocast to bfloat16 (bf16) or "
+                                             "float16 with a loss scale (fp16)")
+      ->capture_default_str()->check(CLI::IsMember({"none", "bf16", "fp16"}));
   train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(threads_range);
   train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(non_negative);
   train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str()->check(any_integer());

@@ -24,6 +24,7 @@
 #include "checkpoint.h"
 #include "image_data.h"
 #include "pretrained.h"
+#include "slideformer/autocast.h"
 #include "slideformer/distributed.h"
 #include "slideformer/nn/functional.h"
 
@@ -73,6 +74,13 @@ at::Tensor augment(const at::Tensor& images, int64_t offset, int64_t global_size
                                .view({n, 1, h * w})
                                .expand({n, c, h * w});
   return padded.gather(2, index).view({n, c, h, w});
+}
+
+// The autocast dtype of --amp ("bf16", "fp16"); none for "none".
+std::optional<at::ScalarType> amp_dtype(const std::string& amp) {
+  if (amp == "bf16") return at::kBFloat16;
+  if (amp == "fp16") return at::kHalf;
+  return std::nullopt;
 }
 
 at::Tensor unit_images(const Dataset& data, const at::Tensor& index) {
@@ -130,6 +138,7 @@ void check_resume_options(const TrainRun& run, const CheckpointState& state, con
   same("--seed", given.seed, saved.seed);
   same("--image-size", given.image_size, saved.image_size);
   same("--crop-pct", given.crop_pct, saved.crop_pct);
+  same("--amp", given.amp, saved.amp);
   same("--init", given.init, saved.init);
   same("--from", given.init_from, saved.init_from);
   same("--freeze-stages", given.freeze_stages, saved.freeze_stages);
@@ -539,18 +548,26 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
   const int64_t steps_per_epoch = sampler.steps_per_epoch();
   const int64_t total_steps = steps_per_epoch * config.epochs;
   TrainProgress& progress = state.progress;
+  // --amp: the forward under autocast; fp16 scales the loss (grad_scaler.h).
+  const std::optional<at::ScalarType> autocast_dtype = amp_dtype(config.amp);
+  std::optional<GradScaler> scaler;
+  if (config.amp == "fp16") scaler.emplace(progress.loss_scale, progress.loss_scale_growth_tracker);
   const bool terminal = writer && isatty(STDOUT_FILENO);
   interrupted = false;
   std::signal(SIGINT, on_interrupt);
   const std::string processes =
       ranks.size() > 1 ? fmt::format("{} processes x {} threads", ranks.size(), run.threads) : fmt::format("{} threads", run.threads);
   if (writer) {
-    fmt::print("training {} ({} trainable parameters) on {} images, {} epochs of {} steps, {}\n",
+    fmt::print("training {} ({} trainable parameters) on {} images, {} epochs of {} steps, {}{}\n",
                model_name(state.model), nn::count_parameters(*model.module, true), n, config.epochs, steps_per_epoch,
-               processes);
+               processes, autocast_dtype ? fmt::format(", mixed precision ({})", config.amp) : "");
     std::fflush(stdout);
   }
   auto save = [&] {
+    if (scaler) {
+      progress.loss_scale = scaler->scale_value();
+      progress.loss_scale_growth_tracker = scaler->growth_tracker();
+    }
     state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
     save_checkpoint(checkpoint_path, state, *model.module, optimizer);
   };
@@ -604,24 +621,33 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
       at::Tensor logits;
       {
         nn::functional::GlobalBatchSlice slice(part.offset, part.global_size);
+        std::optional<AutocastGuard> autocast;
+        if (autocast_dtype) autocast.emplace(at::kCPU, *autocast_dtype);
         logits = model(images);
       }
       // This rank's share of the global batch's mean loss: the shares add up to it.
       const at::Tensor loss =
-          F::cross_entropy(logits, labels,
+          F::cross_entropy(logits.to(at::kFloat), labels,
                            F::CrossEntropyFuncOptions().label_smoothing(config.label_smoothing).reduction(torch::kSum)) /
           static_cast<double>(part.global_size);
       optimizer.zero_grad();
+      const at::Tensor scaled_loss = scaler ? scaler->scale(loss) : loss;
       if (parallel) {
-        parallel->backward(loss, 1.0);  // the sum of the shares' gradients
+        parallel->backward(scaled_loss, 1.0);  // the sum of the shares' gradients
         communication.add(parallel->last_timing());
       } else {
-        loss.backward();
+        scaled_loss.backward();
       }
+      // The gradients are the all-reduced ones: every rank skips the same steps.
+      const bool finite = !scaler || scaler->unscale_and_update(model.module->parameters());
       if (writer && steps_this_run == 0 && !run.save_gradients.empty()) {
         save_gradients(run.save_gradients, *model.module);
       }
-      optimizer.step();
+      if (finite) {
+        optimizer.step();
+      } else {
+        ++progress.epoch_skipped_steps;
+      }
       // The global batch's loss, and whether any rank was interrupted: every rank stops at the
       // same step.
       const auto sync_start = Clock::now();
@@ -669,25 +695,30 @@ int train_ranks(TrainRun& run, const Ranks& ranks) {
     const int64_t train_skipped = static_cast<int64_t>(ranks.sum({static_cast<double>(skipped)})[0]);
     const std::string skipped_json = config.skip_bad_images
         ? fmt::format(", \"skipped_images\": {}, \"skipped_val_images\": {}", train_skipped, val_skipped) : "";
+    const int64_t skipped_steps = progress.epoch_skipped_steps;
+    const std::string amp_json = scaler ? fmt::format(", \"skipped_steps\": {}, \"loss_scale\": {}", skipped_steps,
+                                                      scaler->scale_value()) : "";
     progress.epoch += 1;
     progress.step_in_epoch = 0;
     progress.epoch_loss_sum = 0.0;
     progress.epoch_seconds = 0.0;
+    progress.epoch_skipped_steps = 0;
     const double images_per_second = n / std::max(train_seconds, 1e-9);
     state.metrics += fmt::format(
         "{{\"epoch\": {}, \"train_loss\": {:.6f}, \"test_accuracy\": {:.6f}, "
-        "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}{}{}}}\n",
+        "\"images_per_second\": {:.1f}, \"seconds\": {:.1f}{}{}{}}}\n",
         progress.epoch, train_loss, accuracy, images_per_second, train_seconds,
-        ranks.size() > 1 ? communication.json(ranks.size()) : "", skipped_json);
+        ranks.size() > 1 ? communication.json(ranks.size()) : "", skipped_json, amp_json);
     if (writer) {
       save();
       write_metrics_files(run.out_dir, state.metrics);
       write_plot(run.out_dir);
-      fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}{}\n",
+      fmt::print("{}epoch {}/{}: train loss {:.4f}, test accuracy {:.2f}%, {:.0f} img/s, {}{}{}\n",
                  terminal ? "\n" : "", progress.epoch, config.epochs, train_loss, 100 * accuracy,
                  images_per_second, duration_text(train_seconds),
                  config.skip_bad_images ? fmt::format(", {} bad images skipped ({} in validation)", train_skipped, val_skipped)
-                                        : "");
+                                        : "",
+                 scaler ? fmt::format(", {} steps skipped (inf/NaN gradients in float16)", skipped_steps) : "");
     }
     if (run.stop_after > 0 && ++epochs_this_run >= run.stop_after) break;
   }

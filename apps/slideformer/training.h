@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "grad_scaler.h"
 #include "idx.h"
 #include "model_config.h"
 
@@ -32,6 +33,9 @@ struct TrainConfig {
   int64_t image_size = 0;   // the model's input size (0: the preset's)
   double crop_pct = 0.875;  // eval transform: resize the short side to image_size / crop_pct, crop
   bool skip_bad_images = false;  // count unreadable images instead of stopping
+  // Mixed precision: "none", "bf16" (the forward under autocast to bfloat16) or "fp16" (float16,
+  // with a dynamic loss scale: grad_scaler.h).
+  std::string amp = "none";
   // Fine-tuning (pretrained.h, docs/pretrained.md): the first step starts from the weights of
   // `init` (a file of the `init_from` family), the first `freeze_stages` stages stay as they
   // are, and the learning rate of the depth-d parameters is scaled by lr_decay^(L + 1 - d).
@@ -49,6 +53,10 @@ struct TrainProgress {
   // Sum of the step losses and training seconds of the current epoch so far (for its metrics).
   double epoch_loss_sum = 0.0;
   double epoch_seconds = 0.0;
+  // --amp fp16: steps of the current epoch skipped for inf / NaN gradients, and the loss scale.
+  int64_t epoch_skipped_steps = 0;
+  double loss_scale = GradScaler::kInitialScale;
+  int64_t loss_scale_growth_tracker = 0;
 };
 
 struct TrainRun {
