@@ -6,6 +6,7 @@
 // backward products go through the same op: dX = dY W, and dW = dY^T X (or its transpose,
 // whichever copies the smaller of dY and X into the layout oneDNN reads).
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
@@ -72,7 +73,9 @@ class OnednnLinear : public torch::autograd::Function<OnednnLinear> {
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                   Activation activation) {
+  // Under autocast, at::linear runs in the autocast dtype (the oneDNN op has no autocast rule).
   const bool onednn = onednn_linear_op().has_value() && x.device().is_cpu() &&
+                      !at::autocast::is_autocast_enabled(at::kCPU) &&
                       x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
                       x.dim() >= 2 && x.numel() > 0;
   if (!onednn) {
