@@ -96,18 +96,48 @@ at::Tensor MultiHeadAttentionImpl::forward(const at::Tensor& x, int64_t rows, in
   return apply_linear(proj, out.transpose(1, 2).reshape({batch, tokens, options.dim()}));
 }
 
+namespace {
+// The TorchScript twin of MultiHeadAttentionImpl::relative_position_bias(rows, cols) for a map
+// other than the table's: the index of the map (functional::relative_position_index), the table
+// resized bicubically, gathered.
+std::string resized_bias_source(int64_t size, int64_t heads) {
+  const std::string h = std::to_string(heads), side = std::to_string(2 * size - 1);
+  return R"(
+def resized_bias(self, rows: int, cols: int) -> Tensor:
+    table = self.relative_position_table
+    y = torch.arange(rows, device=table.device).repeat_interleave(cols)
+    x = torch.arange(cols, device=table.device).repeat([rows])
+    index = (y.unsqueeze(1) - y.unsqueeze(0) + (rows - 1)) * (2 * cols - 1) + (x.unsqueeze(1) - x.unsqueeze(0) + (cols - 1))
+    grid = table.t().reshape(1, )" + h + ", " + side + ", " + side + R"()
+    resized = torch.upsample_bicubic2d(grid, [2 * rows - 1, 2 * cols - 1], False, None, None)
+    return torch.index_select(resized.reshape()" + h + R"(, -1), 1, index.view(-1)).view(1, )" + h +
+         R"(, rows * cols, rows * cols)
+)";
+}
+}  // namespace
+
+// forward(x, rows, cols) of the flattened rows x cols map: the bias stored gathered for the
+// table's own map, resized for any other.
 torch::jit::Module MultiHeadAttentionImpl::script_form() const {
   torch::jit::Module module("MultiHeadAttention");
   const at::Tensor bias = relative_position_bias();
-  if (bias.defined()) script::add_buffer(module, "attn_bias", bias);
+  std::string bias_source, bias_argument = "None";
+  if (bias.defined()) {
+    const int64_t size = options.relative_position_size();
+    script::add_buffer(module, "attn_bias", bias);
+    script::add_buffer(module, "relative_position_table", relative_position_table);
+    script::define(module, resized_bias_source(size, options.heads()));
+    bias_source = "    bias = self.attn_bias\n    if rows != " + std::to_string(size) + " or cols != " +
+                  std::to_string(size) + ":\n        bias = self.resized_bias(rows, cols)\n";
+    bias_argument = "bias";
+  }
   const std::string heads = std::to_string(options.heads()), dim = std::to_string(options.dim());
   script::define(module, R"(
-def forward(self, x: Tensor) -> Tensor:
+def forward(self, x: Tensor, rows: int, cols: int) -> Tensor:
     b, n = x.size(0), x.size(1)
     qkv = )" + script::linear(module, "qkv", *qkv, "x") + ".view(b, n, 3, " + heads + ", " +
                              std::to_string(options.dim() / options.heads()) + R"().permute(2, 0, 3, 1, 4)
-    a = slideformer.attention(qkv[0], qkv[1], qkv[2], )" +
-                             (bias.defined() ? "self.attn_bias" : "None") + R"(, False, None)
+)" + bias_source + "    a = slideformer.attention(qkv[0], qkv[1], qkv[2], " + bias_argument + R"(, False, None)
     return )" + script::linear(module, "proj", *proj, "a.transpose(1, 2).reshape(b, n, " + dim + ")") + "\n");
   return module;
 }

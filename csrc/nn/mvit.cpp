@@ -98,14 +98,15 @@ at::Tensor pool(const at::Tensor& t, const PoolingAttentionOptions& o, int64_t s
   return norm ? norm(out) : out;
 }
 
-// The TorchScript twin of pool() applied to `input`.
+// The TorchScript twin of pool() applied to `input`, a map of `rows` x `cols` (variables of the
+// TorchScript source).
 std::string pool_source(torch::jit::Module& module, const std::string& name, const std::string& input,
                         const PoolingAttentionOptions& o, int64_t stride, const torch::nn::Conv2d& conv,
                         const torch::nn::LayerNorm& norm) {
-  const int64_t k = o.kernel_size(), d = o.dim_out() / o.heads(), size = o.input_size();
+  const int64_t k = o.kernel_size(), d = o.dim_out() / o.heads();
   if (k == 1 && stride == 1) return input;
-  const std::string map = input + ".reshape(b * " + std::to_string(o.heads()) + ", " + std::to_string(size) +
-                          ", " + std::to_string(size) + ", " + std::to_string(d) + ").permute(0, 3, 1, 2)";
+  const std::string map = input + ".reshape(b * " + std::to_string(o.heads()) + ", rows, cols, " + std::to_string(d) +
+                          ").permute(0, 3, 1, 2)";
   std::string pooled;
   if (o.mode() == PoolMode::kConv) {
     pooled = script::conv2d(module, "pool_" + name, *conv, map);
@@ -147,24 +148,31 @@ at::Tensor PoolingAttentionImpl::forward(const at::Tensor& x) {
   return apply_linear(proj, out.transpose(1, 2).reshape({batch, q_rows, q_cols, o.dim_out()}));
 }
 
+// Any map size, as forward.
 torch::jit::Module PoolingAttentionImpl::script_form() const {
   const auto& o = options;
   torch::jit::Module module("PoolingAttention");
-  const int64_t head_dim = o.dim_out() / o.heads(), side = query_size();
-  std::string code = "def forward(self, x: Tensor) -> Tensor:\n    b = x.size(0)\n    qkv = " +
-                     script::linear(module, "qkv", *qkv, "x") + ".view(b, " +
-                     std::to_string(o.input_size() * o.input_size()) + ", 3, " + std::to_string(o.heads()) + ", " +
-                     std::to_string(head_dim) + ").permute(2, 0, 3, 1, 4)\n";
+  const int64_t head_dim = o.dim_out() / o.heads();
+  auto pooled = [](const std::string& side, int64_t stride) {  // pooled_size() as TorchScript
+    return "(" + side + " + " + std::to_string(stride - 1) + ") // " + std::to_string(stride);
+  };
+  std::string code = "def forward(self, x: Tensor) -> Tensor:\n    b, rows, cols = x.size(0), x.size(1), x.size(2)\n" +
+                     ("    qkv = " + script::linear(module, "qkv", *qkv, "x")) + ".view(b, rows * cols, 3, " +
+                     std::to_string(o.heads()) + ", " + std::to_string(head_dim) + ").permute(2, 0, 3, 1, 4)\n";
   code += "    q = " + pool_source(module, "q", "qkv[0]", o, o.stride_q(), pool_q, norm_q) + "\n";
   code += "    k = " + pool_source(module, "k", "qkv[1]", o, o.stride_kv(), pool_k, norm_k) + "\n";
   code += "    v = " + pool_source(module, "v", "qkv[2]", o, o.stride_kv(), pool_v, norm_v) + "\n";
+  code += "    qy, qx = " + pooled("rows", o.stride_q()) + ", " + pooled("cols", o.stride_q()) + "\n";
   const std::string bias =
-      relative_position ? script::submodule(module, "relative_position", *relative_position, "q") : "None";
+      relative_position ? script::submodule(module, "relative_position", *relative_position,
+                                            "q, qy, qx, " + pooled("rows", o.stride_kv()) + ", " +
+                                                pooled("cols", o.stride_kv()))
+                        : "None";
   code += "    a = slideformer.attention(q, k, v, " + bias + ", False, None)\n";
   if (o.residual_pooling()) code += "    a = a + q\n";
   code += "    return " + script::linear(module, "proj", *proj,
-                                         "a.transpose(1, 2).reshape(b, " + std::to_string(side) + ", " +
-                                             std::to_string(side) + ", " + std::to_string(o.dim_out()) + ")") + "\n";
+                                         "a.transpose(1, 2).reshape(b, qy, qx, " + std::to_string(o.dim_out()) + ")") +
+          "\n";
   script::define(module, code);
   return module;
 }

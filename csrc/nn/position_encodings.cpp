@@ -8,12 +8,13 @@
 namespace slideformer::nn {
 
 AbsolutePositionEmbeddingImpl::AbsolutePositionEmbeddingImpl(AbsolutePositionEmbeddingOptions options_)
-    : options(std::move(options_)) {
+    : options(std::move(options_)), size_cache_(std::make_shared<SizeCache>()) {
   reset();
 }
 
 AbsolutePositionEmbeddingImpl::AbsolutePositionEmbeddingImpl(const at::Tensor& table)
-    : options(table.size(1), table.size(2), table.size(3)), shared_table_(table) {
+    : options(table.size(1), table.size(2), table.size(3)), shared_table_(table),
+      size_cache_(std::make_shared<SizeCache>()) {
   TORCH_CHECK(table.dim() == 4 && table.size(0) == 1,
               "slideformer::AbsolutePositionEmbedding: table must be (1, rows, cols, dim), got shape ",
               table.sizes());
@@ -38,18 +39,33 @@ void AbsolutePositionEmbeddingImpl::pretty_print(std::ostream& stream) const {
          << ", cols=" << options.cols() << ", dim=" << options.dim() << ")";
 }
 
+at::Tensor AbsolutePositionEmbeddingImpl::table(int64_t rows, int64_t cols) const {
+  if (rows == options.rows() && cols == options.cols()) return weight;
+  return size_cache_->derived({rows, cols}, weight, [&] {
+    // (1, R, C, dim) -> (1, dim, R, C), resized as timm's resample_abs_pos_embed does by default.
+    const at::Tensor grid = weight.permute({0, 3, 1, 2});
+    return at::_upsample_bicubic2d_aa(grid, {rows, cols}, /*align_corners=*/false).permute({0, 2, 3, 1});
+  });
+}
+
 at::Tensor AbsolutePositionEmbeddingImpl::forward(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == options.rows() && x.size(2) == options.cols() &&
-                  x.size(3) == options.dim(),
-              "slideformer::AbsolutePositionEmbedding: input must be (B, ", options.rows(), ", ",
-              options.cols(), ", ", options.dim(), "), got shape ", x.sizes());
-  return x + weight;
+  TORCH_CHECK(x.dim() == 4 && x.size(1) > 0 && x.size(2) > 0 && x.size(3) == options.dim(),
+              "slideformer::AbsolutePositionEmbedding: input must be (B, Y, X, ", options.dim(),
+              ") (the table is for ", options.rows(), "x", options.cols(), " and resized for other maps), got shape ",
+              x.sizes());
+  return x + table(x.size(1), x.size(2));
 }
 
 torch::jit::Module AbsolutePositionEmbeddingImpl::script_form() const {
   torch::jit::Module module("AbsolutePositionEmbedding");
   script::add_parameter(module, "weight", weight);
-  script::define(module, "def forward(self, x: Tensor) -> Tensor:\n    return x + self.weight\n");
+  script::define(module, R"(
+def forward(self, x: Tensor) -> Tensor:
+    if x.size(1) == )" + std::to_string(options.rows()) + " and x.size(2) == " + std::to_string(options.cols()) + R"(:
+        return x + self.weight
+    grid = torch._upsample_bicubic2d_aa(self.weight.permute(0, 3, 1, 2), [x.size(1), x.size(2)], False, None, None)
+    return x + grid.permute(0, 2, 3, 1)
+)");
   return module;
 }
 
@@ -183,6 +199,9 @@ at::Tensor DecomposedRelativePositionImpl::forward(const at::Tensor& q, int64_t 
                          query_rows, query_cols, key_rows, key_cols);
 }
 
+// forward(q, query rows, query cols, key rows, key cols): the table rows gathered with the index
+// buffer at the options' maps; for any other, each table resized linearly and its rows for that
+// map's offsets computed (resized_table and decomposed_index above, op for op).
 torch::jit::Module DecomposedRelativePositionImpl::script_form() const {
   torch::jit::Module module("DecomposedRelativePosition");
   script::add_parameter(module, "height", height);
@@ -191,14 +210,29 @@ torch::jit::Module DecomposedRelativePositionImpl::script_form() const {
   const std::string qs = std::to_string(options.query_size()), ks = std::to_string(options.key_size()),
                     d = std::to_string(options.head_dim());
   script::define(module, R"(
-def forward(self, q: Tensor) -> Tensor:
+def rows_of(self, table: Tensor, queries: int, keys: int) -> Tensor:
+    length = 2 * max(queries, keys) - 1
+    if table.size(0) != length:
+        table = torch.upsample_linear1d(table.t().unsqueeze(0), [length], False, None).squeeze(0).t()
+    q_ratio = max(keys / queries, 1.0)
+    k_ratio = max(queries / keys, 1.0)
+    query_offsets = torch.arange(queries, device=table.device).unsqueeze(-1) * q_ratio
+    offsets = query_offsets - torch.arange(keys, device=table.device).unsqueeze(0) * k_ratio + (keys - 1) * k_ratio
+    return torch.index_select(table, 0, offsets.to(self.index.dtype).view(-1))
+
+def forward(self, q: Tensor, qy: int, qx: int, ky: int, kx: int) -> Tensor:
+    if qy == )" + qs + " and qx == " + qs + " and ky == " + ks + " and kx == " + ks + R"(:
+        height = torch.index_select(self.height, 0, self.index.view(-1))
+        width = torch.index_select(self.width, 0, self.index.view(-1))
+    else:
+        height = self.rows_of(self.height, qy, ky)
+        width = self.rows_of(self.width, qx, kx)
     b, n = q.size(0), q.size(1)
-    r = q.reshape(b, n, )" + qs + ", " + qs + ", " + d + R"()
-    rel_h = torch.einsum("bnyxc,ykc->bnyxk", [r, torch.index_select(self.height, 0, self.index.view(-1)).view()" +
-                             qs + ", " + ks + ", " + d + R"()])
-    rel_w = torch.einsum("bnyxc,xkc->bnyxk", [r, torch.index_select(self.width, 0, self.index.view(-1)).view()" +
-                             qs + ", " + ks + ", " + d + R"()])
-    return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, n, )" + qs + " * " + qs + ", " + ks + " * " + ks + ")\n");
+    r = q.reshape(b, n, qy, qx, )" + d + R"()
+    rel_h = torch.einsum("bnyxc,ykc->bnyxk", [r, height.view(qy, ky, )" + d + R"()])
+    rel_w = torch.einsum("bnyxc,xkc->bnyxk", [r, width.view(qx, kx, )" + d + R"()])
+    return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, n, qy * qx, ky * kx)
+)");
   return module;
 }
 

@@ -91,7 +91,8 @@ torch::jit::Module TransformerBlockImpl::script_form() const {
   const std::string normed = script::layer_norm(module, "norm1", *norm1, "x");
   const std::string attended =
       slide_attention ? script::submodule(module, "attn", *slide_attention, normed)
-                      : script::submodule(module, "attn", *global_attention, normed + ".flatten(1, 2)") +
+                      : script::submodule(module, "attn", *global_attention,
+                                          normed + ".flatten(1, 2), x.size(1), x.size(2)") +
                             ".view(x.size())";
   const std::string mlp_out =
       script::submodule(module, "mlp", *mlp, script::layer_norm(module, "norm2", *norm2, "x"));
@@ -208,6 +209,9 @@ void SlideTransformerImpl::reset() {
     absolute_position = register_parameter(
         "absolute_position", torch::empty({1, patches, patches, options.embed_dim()}));
     init::trunc_normal_(absolute_position, 0.02);
+    absolute_position_layer_ = AbsolutePositionEmbedding(absolute_position);
+  } else {
+    absolute_position_layer_ = nullptr;  // not a copy's
   }
   if (options.sinusoidal_position_encoding()) {
     sinusoidal_position = register_module(
@@ -252,9 +256,7 @@ void SlideTransformerImpl::pretty_print(std::ostream& stream) const {
 
 NamedLayers SlideTransformerImpl::layers() const {
   NamedLayers out{{"patch_embed", patch_embed.ptr()}};
-  if (absolute_position.defined()) {
-    out.emplace_back("absolute_position", AbsolutePositionEmbedding(absolute_position).ptr());
-  }
+  if (absolute_position_layer_) out.emplace_back("absolute_position", absolute_position_layer_.ptr());
   if (sinusoidal_position) out.emplace_back("sinusoidal_position", sinusoidal_position.ptr());
   for (size_t s = 0; s < stages->size(); ++s) {
     const auto& stage = *stages->ptr(s)->as<torch::nn::ModuleList>();

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
+
 #include "slideformer/nn/export.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
@@ -37,13 +39,14 @@ void expect_trains_at(Model& model, int64_t size) {
 
 // At its own size the model computes what it computed before any other size was run.
 template <typename Model>
-void expect_other_sizes_leave_224_unchanged(Model& model) {
+void expect_other_sizes_leave_own_size_unchanged(Model& model, const std::vector<int64_t>& others) {
   model->eval();
   torch::NoGradGuard no_grad;
-  const at::Tensor images = torch::randn({2, 3, 224, 224});
+  const int64_t channels = model->in_channels(), own = model->image_size();
+  const at::Tensor images = torch::randn({2, channels, own, own});
   const at::Tensor before = model(images);
-  for (const int64_t size : {192, 256, 320}) {
-    const at::Tensor logits = model(torch::randn({1, 3, size, size}));
+  for (const int64_t size : others) {
+    const at::Tensor logits = model(torch::randn({1, channels, size, size}));
     EXPECT_TRUE(logits.isfinite().all().item<bool>()) << size;
   }
   EXPECT_TRUE(torch::equal(model(images), before));
@@ -52,15 +55,53 @@ void expect_other_sizes_leave_224_unchanged(Model& model) {
 TEST(InputSizes, SlideSwinTinyTrainsAt192256And320AndIsUnchangedAt224) {
   torch::manual_seed(0);
   SlideTransformer model(preset("slide_swin_tiny"));
-  expect_other_sizes_leave_224_unchanged(model);
+  expect_other_sizes_leave_own_size_unchanged(model, {192, 256, 320});
   for (const int64_t size : {192, 256, 320}) expect_trains_at(model, size);
 }
 
 TEST(InputSizes, MViTv2TinyTrainsAt192256And320AndIsUnchangedAt224) {
   torch::manual_seed(0);
   MViT model(mvit_preset("mvitv2_tiny"));
-  expect_other_sizes_leave_224_unchanged(model);
+  expect_other_sizes_leave_own_size_unchanged(model, {192, 256, 320});
   for (const int64_t size : {192, 256, 320}) expect_trains_at(model, size);
+}
+
+// The fashion preset's absolute table (1, 14, 14, 48): the table itself at 28 x 28 (outputs bit
+// for bit those of before any other size), resized with antialiased bicubic interpolation
+// otherwise (timm's resample_abs_pos_embed; the value against timm's own function:
+// tests/python/test_input_sizes.py), once per size, and trained through the resizing.
+TEST(InputSizes, FashionAbsoluteTableIsResizedOncePerSizeAndTheSameAt28) {
+  torch::manual_seed(5);
+  SlideTransformer model(fashion());
+  expect_other_sizes_leave_own_size_unchanged(model, {20, 36, 44});
+  auto position_layer = [&] {
+    for (const auto& [name, layer] : model->layers()) {
+      if (name == "absolute_position") return std::dynamic_pointer_cast<AbsolutePositionEmbeddingImpl>(layer);
+    }
+    return std::shared_ptr<AbsolutePositionEmbeddingImpl>();
+  };
+  ASSERT_TRUE(position_layer());
+  {
+    torch::NoGradGuard no_grad;
+    const at::Tensor table = position_layer()->table(18, 22);
+    const at::Tensor expected = torch::nn::functional::interpolate(
+        model->absolute_position.permute({0, 3, 1, 2}),
+        torch::nn::functional::InterpolateFuncOptions()
+            .size(std::vector<int64_t>{18, 22})
+            .mode(torch::kBicubic)
+            .align_corners(false)
+            .antialias(true));
+    EXPECT_TRUE(torch::equal(table, expected.permute({0, 2, 3, 1})));
+    EXPECT_EQ(position_layer()->table(18, 22).data_ptr(), table.data_ptr());  // kept across forwards
+    EXPECT_TRUE(torch::equal(position_layer()->table(14, 14), model->absolute_position));
+  }
+  model->zero_grad();
+  model(torch::randn({2, 1, 36, 36})).square().sum().backward();
+  ASSERT_TRUE(model->absolute_position.grad().defined());
+  EXPECT_GT(model->absolute_position.grad().abs().sum().item<double>(), 0);
+  EXPECT_THROW_MSG(position_layer()->forward(torch::randn({1, 14, 14, 47})),
+                   "slideformer::AbsolutePositionEmbedding: input must be (B, Y, X, 48) (the table is for 14x14 and "
+                   "resized for other maps), got shape [1, 14, 14, 47]");
 }
 
 // The bias of a 4 x 6 map from a 3 x 3 table: the table resized bicubically to 7 x 11 (written
@@ -123,37 +164,61 @@ TEST(InputSizes, MViTv2RunAtAnotherSizeEqualsOneBuiltForIt) {
   EXPECT_TRUE(torch::equal(at224(images), at256(images)));
 }
 
-// The stage outputs (B, C_i, H_i, W_i): the last is the map the head pools, and the TorchScript
-// backbone returns the same from [0, 1] images.
+// The stage outputs (B, C_i, H_i, W_i) at each size: the last is the map the head pools; the
+// TorchScript backbone returns the same from [0, 1] images, and the TorchScript classifier the
+// logits, at every size (both exported once, from the model's own size).
 template <typename Model>
-void expect_stage_outputs(Model& model, int64_t size, const std::vector<std::vector<int64_t>>& shapes) {
+void expect_stage_outputs(Model& model, const std::map<int64_t, std::vector<std::vector<int64_t>>>& shapes_at) {
   model->eval();
   torch::NoGradGuard no_grad;
-  const at::Tensor unit = torch::rand({2, 3, size, size});
+  torch::jit::Module backbone = to_torchscript_features(*model), classifier = to_torchscript(*model);
   const at::Tensor mean = torch::tensor(model->input_mean(), at::kFloat).view({1, 3, 1, 1});
   const at::Tensor std = torch::tensor(model->input_std(), at::kFloat).view({1, 3, 1, 1});
-  const at::Tensor images = (unit - mean) / std;
-  const std::vector<at::Tensor> features = model->forward_features(images);
-  ASSERT_EQ(features.size(), shapes.size());
-  for (size_t i = 0; i < shapes.size(); ++i) EXPECT_EQ(features[i].sizes(), at::IntArrayRef(shapes[i])) << i;
-  EXPECT_TRUE(torch::equal(features.back(), model->forward_tokens(images).permute({0, 3, 1, 2})));
-  if (size != model->image_size()) return;  // the export is for the model's own size
-  const c10::List<at::Tensor> exported =
-      to_torchscript_features(*model).forward({unit}).toTensorList();
-  ASSERT_EQ(exported.size(), features.size());
-  for (size_t i = 0; i < features.size(); ++i) {
-    slideformer::testing::expect_close(exported.get(i), features[i], 1e-4, 1e-4, "exported stage " + std::to_string(i));
+  for (const auto& [size, shapes] : shapes_at) {
+    const at::Tensor unit = torch::rand({2, 3, size, size});
+    const at::Tensor images = (unit - mean) / std;
+    const std::vector<at::Tensor> features = model->forward_features(images);
+    ASSERT_EQ(features.size(), shapes.size());
+    for (size_t i = 0; i < shapes.size(); ++i) EXPECT_EQ(features[i].sizes(), at::IntArrayRef(shapes[i])) << i;
+    EXPECT_TRUE(torch::equal(features.back(), model->forward_tokens(images).permute({0, 3, 1, 2})));
+    const c10::List<at::Tensor> exported = backbone.forward({unit}).toTensorList();
+    ASSERT_EQ(exported.size(), features.size());
+    for (size_t i = 0; i < features.size(); ++i) {
+      slideformer::testing::expect_close(exported.get(i), features[i], 1e-4, 1e-4,
+                                         "exported stage " + std::to_string(i) + " at " + std::to_string(size));
+    }
+    slideformer::testing::expect_close(classifier.forward({unit}).toTensor(), model->forward(images), 1e-4, 1e-4,
+                                       "exported logits at " + std::to_string(size));
   }
 }
 
-TEST(Backbone, StageOutputsOfSlideSwinTinyAndMViTv2Tiny) {
+TEST(Backbone, StageOutputsOfSlideSwinTinyAndMViTv2TinyAlsoExported) {
   torch::manual_seed(4);
   SlideTransformer slide(preset("slide_swin_tiny"));
-  expect_stage_outputs(slide, 224, {{2, 96, 56, 56}, {2, 192, 28, 28}, {2, 384, 14, 14}, {2, 768, 7, 7}});
-  expect_stage_outputs(slide, 256, {{2, 96, 64, 64}, {2, 192, 32, 32}, {2, 384, 16, 16}, {2, 768, 8, 8}});
+  expect_stage_outputs(slide, {{224, {{2, 96, 56, 56}, {2, 192, 28, 28}, {2, 384, 14, 14}, {2, 768, 7, 7}}},
+                               {256, {{2, 96, 64, 64}, {2, 192, 32, 32}, {2, 384, 16, 16}, {2, 768, 8, 8}}}});
   MViT mvit(mvit_preset("mvitv2_tiny"));
-  expect_stage_outputs(mvit, 224, {{2, 96, 56, 56}, {2, 192, 28, 28}, {2, 384, 14, 14}, {2, 768, 7, 7}});
-  expect_stage_outputs(mvit, 320, {{2, 96, 80, 80}, {2, 192, 40, 40}, {2, 384, 20, 20}, {2, 768, 10, 10}});
+  expect_stage_outputs(mvit, {{224, {{2, 96, 56, 56}, {2, 192, 28, 28}, {2, 384, 14, 14}, {2, 768, 7, 7}}},
+                              {320, {{2, 96, 80, 80}, {2, 192, 40, 40}, {2, 384, 20, 20}, {2, 768, 10, 10}}}});
+}
+
+// The fashion presets' exports at other sizes: the absolute tables resized inside the export.
+TEST(Backbone, FashionExportsRunAtOtherSizes) {
+  torch::manual_seed(6);
+  SlideTransformer slide(fashion());
+  MViT mvit(mvit_preset("fashion_mvit"));
+  slide->eval();
+  mvit->eval();
+  for (Classifier* model : {static_cast<Classifier*>(slide.get()), static_cast<Classifier*>(mvit.get())}) {
+    torch::NoGradGuard no_grad;
+    torch::jit::Module exported = to_torchscript(*model);
+    for (const int64_t size : {28, 36}) {
+      const at::Tensor unit = torch::rand({2, 1, size, size});
+      const at::Tensor images = (unit - model->input_mean()[0]) / model->input_std()[0];
+      slideformer::testing::expect_close(exported.forward({unit}).toTensor(), model->forward(images), 1e-5, 1e-5,
+                                         "fashion export at " + std::to_string(size));
+    }
+  }
 }
 
 }  // namespace

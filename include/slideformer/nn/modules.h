@@ -143,7 +143,9 @@ class PatchMergingImpl : public torch::nn::Cloneable<PatchMergingImpl>, public L
 };
 TORCH_MODULE(PatchMerging);
 
-// Learned absolute position embedding: x + weight, weight (1, rows, cols, dim).
+// Learned absolute position embedding: x + weight, weight (1, rows, cols, dim). Any other map
+// gets the table resized to it (bicubic with antialiasing, as timm's resample_abs_pos_embed), once
+// per size.
 class AbsolutePositionEmbeddingImpl : public torch::nn::Cloneable<AbsolutePositionEmbeddingImpl>,
                                       public Layer {
  public:
@@ -155,12 +157,15 @@ class AbsolutePositionEmbeddingImpl : public torch::nn::Cloneable<AbsolutePositi
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x) override;
   torch::jit::Module script_form() const override;
+  // (1, rows, cols, dim): the table itself at its own size, else resized.
+  at::Tensor table(int64_t rows, int64_t cols) const;
 
   AbsolutePositionEmbeddingOptions options;
   at::Tensor weight;
 
  private:
   at::Tensor shared_table_;
+  std::shared_ptr<SizeCache> size_cache_;
 };
 TORCH_MODULE(AbsolutePositionEmbedding);
 
@@ -232,6 +237,10 @@ class SlideTransformerImpl : public torch::nn::Cloneable<SlideTransformerImpl>, 
   SinusoidalPositionEncoding sinusoidal_position{nullptr};  // sinusoidal_position_encoding
   torch::nn::ModuleList stages{nullptr};   // ModuleList of ModuleList<TransformerBlock>
   torch::nn::ModuleList mergings{nullptr}; // PatchMerging after every stage but the last
+
+ private:
+  // The layer over absolute_position: kept, with the resized tables it caches, across layers() calls.
+  AbsolutePositionEmbedding absolute_position_layer_{nullptr};
 };
 TORCH_MODULE(SlideTransformer);
 
