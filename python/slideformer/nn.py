@@ -43,16 +43,16 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     return x * keep
 
 
-def relative_position_index(size: int) -> Tensor:
-    """Swin relative-position index of a size x size map: (size^2, size^2) int64 entries in
-    [0, (2 size - 1)^2)."""
-    if size < 1:
-        raise ValueError(f"slideformer.nn.relative_position_index: size must be >= 1, got {size}")
-    coords = torch.arange(size)
-    rows, cols = coords.repeat_interleave(size), coords.repeat(size)
-    dy = rows[:, None] - rows[None, :] + (size - 1)
-    dx = cols[:, None] - cols[None, :] + (size - 1)
-    return dy * (2 * size - 1) + dx
+def relative_position_index(rows: int, cols: Optional[int] = None) -> Tensor:
+    """Swin relative-position index of a rows x cols map (cols = rows when not given):
+    (rows*cols, rows*cols) int64 entries in [0, (2 rows - 1)(2 cols - 1))."""
+    cols = rows if cols is None else cols
+    if rows < 1 or cols < 1:
+        raise ValueError(f"slideformer.nn.relative_position_index: rows and cols must be >= 1, got {rows} and {cols}")
+    y, x = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)
+    dy = y[:, None] - y[None, :] + (rows - 1)
+    dx = x[:, None] - x[None, :] + (cols - 1)
+    return dy * (2 * cols - 1) + dx
 
 
 def merge_patches(x: Tensor) -> Tensor:
@@ -62,6 +62,38 @@ def merge_patches(x: Tensor) -> Tensor:
         raise ValueError(f"slideformer.nn.merge_patches: input must be (B, Y, X, C), got shape {tuple(x.shape)}")
     x = nn.functional.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
     return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+
+
+class _SizeCache:
+    """What a position table needs at a map size other than its own, computed once per size (the
+    library's SizeCache): constant(key, compute) once per key; derived(key, table, compute) kept
+    while the table holds the same values (same storage, same version) and no gradient flows
+    through it. Traced and compiled code computes every time (the trace records the computation)."""
+
+    def __init__(self):
+        self._constants: Dict[Any, Tensor] = {}
+        self._derived: Dict[Any, Any] = {}
+
+    @staticmethod
+    def _tracing() -> bool:
+        return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+    def constant(self, key: Any, compute) -> Tensor:
+        if self._tracing():
+            return compute()
+        if key not in self._constants:
+            self._constants[key] = compute()
+        return self._constants[key]
+
+    def derived(self, key: Any, table: Tensor, compute) -> Tensor:
+        if (torch.is_grad_enabled() and table.requires_grad) or self._tracing():
+            return compute()
+        stamp = (table.data_ptr(), table._version)
+        entry = self._derived.get(key)
+        if entry is None or entry[0] != stamp:
+            with torch.no_grad():
+                entry = self._derived[key] = (stamp, compute())
+        return entry[1]
 
 
 # --- initialisation (as the C++ modules do it) ----------------------------------------------------
@@ -94,8 +126,10 @@ def _check_heads(module: str, dim: int, heads: int) -> None:
 
 class MultiHeadAttention(nn.Module):
     """Global multi-head attention on the attention operator; input and output (B, N, C). With
-    relative_position_size R > 0, N must be R*R and a Swin bias table ((2R-1)^2, heads) is added
-    to the logits (trained through the operator's bias gradient)."""
+    relative_position_size R > 0 a Swin bias table ((2R-1)^2, heads) is added to the logits
+    (trained through the operator's bias gradient): as it is for an R x R map, resized bicubically
+    for any other rows x cols map (N = rows * cols; rows = cols = sqrt(N) when not given), once
+    per size."""
 
     def __init__(self, dim: int, heads: int, relative_position_size: int = 0, qkv_bias: bool = True):
         super().__init__()
@@ -110,25 +144,42 @@ class MultiHeadAttention(nn.Module):
             self.relative_position_index = None
         self.qkv = _linear(dim, 3 * dim, qkv_bias)
         self.proj = _linear(dim, dim)
+        self._size_cache = _SizeCache()
 
-    def relative_position_bias(self) -> Optional[Tensor]:
-        """(1, heads, N, N) bias gathered from the table, or None without one."""
-        if self.relative_position_table is None:
+    def relative_position_bias(self, rows: Optional[int] = None, cols: Optional[int] = None) -> Optional[Tensor]:
+        """(1, heads, N, N) bias gathered from the table, or None without one: for the table's own
+        map, or for a rows x cols map with the table resized to (2 rows - 1) x (2 cols - 1) as timm's
+        resize_rel_pos_bias_table_simple does (bicubic, align_corners False)."""
+        table, size, heads = self.relative_position_table, self.relative_position_size, self.heads
+        if table is None:
             return None
-        tokens = self.relative_position_index.shape[0]
-        bias = self.relative_position_table.index_select(0, self.relative_position_index.view(-1))
-        return bias.view(tokens, tokens, self.heads).permute(2, 0, 1).unsqueeze(0)
+        if rows is None or (rows == size and cols == size):
+            tokens = self.relative_position_index.shape[0]
+            bias = table.index_select(0, self.relative_position_index.view(-1))
+            return bias.view(tokens, tokens, heads).permute(2, 0, 1).unsqueeze(0)
+        index = self._size_cache.constant((rows, cols, table.device),
+                                          lambda: relative_position_index(rows, cols).view(-1).to(table.device))
 
-    def forward(self, x: Tensor) -> Tensor:
+        def resized() -> Tensor:
+            grid = table.t().reshape(1, heads, 2 * size - 1, 2 * size - 1)
+            grid = nn.functional.interpolate(grid, size=(2 * rows - 1, 2 * cols - 1), mode="bicubic",
+                                             align_corners=False)
+            return grid.reshape(heads, -1).index_select(1, index).view(1, heads, rows * cols, rows * cols)
+        return self._size_cache.derived((rows, cols), table, resized)
+
+    def forward(self, x: Tensor, rows: Optional[int] = None, cols: Optional[int] = None) -> Tensor:
         if x.dim() != 3 or x.shape[2] != self.dim:
             raise ValueError(f"slideformer.nn.MultiHeadAttention: input must be (B, N, {self.dim}), "
                              f"got shape {tuple(x.shape)}")
         batch, tokens = x.shape[0], x.shape[1]
-        bias = self.relative_position_bias()
-        if bias is not None and bias.shape[-1] != tokens:
+        if rows is None and cols is None:  # a square map
+            rows = cols = round(math.sqrt(tokens))
+        if self.relative_position_table is not None and not (rows > 0 and cols > 0 and rows * cols == tokens):
             size = self.relative_position_size
-            raise ValueError(f"slideformer.nn.MultiHeadAttention: the relative-position table is for "
-                             f"{bias.shape[-1]} tokens (a {size}x{size} map), got {tokens} tokens")
+            raise ValueError(f"slideformer.nn.MultiHeadAttention: the relative-position table is for {size * size} "
+                             f"tokens (a {size}x{size} map, resized for other maps), got {tokens} tokens, not a "
+                             f"{rows}x{cols} map: give the map's rows and cols")
+        bias = self.relative_position_bias(rows, cols)
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, self.dim // self.heads) \
             .permute(2, 0, 3, 1, 4).unbind(0)
         out = ops.attention(q, k, v, bias)
@@ -213,7 +264,7 @@ class TransformerBlock(nn.Module):
         if self.kind == "slide":
             attended = self.attn(normed)
         else:
-            attended = self.attn(normed.flatten(1, 2)).view(x.shape)
+            attended = self.attn(normed.flatten(1, 2), x.shape[1], x.shape[2]).view(x.shape)
         y = x + drop_path(attended, self.drop_path, self.training)
         return y + drop_path(self.mlp(self.norm2(y)), self.drop_path, self.training)
 
@@ -282,8 +333,20 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(merge_patches(x)))
 
 
+def _absolute_position_table(table: Tensor, rows: int, cols: int, cache: _SizeCache) -> Tensor:
+    """A (1, R, C, dim) table of absolute positions for a rows x cols map: the table itself at
+    R x C, else resized as timm's resample_abs_pos_embed does by default (bicubic, antialiased),
+    once per size (`cache`)."""
+    if rows == table.shape[1] and cols == table.shape[2]:
+        return table
+    return cache.derived((rows, cols), table, lambda: nn.functional.interpolate(
+        table.permute(0, 3, 1, 2), size=(rows, cols), mode="bicubic", align_corners=False,
+        antialias=True).permute(0, 2, 3, 1))
+
+
 class AbsolutePositionEmbedding(nn.Module):
-    """A learned (1, rows, cols, dim) table added to a (B, rows, cols, dim) map."""
+    """A learned (1, rows, cols, dim) table added to a (B, rows, cols, dim) map; resized to any
+    other map (_absolute_position_table)."""
 
     def __init__(self, rows: int, cols: int, dim: int):
         super().__init__()
@@ -291,19 +354,53 @@ class AbsolutePositionEmbedding(nn.Module):
             raise ValueError("slideformer.nn.AbsolutePositionEmbedding: rows, cols and dim must be positive, "
                              f"got {rows}, {cols} and {dim}")
         self.weight = nn.Parameter(_trunc_normal_(torch.empty(1, rows, cols, dim), 0.02))
+        self._size_cache = _SizeCache()
+
+    def table(self, rows: int, cols: int) -> Tensor:
+        return _absolute_position_table(self.weight, rows, cols, self._size_cache)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.weight.shape[1:]):
-            raise ValueError(f"slideformer.nn.AbsolutePositionEmbedding: input must be (B, "
-                             f"{', '.join(map(str, self.weight.shape[1:]))}), got shape {tuple(x.shape)}")
-        return x + self.weight
+        _, rows, cols, dim = self.weight.shape
+        if x.dim() != 4 or x.shape[1] <= 0 or x.shape[2] <= 0 or x.shape[3] != dim:
+            raise ValueError(f"slideformer.nn.AbsolutePositionEmbedding: input must be (B, Y, X, {dim}) (the table "
+                             f"is for {rows}x{cols} and resized for other maps), got shape {tuple(x.shape)}")
+        return x + self.table(x.shape[1], x.shape[2])
+
+
+def _decomposed_index(queries: int, keys: int) -> Tensor:
+    """Rows of a table of 2 max(queries, keys) - 1 offsets along one axis: offsets scaled to the
+    larger map in float32 (as MViTv2 computes them), then truncated. (queries, keys) int64."""
+    q_ratio, k_ratio = max(keys / queries, 1.0), max(queries / keys, 1.0)
+    offsets = (torch.arange(queries).unsqueeze(-1) * q_ratio - torch.arange(keys).unsqueeze(0) * k_ratio
+               + (keys - 1) * k_ratio)
+    return offsets.long()
+
+
+def _resized_table(table: Tensor, length: int) -> Tensor:
+    """A (L, d) table resized linearly to `length` rows (align_corners False), as timm's
+    checkpoint_filter_fn resizes MViTv2's tables."""
+    if table.shape[0] == length:
+        return table
+    return nn.functional.interpolate(table.t().unsqueeze(0), size=length, mode="linear",
+                                     align_corners=False).squeeze(0).t()
+
+
+def _decomposed_bias(q: Tensor, height_rows: Tensor, width_rows: Tensor, qy: int, qx: int, ky: int, kx: int) -> Tensor:
+    """(B, heads, qy*qx, ky*kx): the query map's relative terms along each axis, summed."""
+    batch, heads, d = q.shape[0], q.shape[1], q.shape[3]
+    r = q.reshape(batch, heads, qy, qx, d)
+    rel_h = torch.einsum("bnyxc,ykc->bnyxk", r, height_rows.view(qy, ky, d))
+    rel_w = torch.einsum("bnyxc,xkc->bnyxk", r, width_rows.view(qx, kx, d))
+    return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(batch, heads, qy * qx, ky * kx)
 
 
 class DecomposedRelativePosition(nn.Module):
     """MViTv2's decomposed relative position between a query_size^2 map of queries and a
     key_size^2 map of keys: forward(q) with q (B, heads, query_size^2, head_dim) gives the
     (B, heads, query_size^2, key_size^2) attention bias q . R_h[d(i, k)] + q . R_w[d(j, l)],
-    offsets d scaled to the larger map (docs/modules.md)."""
+    offsets d scaled to the larger map (docs/modules.md). forward(q, query rows, query cols, key
+    rows, key cols) takes any other maps: each table resized linearly to 2 max(queries, keys) - 1
+    rows along its axis (as timm's checkpoint_filter_fn resizes MViTv2's), once per size."""
 
     def __init__(self, query_size: int, key_size: int, head_dim: int):
         super().__init__()
@@ -314,22 +411,33 @@ class DecomposedRelativePosition(nn.Module):
         length = 2 * max(query_size, key_size) - 1
         self.height = nn.Parameter(_trunc_normal_(torch.empty(length, head_dim), 0.02))
         self.width = nn.Parameter(_trunc_normal_(torch.empty(length, head_dim), 0.02))
-        # Offsets scaled in float32 (as MViTv2 computes them), then truncated.
-        q_ratio, k_ratio = max(key_size / query_size, 1.0), max(query_size / key_size, 1.0)
-        offsets = (torch.arange(query_size).unsqueeze(-1) * q_ratio - torch.arange(key_size).unsqueeze(0) * k_ratio
-                   + (key_size - 1) * k_ratio)
-        self.register_buffer("index", offsets.long())
+        self.register_buffer("index", _decomposed_index(query_size, key_size))
+        self._size_cache = _SizeCache()
 
-    def forward(self, q: Tensor) -> Tensor:
+    def forward(self, q: Tensor, query_rows: Optional[int] = None, query_cols: Optional[int] = None,
+                key_rows: Optional[int] = None, key_cols: Optional[int] = None) -> Tensor:
         qs, ks, d = self.query_size, self.key_size, self.head_dim
-        if q.dim() != 4 or q.shape[2] != qs * qs or q.shape[3] != d:
-            raise ValueError(f"slideformer.nn.DecomposedRelativePosition: queries must be (B, heads, {qs * qs}, "
-                             f"{d}), got shape {tuple(q.shape)}")
-        batch, heads = q.shape[0], q.shape[1]
-        r = q.reshape(batch, heads, qs, qs, d)
-        rel_h = torch.einsum("bnyxc,ykc->bnyxk", r, self.height.index_select(0, self.index.view(-1)).view(qs, ks, d))
-        rel_w = torch.einsum("bnyxc,xkc->bnyxk", r, self.width.index_select(0, self.index.view(-1)).view(qs, ks, d))
-        return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(batch, heads, qs * qs, ks * ks)
+        if query_rows is None or (query_rows, query_cols, key_rows, key_cols) == (qs, qs, ks, ks):
+            if q.dim() != 4 or q.shape[2] != qs * qs or q.shape[3] != d:
+                raise ValueError(f"slideformer.nn.DecomposedRelativePosition: queries must be (B, heads, {qs * qs}, "
+                                 f"{d}), got shape {tuple(q.shape)}")
+            rows = self.index.view(-1)
+            return _decomposed_bias(q, self.height.index_select(0, rows), self.width.index_select(0, rows),
+                                    qs, qs, ks, ks)
+        if q.dim() != 4 or q.shape[2] != query_rows * query_cols or q.shape[3] != d:
+            raise ValueError(f"slideformer.nn.DecomposedRelativePosition: queries must be (B, heads, "
+                             f"{query_rows * query_cols}, {d}) for a {query_rows}x{query_cols} query map, "
+                             f"got shape {tuple(q.shape)}")
+
+        def rows_of(table: Tensor, axis: int, queries: int, keys: int) -> Tensor:
+            """The table resized to this map's offsets, and its rows for the (query, key) pairs."""
+            length = 2 * max(queries, keys) - 1
+            resized = self._size_cache.derived((axis, length), table, lambda: _resized_table(table, length))
+            index = self._size_cache.constant((queries, keys, table.device),
+                                              lambda: _decomposed_index(queries, keys).view(-1).to(table.device))
+            return resized.index_select(0, index)
+        return _decomposed_bias(q, rows_of(self.height, 0, query_rows, key_rows),
+                                rows_of(self.width, 1, query_cols, key_cols), query_rows, query_cols, key_rows, key_cols)
 
 
 POOL_MODES = ("conv", "max", "avg")
@@ -342,10 +450,11 @@ def pooled_size(size: int, stride: int) -> int:
 
 
 class PoolingAttention(nn.Module):
-    """Multi-head pooling attention (MViTv2) over a (B, S, S, dim) map, S = input_size: queries,
+    """Multi-head pooling attention (MViTv2) over a (B, Y, X, dim) map (Y = X = input_size for the
+    map it is built for; any other map works too, the relative-position tables resized): queries,
     keys and values are pooled per head (a strided depthwise convolution + LayerNorm in "conv"
     mode, else max / average pooling; kernel kernel_size, padding kernel_size // 2) before the
-    attention operator. Output (B, S', S', dim_out), S' = ceil(S / stride_q)."""
+    attention operator. Output (B, Y', X', dim_out), Y' = ceil(Y / stride_q)."""
 
     def __init__(self, dim: int, dim_out: int, heads: int, input_size: int, kernel_size: int = 3,
                  stride_q: int = 1, stride_kv: int = 1, mode: str = "conv", relative_position: bool = True,
@@ -384,13 +493,14 @@ class PoolingAttention(nn.Module):
     def key_size(self) -> int:
         return pooled_size(self.input_size, self.stride_kv)
 
-    def _pool(self, t: Tensor, stride: int, conv: Optional[nn.Conv2d], norm: Optional[nn.LayerNorm]) -> Tensor:
-        """(B, heads, S*S, d) -> (B, heads, S'*S', d), pooled per head over the S x S map."""
+    def _pool(self, t: Tensor, stride: int, conv: Optional[nn.Conv2d], norm: Optional[nn.LayerNorm],
+              rows: int, cols: int) -> Tensor:
+        """(B, heads, Y*X, d) -> (B, heads, Y'*X', d), pooled per head over the Y x X map."""
         k = self.kernel_size
         if k == 1 and stride == 1:
             return t
-        batch, heads, d, size = t.shape[0], t.shape[1], t.shape[3], self.input_size
-        x = t.reshape(batch * heads, size, size, d).permute(0, 3, 1, 2)
+        batch, heads, d = t.shape[0], t.shape[1], t.shape[3]
+        x = t.reshape(batch * heads, rows, cols, d).permute(0, 3, 1, 2)
         if self.mode == "conv":
             x = conv(x)
         elif self.mode == "max":
@@ -401,22 +511,24 @@ class PoolingAttention(nn.Module):
         return norm(out) if norm is not None else out
 
     def forward(self, x: Tensor) -> Tensor:
-        size = self.input_size
-        if x.dim() != 4 or tuple(x.shape[1:]) != (size, size, self.dim):
-            raise ValueError(f"slideformer.nn.PoolingAttention: input must be (B, {size}, {size}, {self.dim}), "
+        if x.dim() != 4 or x.shape[1] <= 0 or x.shape[2] <= 0 or x.shape[3] != self.dim:
+            raise ValueError(f"slideformer.nn.PoolingAttention: input must be (B, Y, X, {self.dim}), "
                              f"got shape {tuple(x.shape)}")
-        batch = x.shape[0]
-        q, k, v = self.qkv(x).view(batch, size * size, 3, self.heads, self.dim_out // self.heads) \
+        batch, rows, cols = x.shape[0], x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).view(batch, rows * cols, 3, self.heads, self.dim_out // self.heads) \
             .permute(2, 0, 3, 1, 4).unbind(0)
-        q = self._pool(q, self.stride_q, self.pool_q, self.norm_q)
-        k = self._pool(k, self.stride_kv, self.pool_k, self.norm_k)
-        v = self._pool(v, self.stride_kv, self.pool_v, self.norm_v)
-        bias = self.relative_position(q) if self.relative_position is not None else None
+        q = self._pool(q, self.stride_q, self.pool_q, self.norm_q, rows, cols)
+        k = self._pool(k, self.stride_kv, self.pool_k, self.norm_k, rows, cols)
+        v = self._pool(v, self.stride_kv, self.pool_v, self.norm_v, rows, cols)
+        q_rows, q_cols = pooled_size(rows, self.stride_q), pooled_size(cols, self.stride_q)
+        bias = None
+        if self.relative_position is not None:
+            bias = self.relative_position(q, q_rows, q_cols, pooled_size(rows, self.stride_kv),
+                                          pooled_size(cols, self.stride_kv))
         out = ops.attention(q, k, v, bias)
         if self.residual_pooling:
             out = out + q
-        side = self.query_size
-        return self.proj(out.transpose(1, 2).reshape(batch, side, side, self.dim_out))
+        return self.proj(out.transpose(1, 2).reshape(batch, q_rows, q_cols, self.dim_out))
 
 
 class MViTBlock(nn.Module):
@@ -501,14 +613,25 @@ def drop_path_schedule(depths: List[int], rate: float) -> List[List[float]]:
 
 
 class Classifier(nn.Module):
-    """What the classifiers share: (B, C, H, W) normalised images -> forward_features (B, Y, X, C)
-    -> LayerNorm, mean over the map, Linear -> (B, classes) logits."""
+    """What the classifiers share: (B, C, H, W) normalised images of any size the patch embedding
+    takes -> forward_tokens (B, Y, X, C) -> LayerNorm, mean over the map, Linear -> (B, classes)
+    logits."""
 
-    def forward_features(self, images: Tensor) -> Tensor:
+    def stage_maps(self, images: Tensor) -> List[Tensor]:
+        """The output of each stage (its last block) as (B, Y_i, X_i, C_i), first stage first."""
         raise NotImplementedError
 
+    def forward_tokens(self, images: Tensor) -> Tensor:
+        """(B, Y, X, C) map of the last stage, before the final norm and pooling."""
+        return self.stage_maps(images)[-1]
+
+    def forward_features(self, images: Tensor) -> List[Tensor]:
+        """The stage outputs (B, C_i, H_i, W_i), first stage first, no norm: the inputs of a
+        detection or segmentation neck (the library's Classifier::forward_features)."""
+        return [x.permute(0, 3, 1, 2) for x in self.stage_maps(images)]
+
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.norm(self.forward_features(images)).mean((1, 2)))
+        return self.head(self.norm(self.forward_tokens(images)).mean((1, 2)))
 
 
 SlideTransformerConfig = _config_class("SlideTransformerConfig", "slide_transformer", """The options of a
@@ -553,20 +676,22 @@ class SlideTransformer(Classifier):
                 map_size = (map_size + 1) // 2
         self.norm = nn.LayerNorm(dim)
         self.head = _linear(dim, config.num_classes)
+        self._size_cache = _SizeCache()
 
-    def forward_features(self, images: Tensor) -> Tensor:
-        """(B, Y, X, C) features before the final norm and pooling."""
+    def stage_maps(self, images: Tensor) -> List[Tensor]:
         x = self.patch_embed(images)
         if self.absolute_position is not None:
-            x = x + self.absolute_position
+            x = x + _absolute_position_table(self.absolute_position, x.shape[1], x.shape[2], self._size_cache)
         if self.sinusoidal_position is not None:
             x = self.sinusoidal_position(x)
+        maps = []
         for s, stage in enumerate(self.stages):
             for block in stage:
                 x = block(x)
+            maps.append(x)
             if s < len(self.mergings):
                 x = self.mergings[s](x)
-        return x
+        return maps
 
 
 MViTConfig = _config_class("MViTConfig", "mvit", """The options of an MViT: the fields and defaults of the
@@ -620,17 +745,18 @@ class MViT(Classifier):
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = _linear(dim, config.num_classes)
 
-    def forward_features(self, images: Tensor) -> Tensor:
-        """(B, Y, X, C) features before the final norm and pooling."""
+    def stage_maps(self, images: Tensor) -> List[Tensor]:
         x = self.patch_embed(images)
         if self.absolute_position is not None:
             x = self.absolute_position(x)
         if self.sinusoidal_position is not None:
             x = self.sinusoidal_position(x)
+        maps = []
         for stage in self.stages:
             for block in stage:
                 x = block(x)
-        return x
+            maps.append(x)
+        return maps
 
 
 # The model families: a description's "family" -> (config class, module class).

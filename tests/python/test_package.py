@@ -147,8 +147,9 @@ def test_multi_head_attention_module_matches_an_aten_composite():
     bias = torch.stack([torch.stack([table[attn.relative_position_index[i, j]] for j in range(9)]) for i in range(9)])
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, bias.permute(2, 0, 1))
     torch.testing.assert_close(attn(x), attn.proj(expected.transpose(1, 2).reshape(2, 9, 24)))
-    with pytest.raises(ValueError, match="the relative-position table is for 9 tokens"):
-        attn(torch.randn(2, 16, 24, dtype=torch.double))
+    with pytest.raises(ValueError, match=r"the relative-position table is for 9 tokens \(a 3x3 map, resized for other "
+                                         r"maps\), got 8 tokens, not a 3x3 map"):
+        attn(torch.randn(2, 8, 24, dtype=torch.double))
 
 
 def test_input_normalization_applies_the_config_statistics():

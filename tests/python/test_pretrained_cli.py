@@ -247,6 +247,16 @@ def test_features_export_returns_the_stage_outputs(fashion_checkpoint, tmp_path)
     assert [tuple(f.shape) for f in features] == [(3, 48, 14, 14), (3, 96, 7, 7)]
     for actual, reference in zip(features, expected):
         assert torch.allclose(actual, reference, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        python_features = model.eval().forward_features((unit - config.input_mean[0]) / config.input_std[0])
+        assert all(torch.equal(a, b) for a, b in zip(python_features, expected))
+        # At another size the export resizes the absolute table as the Python modules do.
+        larger = torch.nn.functional.interpolate(unit, size=(36, 44), mode="bilinear")
+        features = torch.jit.load(str(out))(larger)
+        expected = model.forward_features((larger - config.input_mean[0]) / config.input_std[0])
+    assert [tuple(f.shape) for f in features] == [(3, 48, 18, 22), (3, 96, 9, 11)]
+    for actual, reference in zip(features, expected):
+        assert torch.allclose(actual, reference, rtol=1e-4, atol=1e-5)
     assert error_of("export", "--checkpoint", fashion_checkpoint, "--out", tmp_path / "x.onnx", "--format", "onnx",
                     "--features") == (
         "slideformer: error: --features: only the torchscript format exports the stage outputs, not onnx")

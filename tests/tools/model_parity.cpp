@@ -14,6 +14,11 @@
 // "cotangent"); it writes {"state", "float32": {"eval", "train"}, "float64": {"eval", "train",
 // "gradients"}} (state and gradients by parameter name):
 //   model_parity <preset> --gradients <inputs.pt> <out.pt>
+// Or, for the C++ / Python parity at any input size, it runs in eval mode the model (seed 0) of a
+// preset or of a model description (JSON, {"family": ..., "options": {...}}) on each tensor of the
+// "images" list of a dict saved by torch.save (any sizes), and writes {"state", "logits": [...],
+// "features": [[stage outputs], ...]} (the logits and Classifier::forward_features, per image batch):
+//   model_parity <preset or description> --features <inputs.pt> <out.pt>
 // Or it writes a checkpoint as format v1 did (a preset name, no model description) holding a model
 // (seed 0) of the preset's v1-era version `index` (the library's list, newest first):
 //   model_parity <preset> --v1-checkpoint <index> <out.pt>
@@ -38,15 +43,12 @@ namespace {
 
 using namespace slideformer::nn;
 
-// The preset's model as a Module and as a Classifier (one object).
-std::pair<std::shared_ptr<torch::nn::Module>, Classifier*> build(const std::string& preset) {
-  const auto slide = preset_names();
-  if (std::find(slide.begin(), slide.end(), preset) != slide.end()) {
-    SlideTransformer model(slideformer::nn::preset(preset));
-    return {model.ptr(), model.get()};
-  }
-  MViT model(mvit_preset(preset));
-  return {model.ptr(), model.get()};
+// The model of a preset, or of a description (JSON, starting with '{'), as a Module and as a
+// Classifier (one object).
+slideformer::app::Model build(const std::string& model) {
+  return slideformer::app::build_model(model.rfind('{', 0) == 0
+                                           ? slideformer::app::model_config_from_json(model, "description")
+                                           : slideformer::app::preset_model(model));
 }
 
 c10::IValue read(const std::string& path) {
@@ -90,6 +92,33 @@ c10::impl::GenericDict run_model(torch::nn::Module& module, Classifier& model, c
   return result;
 }
 
+c10::impl::GenericDict state_of(const torch::nn::Module& module) {
+  c10::impl::GenericDict state = tensor_dict();
+  for (const auto& item : module.named_parameters()) state.insert(item.key(), item.value().detach().clone());
+  for (const auto& item : module.named_buffers()) state.insert(item.key(), item.value().clone());
+  return state;
+}
+
+// The --features mode (see the top of this file).
+void write_features(const std::string& model_name, const std::string& inputs_path, const std::string& out_path) {
+  const c10::impl::GenericDict inputs = read(inputs_path).toGenericDict();
+  torch::manual_seed(0);
+  const auto [module, model] = build(model_name);
+  module->eval();
+  torch::NoGradGuard no_grad;
+  c10::List<at::Tensor> logits;
+  c10::impl::GenericList features(c10::ListType::ofTensors());
+  for (const c10::IValue& images : inputs.at("images").toListRef()) {
+    logits.push_back(model->forward(images.toTensor()));
+    features.push_back(c10::List<at::Tensor>(model->forward_features(images.toTensor())));
+  }
+  c10::impl::GenericDict result(c10::StringType::get(), c10::AnyType::get());
+  result.insert("state", state_of(*module));
+  result.insert("logits", logits);
+  result.insert("features", features);
+  write(out_path, result);
+}
+
 // The --gradients mode (see the top of this file): float32 logits, then float64 logits and
 // gradients (float64 on both sides compares the gradients exactly enough that a max-pooling
 // whose float32 argmax flips between two near-equal values cannot hide a real difference).
@@ -97,9 +126,7 @@ void write_gradients(const std::string& preset, const std::string& inputs_path, 
   const c10::impl::GenericDict inputs = read(inputs_path).toGenericDict();
   torch::manual_seed(0);
   const auto [module, model] = build(preset);
-  c10::impl::GenericDict state = tensor_dict();
-  for (const auto& item : module->named_parameters()) state.insert(item.key(), item.value().detach().clone());
-  for (const auto& item : module->named_buffers()) state.insert(item.key(), item.value().clone());
+  const c10::impl::GenericDict state = state_of(*module);
   const at::Tensor images = inputs.at("images").toTensor();
   const int64_t seed = inputs.at("seed").toInt();
   c10::impl::GenericDict result(c10::StringType::get(), c10::AnyType::get());
@@ -138,17 +165,20 @@ int main(int argc, char** argv) {
   if (argc == 4 && std::string(argv[2]) == "--state") {
     try {
       torch::manual_seed(0);
-      slideformer::io::save_safetensors(argv[3], slideformer::io::module_state(*build(argv[1]).first));
+      slideformer::io::save_safetensors(argv[3], slideformer::io::module_state(*build(argv[1]).module));
       return 0;
     } catch (const std::exception& e) {
       std::cerr << "model_parity: " << e.what() << "\n";
       return 1;
     }
   }
-  if (argc == 5 && (std::string(argv[2]) == "--gradients" || std::string(argv[2]) == "--v1-checkpoint")) {
+  if (argc == 5 && (std::string(argv[2]) == "--gradients" || std::string(argv[2]) == "--v1-checkpoint" ||
+                    std::string(argv[2]) == "--features")) {
     try {
       if (std::string(argv[2]) == "--gradients") {
         write_gradients(argv[1], argv[3], argv[4]);
+      } else if (std::string(argv[2]) == "--features") {
+        write_features(argv[1], argv[3], argv[4]);
       } else {
         write_v1_checkpoint(argv[1], std::stoul(argv[3]), argv[4]);
       }
