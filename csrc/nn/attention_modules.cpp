@@ -58,8 +58,9 @@ at::Tensor MultiHeadAttentionImpl::relative_position_bias() const {
 at::Tensor MultiHeadAttentionImpl::relative_position_bias(int64_t rows, int64_t cols) const {
   const int64_t size = options.relative_position_size(), heads = options.heads();
   if (!relative_position_table.defined() || (rows == size && cols == size)) return relative_position_bias();
-  const at::Tensor index = size_cache_->constant(
-      {rows, cols}, [&] { return functional::relative_position_index(rows, cols).view(-1); });
+  const at::Tensor index = size_cache_->constant({rows, cols}, relative_position_table.device(), [&] {
+    return functional::relative_position_index(rows, cols).view(-1);
+  });
   return size_cache_->derived({rows, cols}, relative_position_table, [&] {
     // ((2R-1)^2, heads) -> (1, heads, 2R-1, 2R-1), resized as timm's resize_rel_pos_bias_table_simple.
     const at::Tensor grid = relative_position_table.t().reshape({1, heads, 2 * size - 1, 2 * size - 1});

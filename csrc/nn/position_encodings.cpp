@@ -192,7 +192,8 @@ at::Tensor DecomposedRelativePositionImpl::forward(const at::Tensor& q, int64_t 
   auto rows_of = [&](const at::Tensor& table, int64_t axis, int64_t queries, int64_t keys) {
     const int64_t length = 2 * std::max(queries, keys) - 1;
     const at::Tensor resized = size_cache_->derived({axis, length}, table, [&] { return resized_table(table, length); });
-    const at::Tensor rows = size_cache_->constant({queries, keys}, [&] { return decomposed_index(queries, keys).view(-1); });
+    const at::Tensor rows =
+        size_cache_->constant({queries, keys}, table.device(), [&] { return decomposed_index(queries, keys).view(-1); });
     return resized.index_select(0, rows);
   };
   return decomposed_bias(q, rows_of(height, 0, query_rows, key_rows), rows_of(width, 1, query_cols, key_cols),

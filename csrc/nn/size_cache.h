@@ -26,6 +26,13 @@ class SizeCache {
     return found->second;
   }
 
+  // compute() once per key and device, moved to `device` (an index for a table on that device).
+  at::Tensor constant(Key key, const at::Device& device, const std::function<at::Tensor()>& compute) {
+    key.push_back(static_cast<int64_t>(device.type()));
+    key.push_back(device.index());
+    return constant(key, [&] { return compute().to(device); });
+  }
+
   // compute() of `table`, reused while `table` holds the same values (same storage, same version)
   // and no gradient is recorded through it.
   at::Tensor derived(const Key& key, const at::Tensor& table, const std::function<at::Tensor()>& compute) {
