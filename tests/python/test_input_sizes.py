@@ -7,6 +7,8 @@
   (absolute position tables) at 20, 36 and 28 x 40. Float32, relative error (Frobenius) below
   1e-5: both sides run the same aten kernels, so what differs is a resizing of another axis, size
   or mode, not rounding.
+- The C++ TorchScript export (made at the model's own size) against the Python modules at every
+  size, within 1e-5 relative.
 - The resizings against timm's own functions: the Swin table (resize_rel_pos_bias_table_simple
   with timm's index) and the absolute table (resample_abs_pos_embed), bit for bit.
 C++ alone (training at other sizes, the caches, the TorchScript exports): tests/cpp/test_input_sizes.cpp.
@@ -16,7 +18,7 @@ import subprocess
 
 import pytest
 import torch
-import torch.jit._pickle  # restore_type_tag: the typed lists the tool writes
+import torch.jit._pickle  # restore_type_tag, build_tensorlist: the typed lists the tool writes
 from timm.layers import resample_abs_pos_embed
 from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
 
@@ -49,8 +51,18 @@ def cpp_features(tmp_path, config, images):
     result = subprocess.run([str(TOOL), description, "--features", str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]):
+    with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag, torch.jit._pickle.build_tensorlist]):
         return torch.load(tmp_path / "out.pt")
+
+
+def cpp_export(tmp_path, config):
+    """The TorchScript export (from [0, 1] images) of the same C++ model (seed 0)."""
+    torch.save(torch.zeros(1, config.in_channels, config.image_size, config.image_size), tmp_path / "own.pt")
+    description = json.dumps({"family": config.FAMILY, "options": config.to_options()})
+    result = subprocess.run([str(TOOL), description, "-", str(tmp_path / "own.pt"), str(tmp_path / "own_logits.pt"),
+                             str(tmp_path / "export.pt")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return torch.jit.load(str(tmp_path / "export.pt"))
 
 
 def stage_shapes(config, batch, rows, cols):
@@ -87,6 +99,14 @@ def test_python_modules_match_the_cpp_ones_at_other_sizes(tmp_path, name):
             for stage, (actual, expected) in enumerate(zip(python_features, features)):
                 assert relative_error(actual, expected) < 1e-5, (rows, cols, stage)
             assert torch.equal(python_features[-1], model.forward_tokens(x).permute(0, 3, 1, 2))
+    # The export of the checkpoint's size runs at the others (its tables resized in TorchScript).
+    exported = cpp_export(tmp_path, config)
+    mean = torch.tensor(config.input_mean).view(1, -1, 1, 1)
+    std = torch.tensor(config.input_std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        for (rows, cols), x in zip(sizes, images):
+            unit = x.sigmoid()
+            assert relative_error(exported(unit), model((unit - mean) / std)) < 1e-5, (rows, cols)
 
 
 def test_swin_table_is_resized_as_timm_resizes_it():
