@@ -216,8 +216,10 @@ bool read_region(RegionDecompressor& d, const uint8_t* data, size_t size, int de
 }
 
 // The region around `needed` (upright = stored orientation here) of the image scaled by
-// 1/denominator, decoded into raw; sets decoded.origin_x / origin_y.
-void decode_region(const uint8_t* data, size_t size, const std::string& name, const Header& header,
+// 1/denominator, decoded into raw; sets decoded.origin_x / origin_y. Returns false, with raw
+// unusable, after a libjpeg error that followed a warning: TurboJPEG keeps such an image (as a
+// warning), so the caller decodes it whole as before.
+bool decode_region(const uint8_t* data, size_t size, const std::string& name, const Header& header,
                    int denominator, const Region& needed, Decoded& decoded, Pixels& raw) {
   thread_local RegionDecompressor decompressor;
   const double scale = 1.0 / denominator;
@@ -232,13 +234,13 @@ void decode_region(const uint8_t* data, size_t size, const std::string& name, co
   Bounds bounds{low(needed.x * scale, width), low(needed.y * scale, height), 0, 0};
   bounds.x1 = high((needed.x + needed.width) * scale, bounds.x0, width);
   bounds.y1 = high((needed.y + needed.height) * scale, bounds.y0, height);
-  if (!read_region(decompressor, data, size, denominator, decoded.layout, bounds, raw, decoded.origin_x)) {
-    // An error after a warning is TurboJPEG's warning: the image is kept, as decode_jpeg keeps it.
-    refuse_if_failed(decompressor.errors.manager.num_warnings == 0, decompressor.errors.message, name);
-  } else if (decompressor.errors.manager.num_warnings > 0) {
-    refuse_if_failed(false, decompressor.errors.message, name);
-  }
-  decoded.origin_y = bounds.y0;
+  int64_t origin_x = 0;
+  const bool complete = read_region(decompressor, data, size, denominator, decoded.layout, bounds, raw, origin_x);
+  const bool warned = decompressor.errors.manager.num_warnings > 0;
+  if (!complete || warned) refuse_if_failed(!complete && !warned, decompressor.errors.message, name);
+  if (!complete) return false;
+  decoded.origin_x = origin_x, decoded.origin_y = bounds.y0;
+  return true;
 }
 
 }  // namespace
@@ -272,8 +274,8 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, i
   decoded.full_height = swap ? header.width : header.height;
   const tjscalingfactor factor = choose_scale(header, decoded.orientation, min_width, min_height);
   decoded.scale = static_cast<double>(factor.num) / factor.denom;
-  if (needed != nullptr && decoded.orientation == 1) {
-    decode_region(data, size, name, header, factor.denom, *needed, decoded, raw);
+  if (needed != nullptr && decoded.orientation == 1 &&
+      decode_region(data, size, name, header, factor.denom, *needed, decoded, raw)) {
     return decoded;
   }
   const int width = TJSCALED(header.width, factor), height = TJSCALED(header.height, factor);
