@@ -17,7 +17,6 @@ mapping_table lists the rows, docs/pretrained.md explains them):
     mapped = slideformer.weights.map_weights("timm", timm_state, cpp_model_state)  # names and shapes only
 """
 import os
-import pathlib
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
