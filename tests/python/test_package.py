@@ -24,6 +24,9 @@ def test_import_loads_the_library_and_reports_its_version():
         assert pathlib.Path(slideformer.library_path) == package_dir / "lib" / "libslideformer.so"
         assert (pathlib.Path(slideformer.cmake_prefix_path) / "lib" / "cmake" / "slideformer"
                 / "slideformerConfig.cmake").is_file()
+        # Every library of the CMake package travels in the wheel, beside the operators'.
+        for layer in ("nn", "distributed", "io", "data"):
+            assert (package_dir / "lib" / f"libslideformer_{layer}.so").is_file(), layer
 
 
 def test_a_missing_library_fails_the_import_with_a_clear_message(tmp_path):
