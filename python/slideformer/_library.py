@@ -1,6 +1,9 @@
-"""Finds and loads the operator library (libslideformer.so), once per process."""
+"""Finds and loads the operator library (libslideformer.so), once per process, and the libraries
+that lie beside it (the modules' libslideformer_nn.so, the weight files' libslideformer_io.so)
+when a part of the package needs them."""
 import os
 import pathlib
+from typing import Callable
 
 import torch
 
@@ -35,3 +38,18 @@ def load() -> str:
             "SLIDEFORMER_LIBRARY to a built libslideformer.so")
     torch.ops.load_library(str(path))
     return str(path)
+
+
+def load_beside(name: str, registered: Callable[[], object], what: str) -> None:
+    """Loads the library `name` from beside the operator library unless `registered()` (a look-up
+    of one of its operators) finds its operators already (a program that links it)."""
+    try:
+        registered()
+        return
+    except (AttributeError, RuntimeError):
+        pass
+    path = pathlib.Path(load()).with_name(name)
+    if not path.is_file():
+        raise ImportError(f"slideformer: the {what} library is not at {path} (it is built and installed "
+                          "next to libslideformer.so)")
+    torch.ops.load_library(str(path))

@@ -15,7 +15,11 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import _library, ops
+
+# The modules' library (libslideformer_nn.so, beside the operator library): the model catalog.
+NN_LIBRARY = "libslideformer_nn.so"
+_library.load_beside(NN_LIBRARY, lambda: torch.ops.slideformer.model_catalog.default, "modules'")
 
 __all__ = [
     "AbsolutePositionEmbedding", "Classifier", "ClassifierConfig", "DecomposedRelativePosition", "FAMILIES",

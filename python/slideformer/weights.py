@@ -17,7 +17,6 @@ mapping_table lists the rows, docs/pretrained.md explains them):
     mapped = slideformer.weights.map_weights("timm", timm_state, cpp_model_state)  # names and shapes only
 """
 import os
-import pathlib
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -33,16 +32,7 @@ SOURCES = ("slideformer", "slide-transformer", "timm")
 
 def _ops():
     """torch.ops.slideformer_io, loading libslideformer_io.so (next to the operator library) once."""
-    try:
-        torch.ops.slideformer_io.read_weights.default
-        return torch.ops.slideformer_io
-    except (AttributeError, RuntimeError):
-        pass
-    path = pathlib.Path(_library.load()).with_name(IO_LIBRARY)
-    if not path.is_file():
-        raise ImportError(f"slideformer: the weight-file library is not at {path} (it is built and installed "
-                          "next to libslideformer.so)")
-    torch.ops.load_library(str(path))
+    _library.load_beside(IO_LIBRARY, lambda: torch.ops.slideformer_io.read_weights.default, "weight-file")
     return torch.ops.slideformer_io
 
 

@@ -1,11 +1,13 @@
-// Uses the installed slideformer the way an outside project would: the ops, and the distributed
-// API (whose header needs no Gloo headers) with a one-rank group.
+// Uses the installed slideformer the way an outside project would, one library of each component
+// (find_package(slideformer COMPONENTS ops nn distributed data)): the ops, a model of the modules,
+// and the distributed API (whose header needs no Gloo headers) with a one-rank group.
 #include <ATen/ATen.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <slideformer/data.h>
 #include <slideformer/distributed.h>
+#include <slideformer/nn/modules.h>
 #include <slideformer/ops.h>
 #include <slideformer/version.h>
 #include <torch/nn/modules/linear.h>
@@ -16,6 +18,8 @@ int main() {
   at::Tensor q = at::randn({1, 2, 5, 8});
   at::Tensor out = slideformer::attention(q, q, q);
   bool ok = out.sizes() == q.sizes() && out.isfinite().all().item<bool>();
+  slideformer::nn::MViT model(slideformer::nn::fashion_mvit());
+  ok = ok && model->forward(at::rand({2, 1, 28, 28})).sizes() == at::IntArrayRef({2, 10});
 
   namespace dist = slideformer::distributed;
   // A one-rank group whose store adopts a socket already listening on a free port.

@@ -24,6 +24,9 @@ def test_import_loads_the_library_and_reports_its_version():
         assert pathlib.Path(slideformer.library_path) == package_dir / "lib" / "libslideformer.so"
         assert (pathlib.Path(slideformer.cmake_prefix_path) / "lib" / "cmake" / "slideformer"
                 / "slideformerConfig.cmake").is_file()
+        # Every library of the CMake package travels in the wheel, beside the operators'.
+        for layer in ("nn", "distributed", "io", "data"):
+            assert (package_dir / "lib" / f"libslideformer_{layer}.so").is_file(), layer
 
 
 def test_a_missing_library_fails_the_import_with_a_clear_message(tmp_path):
@@ -33,6 +36,20 @@ def test_a_missing_library_fails_the_import_with_a_clear_message(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
     assert f"slideformer: the operator library is not at {tmp_path / 'nowhere.so'} (SLIDEFORMER_LIBRARY)" in result.stderr
+
+
+def test_import_loads_the_operator_library_alone():
+    """`import slideformer` maps libslideformer.so and no other slideformer library (the modules,
+    the distributed code, the weight files, the data); slideformer.nn then maps the modules'."""
+    path = [str(pathlib.Path(slideformer.__file__).parents[1])]
+    code = (f"import pathlib, re, sys; sys.path[:0] = {path!r}\n"
+            "def loaded():\n"
+            "    names = {pathlib.Path(line.split()[-1]).name for line in open('/proc/self/maps') if '/' in line}\n"
+            "    return sorted({re.sub(r'\\.so[.0-9]*$', '.so', n) for n in names if n.startswith('libslideformer')})\n"
+            "import slideformer\nprint(loaded())\nslideformer.nn.preset('fashion')\nprint(loaded())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['libslideformer.so']", "['libslideformer.so', 'libslideformer_nn.so']"]
 
 
 @pytest.mark.parametrize("wrapper", [slideformer.ops.attention, slideformer.ops.slide_attention])
