@@ -116,6 +116,8 @@ Scored score(data::Loader& loader, const at::Tensor& indices, const std::functio
     plan.push_back(indices.narrow(0, start, std::min(batch_size, indices.numel() - start)));
   }
   loader.start_epoch(0, plan);
+  // Without it each batch's logits would keep the batch's whole autograd graph until the end.
+  at::NoGradGuard no_grad;
   std::vector<at::Tensor> logits, labels;
   Scored scored;
   while (auto batch = loader.next()) {

@@ -139,9 +139,9 @@ void convert_upright(const Pixels& raw, Layout layout, int orientation, int64_t 
 }
 
 Decoded decode_any(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels,
-                   int64_t min_width, int64_t min_height, Pixels& raw) {
+                   int64_t min_width, int64_t min_height, Pixels& raw, const Region* needed) {
   if (size == 0) throw ImageError(name, "empty file (0 bytes)");
-  if (is_jpeg(data, size)) return decode_jpeg(data, size, name, max_pixels, min_width, min_height, raw);
+  if (is_jpeg(data, size)) return decode_jpeg(data, size, name, max_pixels, min_width, min_height, raw, needed);
   if (is_png(data, size)) return decode_png(data, size, name, max_pixels, raw);
   throw ImageError(name, "not a JPEG or PNG image (unknown signature)");
 }
@@ -176,10 +176,12 @@ at::Tensor decode_image(const uint8_t* data, size_t size, const std::string& nam
   detail::Pixels raw, upright;
   const detail::Decoded decoded = detail::decode_any(data, size, name, options.max_pixels(), options.min_width(),
                                                      options.min_height(), raw);
-  detail::convert_upright(raw, decoded.layout, decoded.orientation, options.channels(), upright);
-  auto* buffer = new std::vector<uint8_t>(std::move(upright.data));
+  const bool convert = detail::needs_conversion(decoded, options.channels());
+  if (convert) detail::convert_upright(raw, decoded.layout, decoded.orientation, options.channels(), upright);
+  detail::Pixels& result = convert ? upright : raw;
+  auto* buffer = new std::vector<uint8_t>(std::move(result.data));
   return at::from_blob(
-      buffer->data(), {upright.height, upright.width, upright.channels},
+      buffer->data(), {result.height, result.width, result.channels},
       [buffer](void*) { delete buffer; }, at::kByte);
 }
 

@@ -42,16 +42,25 @@ struct Decoded {
   // Full-size upright width and height (before any DCT scaling), and the scale the decoder used.
   int64_t full_width = 0, full_height = 0;
   double scale = 1.0;
+  // Where the decoded pixels start in the (scaled) image: not 0 when only a region was decoded.
+  int64_t origin_x = 0, origin_y = 0;
+};
+
+// The part of the upright full-size image a caller needs (fractional pixels): a decoder may decode
+// only the rows and columns around it.
+struct Region {
+  double x = 0, y = 0, width = 0, height = 0;
 };
 
 // Header-only look at an encoded image.
 ImageInfo probe_jpeg(const uint8_t* data, size_t size, const std::string& name);
 ImageInfo probe_png(const uint8_t* data, size_t size, const std::string& name);
 
-// Decode into scratch.raw (stored orientation, Layout channels). min_width / min_height are upright
-// sizes the JPEG decoder may scale down to (DCT scaling), 0 for full size.
+// Decode into raw (stored orientation, Layout channels). min_width / min_height are upright
+// sizes the JPEG decoder may scale down to (DCT scaling), 0 for full size. With `needed`, an
+// upright JPEG is decoded only around that region (Decoded::origin_x / origin_y say where).
 Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels,
-                    int64_t min_width, int64_t min_height, Pixels& raw);
+                    int64_t min_width, int64_t min_height, Pixels& raw, const Region* needed = nullptr);
 Decoded decode_png(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels, Pixels& raw);
 
 bool is_jpeg(const uint8_t* data, size_t size);
@@ -59,10 +68,17 @@ bool is_png(const uint8_t* data, size_t size);
 
 // Decodes any supported image into `raw` (dispatching on the signature).
 Decoded decode_any(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels,
-                   int64_t min_width, int64_t min_height, Pixels& raw);
+                   int64_t min_width, int64_t min_height, Pixels& raw, const Region* needed = nullptr);
 
 // `raw` (stored orientation, `layout`) into `out`: `channels` (1 or 3) channels, upright.
 void convert_upright(const Pixels& raw, Layout layout, int orientation, int64_t channels, Pixels& out);
+
+// Whether the decoded pixels need convert_upright to become `channels` channels, upright.
+inline bool needs_conversion(const Decoded& decoded, int64_t channels) {
+  const bool same_channels = (decoded.layout == Layout::kRgb && channels == 3) ||
+                             (decoded.layout == Layout::kGray && channels == 1);
+  return decoded.orientation != 1 || !same_channels;
+}
 
 // EXIF orientation (1..8) of a TIFF-structured EXIF block (after the "Exif\0\0" header); 1 when
 // absent or unreadable.

@@ -120,10 +120,12 @@ void ImageTransform::apply(const uint8_t* data, size_t size, const std::string& 
   detail::Geometry g;
   bool flip = false;
   int64_t min_width = 0, min_height = 0;  // the decoded size DCT scaling must keep
+  detail::Region crop;                    // the train transform decodes only around its crop
   if (train_) {
     const auto [box, mirrored] = draw(info.width, info.height, key);
     flip = mirrored;
     g = {double(box.x), double(box.y), double(box.width), double(box.height), s, s, 0, 0, s, s};
+    crop = {g.box_x, g.box_y, g.box_width, g.box_height};
     const double margin = train_options_.dct_margin();
     if (margin > 0) {
       min_width = static_cast<int64_t>(std::ceil(margin * s * info.width / box.width));
@@ -139,11 +141,15 @@ void ImageTransform::apply(const uint8_t* data, size_t size, const std::string& 
       min_height = static_cast<int64_t>(std::ceil(margin * h));
     }
   }
-  const detail::Decoded decoded = detail::decode_any(data, size, name, decode.max_pixels(), min_width, min_height, scratch.raw);
-  detail::convert_upright(scratch.raw, decoded.layout, decoded.orientation, config_.channels, scratch.upright);
-  // The box in the (possibly DCT-scaled) decoded pixels.
-  g.box_x *= decoded.scale, g.box_y *= decoded.scale, g.box_width *= decoded.scale, g.box_height *= decoded.scale;
-  detail::resample_planar(scratch.upright, g, flip, scale_.data(), shift_.data(), out, scratch.resample);
+  const detail::Decoded decoded = detail::decode_any(data, size, name, decode.max_pixels(), min_width, min_height,
+                                                     scratch.raw, train_ ? &crop : nullptr);
+  const bool convert = detail::needs_conversion(decoded, config_.channels);
+  if (convert) detail::convert_upright(scratch.raw, decoded.layout, decoded.orientation, config_.channels, scratch.upright);
+  // The box in the decoded pixels (possibly DCT-scaled, possibly a region).
+  g.box_x = g.box_x * decoded.scale - double(decoded.origin_x), g.box_y = g.box_y * decoded.scale - double(decoded.origin_y);
+  g.box_width *= decoded.scale, g.box_height *= decoded.scale;
+  detail::resample_planar(convert ? scratch.upright : scratch.raw, g, flip, scale_.data(), shift_.data(), out,
+                          scratch.resample);
   release_if_large(scratch.raw.data);
   release_if_large(scratch.upright.data);
 }

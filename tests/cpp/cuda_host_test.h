@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <initializer_list>
+#include <iostream>
 #include <set>
 #include <string>
 #include <vector>
@@ -19,6 +20,10 @@ class CudaHostExecutionTest : public ::testing::Test {
   void TearDown() override {
     if (expect_launches_) {
       EXPECT_FALSE(launches_.kernels().empty()) << "no CUDA kernel ran";
+    }
+    if (HasFailure()) {
+      std::cout << "The blocks ran in shuffled orders: SLIDEFORMER_CUDA_HOST_SEED="
+                << host_execution_seed() << " repeats them.\n";
     }
   }
   // Tests that launch nothing (empty inputs, bad inputs) turn the check off.

@@ -1,17 +1,20 @@
 // The host execution of CUDA kernels (ops/cuda/host_runtime.h) on small kernels of its own:
-// barriers, warp shuffles, launch limits, and the failures a GPU would have (deadlocks, writes past
-// shared memory, bad configurations). A staging loop without its barrier (a test-only copy of
+// barriers, warp shuffles, launch limits, blocks on several threads in a shuffled order, and the
+// failures a GPU would have (deadlocks, writes past shared memory, bad configurations). A staging loop without its barrier (a test-only copy of
 // for_each_staged_chunk) reads shared memory no thread wrote; under ThreadSanitizer (this file's
 // cuda_host_tsan_tests build, and ./run sanitize thread) it is a reported data race.
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ops/cuda/launch.h"
@@ -132,8 +135,92 @@ __global__ void early_exit_kernel() {
 }
 
 TEST(EmulatedCudaRuntime, BarrierThatSomeThreadsNeverReachIsADeadlock) {
-  expect_launch_error([] { launch(kOp, early_exit_kernel, 2, 32, 0); },
+  expect_launch_error([] { launch(kOp, early_exit_kernel, 1, 32, 0); },
                       "deadlock in block 0: 31 threads wait at a barrier");
+  // A failed launch names the seed that repeats its order of blocks.
+  expect_launch_error([] { launch(kOp, early_exit_kernel, 4, 32, 0); },
+                      "its blocks shuffled with SLIDEFORMER_CUDA_HOST_SEED=" +
+                          std::to_string(rt::block_order_seed()));
+}
+#endif
+
+// Each block counts itself in, then waits (up to a minute) until `blocks` have started: only
+// blocks that run at the same time can all finish in time. Relaxed, so that it orders nothing.
+__device__ bool rendezvous(std::atomic<int>* started, int blocks, int* order) {
+  const int position = started->fetch_add(1, std::memory_order_relaxed);
+  if (order != nullptr) order[position] = static_cast<int>(blockIdx.x);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+  while (started->load(std::memory_order_relaxed) < blocks) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+__global__ void rendezvous_kernel(std::atomic<int>* started, int blocks, int* order,
+                                  int* timed_out) {
+  if (!rendezvous(started, blocks, order)) timed_out[blockIdx.x] = 1;
+}
+
+TEST(EmulatedCudaRuntime, BlocksRunAtTheSameTime) {
+  std::atomic<int> started{0};
+  std::vector<int> order(2, -1), timed_out(2, 0);
+  launch(kOp, rendezvous_kernel, 2, 1, 0, &started, 2, order.data(), timed_out.data());
+  EXPECT_EQ(timed_out, std::vector<int>({0, 0}));
+  std::sort(order.begin(), order.end());
+  EXPECT_EQ(order, std::vector<int>({0, 1}));
+}
+
+TEST(EmulatedCudaRuntime, BlocksRunInAShuffledOrderOfTheSeed) {
+  const std::vector<unsigned int> first = rt::block_order(64, 7), again = rt::block_order(64, 7);
+  EXPECT_EQ(first, again);
+  EXPECT_NE(first, rt::block_order(64, 8));
+  std::vector<unsigned int> sorted = first;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<unsigned int> identity(64);
+  std::iota(identity.begin(), identity.end(), 0u);
+  EXPECT_EQ(sorted, identity);
+  EXPECT_NE(first, identity);
+}
+
+#if defined(SLIDEFORMER_HOST_TSAN)
+// Two blocks, at the same time, add to out[0] without an atomic: a race between blocks.
+__global__ void unsynchronised_count_kernel(std::atomic<int>* started, int* out) {
+  if (rendezvous(started, 2, nullptr)) out[0] += 1;
+}
+
+// The blocks run on threads of their own, so the planted race is a reported data race.
+TEST(EmulatedCudaRuntime, RaceBetweenBlocksIsADataRace) {
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  setenv("TSAN_OPTIONS", "halt_on_error=1:exitcode=66", 1);
+  EXPECT_EXIT(
+      {
+        std::atomic<int> started{0};
+        std::vector<int> out(1, 0);
+        launch(kOp, unsynchronised_count_kernel, 2, 1, 0, &started, out.data());
+      },
+      ::testing::ExitedWithCode(66), "WARNING: ThreadSanitizer: data race");
+}
+
+// Lane 0 writes shared memory, lane 1 reads it after a shuffle: a shuffle orders no memory access
+// (only a barrier does), so it is a data race.
+__global__ void shuffle_as_fence_kernel(int* out) {
+  SLIDEFORMER_DYNAMIC_SHARED_MEMORY(shared_bytes);
+  int* value = reinterpret_cast<int*>(shared_bytes);
+  if (threadIdx.x == 0) *value = 42;
+  __shfl_xor_sync(0xffffffffu, 0, 1);
+  if (threadIdx.x == 1) out[0] = *value;
+}
+
+TEST(EmulatedCudaRuntime, ShuffleIsNoFence) {
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  setenv("TSAN_OPTIONS", "halt_on_error=1:exitcode=66", 1);
+  EXPECT_EXIT(
+      {
+        std::vector<int> out(1, 0);
+        launch(kOp, shuffle_as_fence_kernel, 1, 32, sizeof(int), out.data());
+      },
+      ::testing::ExitedWithCode(66), "WARNING: ThreadSanitizer: data race");
 }
 #endif
 
@@ -142,11 +229,34 @@ __global__ void overflow_kernel(int64_t bytes) {
   if (threadIdx.x == 0) shared_bytes[bytes] = 1;
 }
 
+__global__ void read_past_kernel(int64_t bytes, unsigned char* out) {
+  SLIDEFORMER_DYNAMIC_SHARED_MEMORY(shared_bytes);
+  if (threadIdx.x == 0) *out = shared_bytes[bytes];
+}
+
+#if defined(SLIDEFORMER_HOST_ASAN)
+// The bytes past a block's shared memory are poisoned: AddressSanitizer reports the access.
+TEST(EmulatedCudaRuntime, AccessPastSharedMemoryIsReported) {
+  unsigned char out = 0;
+  launch(kOp, read_past_kernel, 1, 32, 64, int64_t(63), &out);
+  EXPECT_DEATH(launch(kOp, read_past_kernel, 1, 32, 64, int64_t(64), &out), "use-after-poison");
+  EXPECT_DEATH(launch(kOp, overflow_kernel, 1, 32, 64, int64_t(64)), "use-after-poison");
+}
+#else
 TEST(EmulatedCudaRuntime, WritePastSharedMemoryFailsTheLaunch) {
   launch(kOp, overflow_kernel, 1, 32, 64, int64_t(63));
   expect_launch_error([] { launch(kOp, overflow_kernel, 1, 32, 64, int64_t(64)); },
                       "block 0 wrote past its 64 bytes of dynamic shared memory");
 }
+
+// Without AddressSanitizer a read past the shared memory gets the all-ones bytes of unwritten
+// shared memory (NaN as a float).
+TEST(EmulatedCudaRuntime, ReadPastSharedMemoryReadsUnwrittenBytes) {
+  unsigned char out = 0;
+  launch(kOp, read_past_kernel, 1, 32, 64, int64_t(64), &out);
+  EXPECT_EQ(out, rt::kUnwrittenShared);
+}
+#endif
 
 __global__ void shared_sum_kernel(int* out) {
   SLIDEFORMER_DYNAMIC_SHARED_MEMORY(shared_bytes);

@@ -54,6 +54,8 @@ bool set_enabled(bool on) {
 
 }  // namespace
 
+uint64_t host_execution_seed() { return host_runtime::block_order_seed(); }
+
 ScopedEmulatedGpu::ScopedEmulatedGpu(EmulatedGpu gpu) {
   host_runtime::emulated_device() = properties(gpu);
 }

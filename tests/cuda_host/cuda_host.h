@@ -8,6 +8,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,9 @@ class ScopedCpuKernels {
  private:
   c10::impl::ExcludeDispatchKeyGuard exclude_;
 };
+
+// The seed of the shuffled block orders of this process (SLIDEFORMER_CUDA_HOST_SEED repeats them).
+uint64_t host_execution_seed();
 
 // The GPUs whose limits the host execution can take (the launch configuration depends on them).
 enum class EmulatedGpu { kA100, kH100 };

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "data/pixels.h"
 #include "slideformer/data.h"
 
 namespace {
@@ -20,6 +21,20 @@ at::Tensor decode(const at::Tensor& data, const std::string& name, int64_t chann
                   int64_t min_height, int64_t max_pixels) {
   return decode_image(bytes_of(data), data.numel(), name,
                       DecodeOptions().channels(channels).min_width(min_width).min_height(min_height).max_pixels(max_pixels));
+}
+
+// The JPEG decoder's output around a region (x, y, width, height of the full-size image), as
+// (pixels, [origin_x, origin_y, scale denominator]): what the train transform resamples from.
+std::tuple<at::Tensor, std::vector<int64_t>> decode_region(const at::Tensor& data, std::vector<double> region,
+                                                           int64_t min_width, int64_t min_height) {
+  TORCH_CHECK(region.size() == 4, "region must be x, y, width, height");
+  slideformer::data::detail::Pixels raw;
+  const slideformer::data::detail::Region needed{region[0], region[1], region[2], region[3]};
+  const auto d = slideformer::data::detail::decode_jpeg(bytes_of(data), data.numel(), "image", int64_t{1} << 40, min_width,
+                                                min_height, raw, &needed);
+  at::Tensor pixels = at::empty({raw.height, raw.width, raw.channels}, at::kByte);
+  std::copy(raw.data.begin(), raw.data.end(), pixels.data_ptr<uint8_t>());
+  return {pixels, {d.origin_x, d.origin_y, static_cast<int64_t>(std::lround(1.0 / d.scale))}};
 }
 
 std::vector<int64_t> info(const at::Tensor& data, const std::string& name) {
@@ -65,6 +80,7 @@ at::Tensor train_draws(int64_t width, int64_t height, int64_t count, int64_t fir
 TORCH_LIBRARY(slideformer_data_test, m) {
   m.def("decode(Tensor data, str name, int channels, int min_width, int min_height, int max_pixels) -> Tensor", decode);
   m.def("info(Tensor data, str name) -> int[]", info);
+  m.def("decode_region(Tensor data, float[] region, int min_width, int min_height) -> (Tensor, int[])", decode_region);
   m.def("transform(Tensor data, str name, bool train, int image_size, float crop_pct, int channels, float[] mean, "
         "float[] std, float dct_margin, int key) -> Tensor", transform);
   m.def("train_draws(int width, int height, int count, int first_key) -> Tensor", train_draws);

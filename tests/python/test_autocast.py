@@ -67,6 +67,28 @@ def test_autocast_casts_every_input(op, inputs, dtype):
     expect_autocast_casts_every_input(op, inputs(), dtype)
 
 
+INTERNAL_FORWARDS = [
+    pytest.param(lambda q, k, v, key_bias, shift_weight, shift_bias:
+                 torch.ops.slideformer._slide_attention_forward(q, k, v, 3, 1, key_bias, shift_weight,
+                                                                shift_bias, "zeros", None),
+                 slide_inputs, id="_slide_attention_forward"),
+    pytest.param(lambda q, k, v, bias: torch.ops.slideformer._attention_forward(q, k, v, bias, False, None),
+                 attention_inputs, id="_attention_forward")]
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("forward,inputs", INTERNAL_FORWARDS)
+def test_the_internal_forwards_cast_as_the_operators(forward, inputs, dtype):
+    # A program traced through the autograd kernels calls these directly.
+    leaves = [t.detach() for t in inputs()]
+    with torch.autocast("cpu", dtype=dtype):
+        output, logsumexp = forward(*leaves)
+    expected_output, expected_logsumexp = forward(*[t.to(dtype) for t in leaves])
+    assert output.dtype == dtype and logsumexp.dtype == torch.float32
+    assert torch.equal(output, expected_output)
+    assert torch.equal(logsumexp, expected_logsumexp)
+
+
 @pytest.mark.parametrize("dtype", HALF_TYPES)
 @pytest.mark.parametrize("op,inputs", OPS)
 def test_autocast_casts_every_input_on_the_cuda_kernels(cuda_kernels, op, inputs, dtype):

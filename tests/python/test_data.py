@@ -94,6 +94,44 @@ def test_cmyk_and_gray_jpegs_match_pillow():
         assert max_difference(decode(data, channels=1), pillow_pixels(reference, "L")) <= 1
 
 
+@pytest.mark.parametrize("name", PHOTOS)
+@pytest.mark.parametrize("variant", [*JPEG_VARIANTS, "gray"])
+def test_region_decode_equals_the_full_decode_on_the_region(name, variant):
+    """The train transform decodes only the rows and columns around its crop: inside the crop box
+    its pixels are the full decode's, at full size and with DCT scaling."""
+    gray = variant == "gray"
+    data = encode(photo(name).convert("L" if gray else "RGB"), "JPEG",
+                  **(dict(quality=90) if gray else JPEG_VARIANTS[variant]))
+    width, height = Image.open(io.BytesIO(data)).size
+    generator = torch.Generator().manual_seed(0)
+    for factor in (1, 2, 4):
+        min_width, min_height = -(-width // factor), -(-height // factor)
+        full = decode(data, channels=1 if gray else 3, min_width=min_width, min_height=min_height)
+        boxes = [(0, 0, width // 3, height // 4), (width - width // 2, height - height // 3, width // 2, height // 3)]
+        for _ in range(6):
+            w, h = (int(torch.randint(1, n + 1, (1,), generator=generator)) for n in (width, height))
+            boxes.append((int(torch.randint(width - w + 1, (1,), generator=generator)),
+                          int(torch.randint(height - h + 1, (1,), generator=generator)), w, h))
+        for x, y, w, h in boxes:
+            pixels, (origin_x, origin_y, denominator) = probe.decode_region(as_tensor(data), [x, y, w, h],
+                                                                            min_width, min_height)
+            assert denominator == factor
+            x0, y0 = x // factor, y // factor
+            x1, y1 = -(-(x + w) // factor), -(-(y + h) // factor)
+            assert origin_x <= x0 and origin_y <= y0
+            assert origin_x + pixels.shape[1] >= x1 and origin_y + pixels.shape[0] >= y1
+            ours = pixels[y0 - origin_y:y1 - origin_y, x0 - origin_x:x1 - origin_x]
+            assert torch.equal(ours, full[y0:y1, x0:x1]), (factor, (x, y, w, h))
+
+
+def test_train_transform_reports_a_truncated_jpeg_whatever_its_crop():
+    data = encode(photo("chelsea.png"), "JPEG", quality=90)
+    truncated = as_tensor(data[: len(data) * 9 // 10])
+    for key in range(8):  # crops anywhere, most of them above the missing rows
+        with pytest.raises(RuntimeError, match=r"cat\.jpg: truncated JPEG"):
+            probe.transform(truncated, "cat.jpg", True, 64, 0.875, 3, MEAN, STD, 0.0, key)
+
+
 def png_bytes(pixels, bit_depth, color_type):
     """A PNG written here (Pillow cannot write 16-bit colour): rows of big-endian samples."""
     height, width = pixels.shape[:2]

@@ -4,8 +4,7 @@
 // test build compiles kernels this way (tests/cuda_host); the shipped library never does.
 //
 // Every CUDA thread of a block is a fiber (ucontext) with its own stack. The fibers of a block run
-// on the launching thread one at a time, each until it waits at __syncthreads() or at a warp
-// shuffle, so shared memory, barriers and missing barriers behave as on a GPU:
+// on one thread, one at a time, each until it waits at __syncthreads() or at a warp shuffle, so shared memory, barriers and missing barriers behave as on a GPU:
 // - each block's shared memory starts as all-ones bytes (NaN in float and double), so a thread
 //   that reads what another has not written yet (a missing barrier) reads NaN;
 // - under ThreadSanitizer every fiber is a thread of its own, synchronised with the others only
@@ -13,23 +12,38 @@
 // - a barrier that some threads never reach is reported as a deadlock; a block that writes past
 //   its dynamic shared memory, an invalid launch configuration, or more than 48 KiB of shared
 //   memory without the opt-in, fail the launch with a c10::Error as a GPU launch would fail.
-// Blocks run one after another. What our kernels use, and only that: 1-d grids and blocks,
-// dynamic shared memory, __syncthreads(), __shfl_xor_sync() over full warps and the opt-in to
-// more dynamic shared memory. The device limits are those of an A100 (sm_80) unless a test
-// picks another device (ScopedEmulatedDevice).
+// - the blocks of a launch run concurrently on several threads (SLIDEFORMER_CUDA_HOST_THREADS,
+//   default 2), taken in a shuffled order (seeded: SLIDEFORMER_CUDA_HOST_SEED, else random per
+//   process; a failed launch names the seed), so a race between blocks is a data race under
+//   ThreadSanitizer and can give a wrong result in any build;
+// - a warp shuffle exchanges values but orders no memory access (as on a GPU, where only a
+//   barrier does): under ThreadSanitizer, shared memory passed between lanes with a shuffle as
+//   the only synchronisation is a data race;
+// - under AddressSanitizer the bytes past a block's dynamic shared memory are poisoned, so a
+//   read past it is reported (without it, they read as NaN).
+// What our kernels use, and only that: 1-d grids and blocks, dynamic shared memory,
+// __syncthreads(), __shfl_xor_sync() over full warps and the opt-in to more dynamic shared
+// memory. The device limits are those of an A100 (sm_80) unless a test picks another device
+// (ScopedEmulatedDevice).
 #include <c10/util/Exception.h>
 #include <ucontext.h>
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -53,6 +67,7 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 #if defined(SLIDEFORMER_HOST_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -167,26 +182,31 @@ inline void sanitizer_after_switch(SanitizerFiber& self, SanitizerFiber& previou
 // ordering a barrier gives comes from the release / acquire annotations on `tokens_`, one per
 // parity of the generation, so a fiber that runs ahead to the next round cannot pass its new
 // accesses to a fiber still leaving this one.
+// A warp's barrier (behind its shuffles) orders nothing: `orders_memory` false.
 class Barrier {
  public:
-  void reset(int expected) {
+  void reset(int expected, bool orders_memory) {
     expected_ = expected;
+    orders_memory_ = orders_memory;
     arrived_.store(0, std::memory_order_relaxed);
   }
   const std::atomic<uint64_t>& generation() const { return generation_; }
   uint64_t current_generation() const { return generation_.load(std::memory_order_relaxed); }
   // Counts the caller in; true when it completed the round (the others may go on).
   bool arrive(uint64_t round) {
-    sanitizer_release(&tokens_[round & 1]);
+    if (orders_memory_) sanitizer_release(&tokens_[round & 1]);
     if (arrived_.fetch_add(1, std::memory_order_relaxed) + 1 < expected_) return false;
     arrived_.store(0, std::memory_order_relaxed);
     generation_.store(round + 1, std::memory_order_relaxed);
     return true;
   }
-  void leave(uint64_t round) const { sanitizer_acquire(&tokens_[round & 1]); }
+  void leave(uint64_t round) const {
+    if (orders_memory_) sanitizer_acquire(&tokens_[round & 1]);
+  }
 
  private:
   int expected_ = 0;
+  bool orders_memory_ = true;
   std::atomic<int> arrived_{0};
   std::atomic<uint64_t> generation_{0};
   char tokens_[2] = {};
@@ -220,7 +240,9 @@ struct Launch {
   const std::function<void()>* body = nullptr;
   Barrier block_barrier;
   std::unique_ptr<Barrier[]> warp_barriers;
-  std::unique_ptr<unsigned char[]> warp_exchange;  // [warp][parity][lane] 8-byte slots
+  // [warp][parity][lane] 8-byte slots; atomic so that the exchange itself is no race, relaxed
+  // so that it orders nothing else.
+  std::unique_ptr<std::atomic<uint64_t>[]> warp_exchange;
   std::atomic<bool> failed{false};
   std::exception_ptr error;  // of the first fiber that threw; read after block_end_token
   char block_end_token = 0;  // fibers release it when they end, the scheduler then acquires
@@ -303,11 +325,14 @@ T shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = kWarpSize
               lane ^ static_cast<unsigned int>(lane_mask), " of a warp of ", warp_lanes);
   Barrier& barrier = launch.warp_barriers[warp];
   const uint64_t round = barrier.current_generation();
-  unsigned char* slots = launch.warp_exchange.get() + (warp * 2 + (round & 1)) * kWarpSize * 8;
-  std::memcpy(slots + lane * 8, &value, sizeof(T));
+  std::atomic<uint64_t>* slots = launch.warp_exchange.get() + (warp * 2 + (round & 1)) * kWarpSize;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  slots[lane].store(bits, std::memory_order_relaxed);
   arrive_and_wait(barrier, round);
+  bits = slots[lane ^ static_cast<unsigned int>(lane_mask)].load(std::memory_order_relaxed);
   T result;
-  std::memcpy(&result, slots + (lane ^ static_cast<unsigned int>(lane_mask)) * 8, sizeof(T));
+  std::memcpy(&result, &bits, sizeof(T));
   return result;
 }
 
@@ -332,22 +357,6 @@ inline void fiber_main() {
   self.finished.store(true, std::memory_order_relaxed);
   sanitizer_before_switch(me, scheduler, true);
   setcontext(scheduler_context);
-}
-
-// While a test points it at a vector, the launches of this thread are appended to it.
-struct LaunchRecord {
-  const void* kernel;
-  unsigned int blocks, threads;
-  size_t shared_bytes;
-};
-inline std::vector<LaunchRecord>*& launch_log() {
-  thread_local std::vector<LaunchRecord>* log = nullptr;
-  return log;
-}
-// Kernels launched on this thread so far.
-inline uint64_t& launch_count() {
-  thread_local uint64_t count = 0;
-  return count;
 }
 
 // Per-kernel dynamic shared memory opt-ins (cudaFuncSetAttribute).
@@ -376,23 +385,140 @@ inline size_t max_dynamic_shared_memory(const void* kernel) {
                                              : std::max(it->second, kDefaultDynamicSharedBytes);
 }
 
-// Runs blocks 0 .. grid - 1 of `body` (the kernel applied to its parameters), one after another,
-// `threads` fibers each.
-inline void run_grid(const void* kernel, unsigned int grid, unsigned int threads,
-                     size_t shared_bytes, const std::function<void()>& body) {
+// ---------------------------------------------------------------------------------------------
+// Blocks: each runs on one thread, fiber per CUDA thread; the blocks of a launch run on several
+// threads at once.
+
+// What the threads running one launch share: the launch, the order of its blocks, the first
+// error.
+struct Grid {
+  const void* kernel;
+  unsigned int threads;
+  size_t shared_bytes;
+  const std::function<void()>* body;
+  std::vector<unsigned int> order;  // blocks in the order the threads take them
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+};
+
+// Sets up `launch` (this thread's copy) for blocks of `grid`.
+inline void prepare_launch(const Grid& grid, Launch& launch, std::vector<unsigned char>& shared) {
+  const unsigned int threads = grid.threads;
+  launch.grid_dim = {static_cast<unsigned int>(grid.order.size()), 1, 1};
+  launch.block_dim = {threads, 1, 1};
+  launch.body = grid.body;
+  const unsigned int warps = (threads + kWarpSize - 1) / kWarpSize;
+  launch.warp_barriers = std::make_unique<Barrier[]>(warps);
+  launch.warp_exchange = std::make_unique<std::atomic<uint64_t>[]>(warps * 2 * kWarpSize);
+  shared.assign(grid.shared_bytes + kSharedCanaryBytes + 16, 0);
+  // 16-byte aligned, like __align__(16) extern __shared__ arrays.
+  launch.shared = shared.data() + (16 - reinterpret_cast<uintptr_t>(shared.data()) % 16) % 16;
+  launch.shared_bytes = grid.shared_bytes;
+#if defined(SLIDEFORMER_HOST_TSAN)
+  launch.scheduler.tsan = __tsan_get_current_fiber();
+#endif
+}
+
+// The canary past a block's shared memory: all-ones bytes, poisoned under AddressSanitizer so
+// that reading it is reported.
+inline void set_shared_canary(unsigned char* canary, bool poisoned) {
+#if defined(SLIDEFORMER_HOST_ASAN)
+  if (!poisoned) ASAN_UNPOISON_MEMORY_REGION(canary, kSharedCanaryBytes);
+  if (poisoned) ASAN_POISON_MEMORY_REGION(canary, kSharedCanaryBytes);
+#endif
+  (void)canary, (void)poisoned;
+}
+
+// The context every fiber starts from: this thread's signal mask and floating-point environment
+// (makecontext then gives it a stack and an entry). Apart, so that no caller returns twice.
+inline ucontext_t fresh_context() {
+  ucontext_t context;
+  getcontext(&context);
+  return context;
+}
+
+// Fresh fibers (with this thread's stacks) at the start of thread 0 .. threads - 1 of `block`.
+inline void start_fibers(ThreadState& state, std::vector<Fiber>& fibers, unsigned int block,
+                         const ucontext_t& fresh) {
+  for (unsigned int t = 0; t < fibers.size(); ++t) {
+    Fiber& f = fibers[t];
+    f.thread_idx = {t, 0, 0};
+    f.block_idx = {block, 0, 0};
+    f.started = false;
+    f.finished.store(false, std::memory_order_relaxed);
+    f.waiting_on.store(nullptr, std::memory_order_relaxed);
+    f.stack = state.stacks[t].get();
+    f.sanitizer = SanitizerFiber{};
+    f.sanitizer.stack_bottom = f.stack;
+    f.sanitizer.stack_size = kFiberStackBytes;
+#if defined(SLIDEFORMER_HOST_TSAN)
+    f.sanitizer.tsan = state.tsan_fibers[t];
+#endif
+    f.context = fresh;
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = kFiberStackBytes;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, &fiber_main, 0);
+  }
+}
+
+// Runs one block on this thread: round robin over the fibers that may run, until all finished
+// or none can go on; in ascending thread order in even blocks, descending in odd ones, so that a
+// missing barrier shows whichever of two threads reads what the other writes.
+inline void run_block(ThreadState& state, Launch& launch, std::vector<Fiber>& fibers,
+                      unsigned int block, const ucontext_t& fresh) {
+  const unsigned int threads = static_cast<unsigned int>(fibers.size());
+  unsigned char* const canary = launch.shared + launch.shared_bytes;
+  set_shared_canary(canary, false);
+  std::memset(launch.shared, kUnwrittenShared, launch.shared_bytes + kSharedCanaryBytes);
+  set_shared_canary(canary, true);
+  launch.block_barrier.reset(static_cast<int>(threads), /*orders_memory=*/true);
+  for (unsigned int w = 0; w * kWarpSize < threads; ++w) {
+    launch.warp_barriers[w].reset(
+        static_cast<int>(std::min(kWarpSize * (w + 1), threads) - kWarpSize * w),
+        /*orders_memory=*/false);
+  }
+  start_fibers(state, fibers, block, fresh);
+  unsigned int finished = 0;
+  while (finished < threads) {
+    bool progressed = false;
+    finished = 0;
+    for (unsigned int i = 0; i < threads; ++i) {
+      Fiber& f = fibers[block % 2 == 0 ? i : threads - 1 - i];
+      if (f.runnable()) {
+        progressed = true;
+        state.fiber.store(&f, std::memory_order_relaxed);
+        const bool starts = !f.started;
+        f.started = true;
+        sanitizer_before_switch(launch.scheduler, f.sanitizer, false, starts);
+        swapcontext(&launch.scheduler_context, &f.context);
+        sanitizer_after_switch(launch.scheduler, f.sanitizer);
+        state.fiber.store(nullptr, std::memory_order_relaxed);
+      }
+      finished += f.finished.load(std::memory_order_relaxed);
+    }
+    if (launch.failed.load(std::memory_order_relaxed)) break;
+    TORCH_CHECK(progressed || finished == threads, "CUDA host runtime: deadlock in block ", block,
+                ": ", threads - finished,
+                " threads wait at a barrier that the other threads of the block or warp never "
+                "reach");
+  }
+  sanitizer_acquire(&launch.block_end_token);
+  if (launch.error) std::rethrow_exception(launch.error);
+  set_shared_canary(canary, false);
+  for (size_t i = 0; i < kSharedCanaryBytes; ++i) {
+    TORCH_CHECK(canary[i] == kUnwrittenShared, "CUDA host runtime: block ", block,
+                " wrote past its ", launch.shared_bytes, " bytes of dynamic shared memory");
+  }
+}
+
+// One thread's share of a launch: blocks taken from `grid.order` until none is left or a block
+// failed (the first error is kept).
+inline void run_blocks(Grid& grid) {
   ThreadState& state = thread_state();
-  TORCH_CHECK(state.launch == nullptr, "CUDA host runtime: a kernel launched another kernel");
-  TORCH_CHECK(grid >= 1 && threads >= 1 &&
-                  threads <= static_cast<unsigned int>(emulated_device().max_threads_per_block),
-              "CUDA host runtime: invalid configuration argument: ", grid, " blocks of ", threads,
-              " threads");
-  TORCH_CHECK(shared_bytes <= max_dynamic_shared_memory(kernel),
-              "CUDA host runtime: too many resources requested for launch: ", shared_bytes,
-              " bytes of dynamic shared memory, the kernel may use ",
-              max_dynamic_shared_memory(kernel));
-  ++launch_count();
-  if (launch_log() != nullptr) launch_log()->push_back({kernel, grid, threads, shared_bytes});
-  while (state.stacks.size() < threads) {
+  while (state.stacks.size() < grid.threads) {
     // Not zeroed: only the pages a fiber touches get memory.
     state.stacks.push_back(std::unique_ptr<char[]>(new char[kFiberStackBytes]));
 #if defined(SLIDEFORMER_HOST_TSAN)
@@ -400,23 +526,10 @@ inline void run_grid(const void* kernel, unsigned int grid, unsigned int threads
 #endif
   }
   Launch launch;
-  launch.grid_dim = {grid, 1, 1};
-  launch.block_dim = {threads, 1, 1};
-  launch.body = &body;
-  const unsigned int warps = (threads + kWarpSize - 1) / kWarpSize;
-  launch.warp_barriers = std::make_unique<Barrier[]>(warps);
-  launch.warp_exchange = std::make_unique<unsigned char[]>(warps * 2 * kWarpSize * 8);
-  std::vector<unsigned char> shared(shared_bytes + kSharedCanaryBytes + 16);
-  // 16-byte aligned, like __align__(16) extern __shared__ arrays.
-  launch.shared = shared.data() + (16 - reinterpret_cast<uintptr_t>(shared.data()) % 16) % 16;
-  launch.shared_bytes = shared_bytes;
-  std::vector<Fiber> fibers(threads);
-#if defined(SLIDEFORMER_HOST_TSAN)
-  launch.scheduler.tsan = __tsan_get_current_fiber();
-#endif
-  // The context every fiber starts from (its signal mask and floating-point environment).
-  ucontext_t fresh;
-  getcontext(&fresh);
+  std::vector<unsigned char> shared;
+  prepare_launch(grid, launch, shared);
+  std::vector<Fiber> fibers(grid.threads);
+  const ucontext_t fresh = fresh_context();
   state.launch = &launch;
   struct Restore {
     ThreadState& state;
@@ -425,68 +538,145 @@ inline void run_grid(const void* kernel, unsigned int grid, unsigned int threads
       state.fiber.store(nullptr, std::memory_order_relaxed);
     }
   } restore{state};
+  try {
+    for (size_t i = grid.next++; i < grid.order.size() && !grid.failed.load(); i = grid.next++) {
+      run_block(state, launch, fibers, grid.order[i], fresh);
+    }
+  } catch (...) {
+    const std::lock_guard<std::mutex> lock(grid.error_mutex);
+    if (!grid.failed.exchange(true)) grid.error = std::current_exception();
+  }
+  set_shared_canary(launch.shared + launch.shared_bytes, false);
+}
 
-  for (unsigned int block = 0; block < grid; ++block) {
-    std::memset(launch.shared, kUnwrittenShared, shared_bytes + kSharedCanaryBytes);
-    launch.block_barrier.reset(static_cast<int>(threads));
-    for (unsigned int w = 0; w < warps; ++w) {
-      launch.warp_barriers[w].reset(static_cast<int>(std::min(kWarpSize * (w + 1), threads) -
-                                                     kWarpSize * w));
+// Threads that run blocks beside the launching thread, started on first use and kept (never
+// destroyed, so that no launch outlives them at exit). One launch at a time uses them; a launch
+// from another thread meanwhile runs its blocks on its own thread.
+class BlockRunners {
+ public:
+  static BlockRunners& instance() {
+    static BlockRunners* runners = new BlockRunners;
+    return *runners;
+  }
+
+  // Runs `grid` on the caller and on up to `helpers` of these threads.
+  void run(Grid& grid, unsigned int helpers) {
+    std::unique_lock<std::mutex> in_use(use_, std::try_to_lock);
+    if (!in_use.owns_lock() || helpers == 0) {
+      run_blocks(grid);
+      return;
     }
-    for (unsigned int t = 0; t < threads; ++t) {
-      Fiber& f = fibers[t];
-      f.thread_idx = {t, 0, 0};
-      f.block_idx = {block, 0, 0};
-      f.started = false;
-      f.finished.store(false, std::memory_order_relaxed);
-      f.waiting_on.store(nullptr, std::memory_order_relaxed);
-      f.stack = state.stacks[t].get();
-      f.sanitizer = SanitizerFiber{};
-      f.sanitizer.stack_bottom = f.stack;
-      f.sanitizer.stack_size = kFiberStackBytes;
-#if defined(SLIDEFORMER_HOST_TSAN)
-      f.sanitizer.tsan = state.tsan_fibers[t];
-#endif
-      f.context = fresh;
-      f.context.uc_stack.ss_sp = f.stack;
-      f.context.uc_stack.ss_size = kFiberStackBytes;
-      f.context.uc_link = nullptr;
-      makecontext(&f.context, &fiber_main, 0);
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      while (threads_.size() < helpers) threads_.emplace_back([this] { serve(); });
+      job_ = &grid;
+      wanted_ = helpers;
+      running_ = 0;
+      ++round_;
     }
-    // Round robin over the fibers that may run, until all finished or none can go on; in
-    // ascending thread order in even blocks, descending in odd ones, so that a missing barrier
-    // shows whichever of two threads reads what the other writes.
-    unsigned int finished = 0;
-    while (finished < threads) {
-      bool progressed = false;
-      finished = 0;
-      for (unsigned int i = 0; i < threads; ++i) {
-        Fiber& f = fibers[block % 2 == 0 ? i : threads - 1 - i];
-        if (f.runnable()) {
-          progressed = true;
-          state.fiber.store(&f, std::memory_order_relaxed);
-          const bool starts = !f.started;
-          f.started = true;
-          sanitizer_before_switch(launch.scheduler, f.sanitizer, false, starts);
-          swapcontext(&launch.scheduler_context, &f.context);
-          sanitizer_after_switch(launch.scheduler, f.sanitizer);
-          state.fiber.store(nullptr, std::memory_order_relaxed);
-        }
-        finished += f.finished.load(std::memory_order_relaxed);
-      }
-      if (launch.failed.load(std::memory_order_relaxed)) break;
-      TORCH_CHECK(progressed || finished == threads, "CUDA host runtime: deadlock in block ",
-                  block, ": ", threads - finished,
-                  " threads wait at a barrier that the other threads of the block or warp never "
-                  "reach");
+    wake_.notify_all();
+    run_blocks(grid);
+    std::unique_lock<std::mutex> lock(mutex_);
+    wanted_ = 0;  // threads that did not start yet stay out
+    done_.wait(lock, [this] { return running_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void serve() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return round_ != seen; });
+      seen = round_;
+      if (wanted_ == 0) continue;
+      --wanted_;
+      ++running_;
+      Grid* grid = job_;
+      lock.unlock();
+      run_blocks(*grid);
+      lock.lock();
+      if (--running_ == 0) done_.notify_all();
     }
-    sanitizer_acquire(&launch.block_end_token);
-    if (launch.error) std::rethrow_exception(launch.error);
-    for (size_t i = 0; i < kSharedCanaryBytes; ++i) {
-      TORCH_CHECK(launch.shared[shared_bytes + i] == kUnwrittenShared,
-                  "CUDA host runtime: block ", block, " wrote past its ", shared_bytes,
-                  " bytes of dynamic shared memory");
-    }
+  }
+
+  std::mutex use_, mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  Grid* job_ = nullptr;
+  unsigned int wanted_ = 0, running_ = 0;
+  uint64_t round_ = 0;
+};
+
+// The environment variable `name` as a number, or `fallback`.
+inline uint64_t env_number(const char* name, uint64_t fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? std::strtoull(value, nullptr, 10) : fallback;
+}
+
+// The seed of the block orders of this process (SLIDEFORMER_CUDA_HOST_SEED, else random).
+inline uint64_t block_order_seed() {
+  static const uint64_t seed = env_number("SLIDEFORMER_CUDA_HOST_SEED", std::random_device{}());
+  return seed;
+}
+
+// How many threads run the blocks of a launch (SLIDEFORMER_CUDA_HOST_THREADS, default 2).
+inline unsigned int block_threads() {
+  static const unsigned int threads = static_cast<unsigned int>(
+      std::clamp<uint64_t>(env_number("SLIDEFORMER_CUDA_HOST_THREADS", 2), 1, 64));
+  return threads;
+}
+
+// Blocks 0 .. grid - 1 shuffled by the process's seed and the launch's number on this thread.
+inline std::vector<unsigned int> block_order(unsigned int grid, uint64_t launch_number) {
+  std::vector<unsigned int> order(grid);
+  std::iota(order.begin(), order.end(), 0u);
+  std::mt19937_64 random(block_order_seed() ^ (launch_number * 0x9E3779B97F4A7C15ull));
+  std::shuffle(order.begin(), order.end(), random);
+  return order;
+}
+
+// While a test points it at a vector, the launches of this thread are appended to it.
+struct LaunchRecord {
+  const void* kernel;
+  unsigned int blocks, threads;
+  size_t shared_bytes;
+};
+inline std::vector<LaunchRecord>*& launch_log() {
+  thread_local std::vector<LaunchRecord>* log = nullptr;
+  return log;
+}
+// Kernels launched on this thread so far.
+inline uint64_t& launch_count() {
+  thread_local uint64_t count = 0;
+  return count;
+}
+
+// Runs blocks 0 .. grid - 1 of `body` (the kernel applied to its parameters), `threads` fibers
+// each, in a shuffled order on block_threads() threads.
+inline void run_grid(const void* kernel, unsigned int grid, unsigned int threads,
+                     size_t shared_bytes, const std::function<void()>& body) {
+  TORCH_CHECK(thread_state().launch == nullptr,
+              "CUDA host runtime: a kernel launched another kernel");
+  TORCH_CHECK(grid >= 1 && threads >= 1 &&
+                  threads <= static_cast<unsigned int>(emulated_device().max_threads_per_block),
+              "CUDA host runtime: invalid configuration argument: ", grid, " blocks of ", threads,
+              " threads");
+  TORCH_CHECK(shared_bytes <= max_dynamic_shared_memory(kernel),
+              "CUDA host runtime: too many resources requested for launch: ", shared_bytes,
+              " bytes of dynamic shared memory, the kernel may use ",
+              max_dynamic_shared_memory(kernel));
+  const uint64_t number = launch_count()++;
+  if (launch_log() != nullptr) launch_log()->push_back({kernel, grid, threads, shared_bytes});
+  Grid run{kernel, threads, shared_bytes, &body, block_order(grid, number)};
+  BlockRunners::instance().run(run, std::min(grid, block_threads()) - 1);
+  if (!run.error) return;
+  try {
+    std::rethrow_exception(run.error);
+  } catch (c10::Error& e) {
+    e.add_context(c10::str("(launch ", number, " of this thread, its blocks shuffled with "
+                           "SLIDEFORMER_CUDA_HOST_SEED=", block_order_seed(), ")"));
+    throw;
   }
 }
 
