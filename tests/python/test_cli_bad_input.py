@@ -253,9 +253,6 @@ PREDICT = [
     ("model-returns-integers", ["--model", "{int_logits}", "--data", "{good_data}"],
      "{int_logits}: the model returned a tensor of shape [64, 10] (Long) for [64, 1, 28, 28] images"),
     *data_cases("t10k", "--model", "{model}"),
-    ("data-image-size", ["--model", "{model}", "--data", "{size32}"],
-     "{model}: the model failed on [64, 1, 32, 32] images: RuntimeError: The size of tensor a (16) must match "
-     "the size of tensor b (14)"),
     ("limit-negative", ["--model", "{model}", "--limit", "-1"], "--limit: must be an integer >= 0, got '-1'"),
     ("predictions-unwritable", ["--model", "{model}", "--data", "{good_data}", "--predictions", "{nowhere}/p.txt"],
      "{nowhere}/p.txt: cannot write predictions"),
