@@ -392,7 +392,6 @@ inline size_t max_dynamic_shared_memory(const void* kernel) {
 // What the threads running one launch share: the launch, the order of its blocks, the first
 // error.
 struct Grid {
-  const void* kernel;
   unsigned int threads;
   size_t shared_bytes;
   const std::function<void()>* body;
@@ -425,8 +424,11 @@ inline void prepare_launch(const Grid& grid, Launch& launch, std::vector<unsigne
 // that reading it is reported.
 inline void set_shared_canary(unsigned char* canary, bool poisoned) {
 #if defined(SLIDEFORMER_HOST_ASAN)
-  if (!poisoned) ASAN_UNPOISON_MEMORY_REGION(canary, kSharedCanaryBytes);
-  if (poisoned) ASAN_POISON_MEMORY_REGION(canary, kSharedCanaryBytes);
+  if (poisoned) {
+    ASAN_POISON_MEMORY_REGION(canary, kSharedCanaryBytes);
+  } else {
+    ASAN_UNPOISON_MEMORY_REGION(canary, kSharedCanaryBytes);
+  }
 #endif
   (void)canary, (void)poisoned;
 }
@@ -668,7 +670,7 @@ inline void run_grid(const void* kernel, unsigned int grid, unsigned int threads
               max_dynamic_shared_memory(kernel));
   const uint64_t number = launch_count()++;
   if (launch_log() != nullptr) launch_log()->push_back({kernel, grid, threads, shared_bytes});
-  Grid run{kernel, threads, shared_bytes, &body, block_order(grid, number)};
+  Grid run{threads, shared_bytes, &body, block_order(grid, number)};
   BlockRunners::instance().run(run, std::min(grid, block_threads()) - 1);
   if (!run.error) return;
   try {
