@@ -31,12 +31,24 @@ struct HandleDeleter {
   void operator()(void* handle) const { tjDestroy(handle); }
 };
 
-// One decompressor per thread, kept for the thread's life.
+std::unique_ptr<void, HandleDeleter>& thread_handle() {
+  thread_local std::unique_ptr<void, HandleDeleter> handle;
+  return handle;
+}
+
+// One decompressor per thread, kept for the thread's life but for a failure (forget_decompressor).
 tjhandle thread_decompressor() {
-  thread_local std::unique_ptr<void, HandleDeleter> handle(tjInitDecompress());
+  auto& handle = thread_handle();
+  if (!handle) handle.reset(tjInitDecompress());
   if (!handle) throw std::runtime_error("slideformer::data: TurboJPEG could not create a decompressor");
   return handle.get();
 }
+
+// After a failed call the thread's next JPEG gets a new decompressor: libjpeg-turbo 2.1's
+// tjDecompressHeader3 returns from an error without resetting libjpeg's state, so the marker
+// it failed on is read again at the start of every later header, and every later JPEG of the
+// thread would be refused with the same message.
+void forget_decompressor() { thread_handle().reset(); }
 
 uint16_t big_endian16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
 
@@ -75,7 +87,9 @@ Header read_header(tjhandle handle, const uint8_t* data, size_t size, const std:
   Header header;
   if (tjDecompressHeader3(handle, data, static_cast<unsigned long>(size), &header.width, &header.height,
                           &header.subsampling, &header.colorspace) != 0) {
-    throw ImageError(name, std::string("not a readable JPEG (") + tjGetErrorStr2(handle) + ")");
+    const std::string message = tjGetErrorStr2(handle);
+    forget_decompressor();
+    throw ImageError(name, "not a readable JPEG (" + message + ")");
   }
   if (header.width < 1 || header.height < 1) {
     throw ImageError(name, "not a readable JPEG (its header gives no image size)");
@@ -282,7 +296,10 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, i
   raw.resize(width, height, layout_channels(decoded.layout));
   if (tjDecompress2(handle, data, static_cast<unsigned long>(size), raw.data.data(), width, 0, height,
                     pixel_format(decoded.layout), kFlags) != 0) {
-    refuse_if_failed(tjGetErrorCode(handle) == TJERR_FATAL, tjGetErrorStr2(handle), name);
+    const bool fatal = tjGetErrorCode(handle) == TJERR_FATAL;
+    const std::string message = tjGetErrorStr2(handle);
+    forget_decompressor();
+    refuse_if_failed(fatal, message, name);
   }
   return decoded;
 }

@@ -1,6 +1,9 @@
 // Triangle-filter resampling (see resample.h). Compiled for the build's vector ISA: the vertical
-// pass is a multiply-add over contiguous rows, which the compiler vectorises.
+// pass is a multiply-add over contiguous rows, which the compiler vectorises; the horizontal pass
+// runs on blocks of output columns with at::vec (see prepare_column_blocks).
 #include "resample.h"
+
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -47,6 +50,8 @@ void triangle_taps(double in0, double in_len, int64_t in_size, int64_t out_size,
 
 namespace {
 
+using Vec = at::vec::Vectorized<float>;
+
 // Sets up both axes' taps; returns the source columns [first, last) the window needs.
 std::pair<int64_t, int64_t> prepare_taps(const Pixels& source, const Geometry& g, ResampleScratch& scratch) {
   triangle_taps(g.box_y, g.box_height, source.height, g.virtual_height, g.top, g.height, scratch.rows);
@@ -77,34 +82,79 @@ void vertical_pass(const Pixels& source, int64_t first, int64_t last, ResampleSc
   }
 }
 
-// The horizontal pass over scratch.vertical; write(c, row, column, value) stores each result.
-template <int C, typename Write>
-void horizontal_pass(const Geometry& g, int64_t first, bool flip, const ResampleScratch& scratch, Write write) {
+// The column taps as dense blocks of Vec::size() output columns: block b reads the source columns
+// [start, start + length) of its columns' taps, its weights are length x Vec::size() (tap-major,
+// zero where a column does not read that source column). The horizontal pass then multiplies
+// whole weight vectors with one broadcast sample each: no gathers, which are slow on many x86
+// CPUs; the zero weights add nothing.
+void prepare_column_blocks(int64_t first, int64_t channels, ResampleScratch& scratch) {
   const Taps& columns = scratch.columns;
-  const int64_t span = static_cast<int64_t>(scratch.vertical.size()) / std::max<int64_t>(g.height, 1);
-  for (int64_t r = 0; r < g.height; ++r) {
-    const float* row = scratch.vertical.data() + r * span;
-    for (int64_t x = 0; x < g.width; ++x) {
-      const float* w = columns.weights.data() + x * columns.max_count;
-      const float* in = row + (columns.start[x] - first) * C;
-      float sum[C] = {};
-      for (int64_t k = 0; k < columns.count[x]; ++k, in += C) {
-        for (int c = 0; c < C; ++c) sum[c] += w[k] * in[c];
-      }
-      const int64_t column = flip ? g.width - 1 - x : x;
-      for (int c = 0; c < C; ++c) write(c, r, column, sum[c]);
+  const int64_t width = static_cast<int64_t>(columns.start.size()), lanes = Vec::size();
+  const int64_t blocks = (width + lanes - 1) / lanes;
+  scratch.blocks.resize(blocks);
+  scratch.block_weights.clear();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t x0 = b * lanes, x1 = std::min(width, x0 + lanes);
+    int64_t low = columns.start[x0], high = 0;
+    for (int64_t x = x0; x < x1; ++x) {
+      low = std::min(low, columns.start[x]);
+      high = std::max(high, columns.start[x] + columns.count[x]);
     }
+    const size_t at = scratch.block_weights.size();
+    scratch.blocks[b] = {(low - first) * channels, high - low, static_cast<int64_t>(at)};
+    scratch.block_weights.resize(at + static_cast<size_t>((high - low) * lanes), 0.0f);
+    for (int64_t x = x0; x < x1; ++x) {
+      for (int64_t k = 0; k < columns.count[x]; ++k) {
+        scratch.block_weights[at + (columns.start[x] + k - low) * lanes + (x - x0)] = columns.weights[x * columns.max_count + k];
+      }
+    }
+  }
+  scratch.filtered.resize(static_cast<size_t>(channels * blocks * lanes));
+}
+
+// The horizontal pass over scratch.vertical: each output row's C channel rows, in output order
+// (before any flip), go to write_row(row, values) with channel c at values + c * padded width.
+template <int C, typename WriteRow>
+void horizontal_pass(int64_t height, int64_t span, ResampleScratch& scratch, WriteRow write_row) {
+  const int64_t lanes = Vec::size(), padded = static_cast<int64_t>(scratch.blocks.size()) * lanes;
+  float* filtered = scratch.filtered.data();
+  for (int64_t r = 0; r < height; ++r) {
+    const float* row = scratch.vertical.data() + r * span;
+    for (size_t b = 0; b < scratch.blocks.size(); ++b) {
+      const ColumnBlock& block = scratch.blocks[b];
+      const float* in = row + block.offset;
+      const float* w = scratch.block_weights.data() + block.weights;
+      // Two sums per channel (even and odd source columns) keep 2 C multiply-adds in flight.
+      Vec even[C], odd[C];
+      for (int c = 0; c < C; ++c) even[c] = odd[c] = Vec(0.0f);
+      int64_t j = 0;
+      for (; j + 1 < block.length; j += 2, in += 2 * C, w += 2 * lanes) {
+        const Vec weight0 = Vec::loadu(w), weight1 = Vec::loadu(w + lanes);
+        for (int c = 0; c < C; ++c) {
+          even[c] = at::vec::fmadd(weight0, Vec(in[c]), even[c]);
+          odd[c] = at::vec::fmadd(weight1, Vec(in[C + c]), odd[c]);
+        }
+      }
+      if (j < block.length) {
+        const Vec weight = Vec::loadu(w);
+        for (int c = 0; c < C; ++c) even[c] = at::vec::fmadd(weight, Vec(in[c]), even[c]);
+      }
+      for (int c = 0; c < C; ++c) (even[c] + odd[c]).store(filtered + c * padded + b * lanes);
+    }
+    write_row(r, filtered, padded);
   }
 }
 
-template <typename Write>
-void resample(const Pixels& source, const Geometry& g, bool flip, ResampleScratch& scratch, Write write) {
+template <typename WriteRow>
+void resample(const Pixels& source, const Geometry& g, ResampleScratch& scratch, WriteRow write_row) {
   const auto [first, last] = prepare_taps(source, g, scratch);
   vertical_pass(source, first, last, scratch);
+  prepare_column_blocks(first, source.channels, scratch);
+  const int64_t span = (last - first) * source.channels;
   if (source.channels == 3) {
-    horizontal_pass<3>(g, first, flip, scratch, write);
+    horizontal_pass<3>(g.height, span, scratch, write_row);
   } else {
-    horizontal_pass<1>(g, first, flip, scratch, write);
+    horizontal_pass<1>(g.height, span, scratch, write_row);
   }
 }
 
@@ -112,17 +162,18 @@ void resample(const Pixels& source, const Geometry& g, bool flip, ResampleScratc
 
 void resample_planar(const Pixels& source, const Geometry& g, bool flip, const float* scale, const float* shift,
                      float* out, ResampleScratch& scratch) {
-  const int64_t plane = g.width * g.height;
-  resample(source, g, flip, scratch, [&](int c, int64_t r, int64_t x, float value) {
-    out[c * plane + r * g.width + x] = value * scale[c] + shift[c];
-  });
-}
-
-void resample_pixels(const Pixels& source, const Geometry& g, bool flip, Pixels& out, ResampleScratch& scratch) {
-  out.resize(g.width, g.height, source.channels);
-  const int64_t channels = source.channels;
-  resample(source, g, flip, scratch, [&](int c, int64_t r, int64_t x, float value) {
-    out.data[(r * g.width + x) * channels + c] = static_cast<uint8_t>(std::clamp(std::nearbyint(value), 0.0f, 255.0f));
+  const int64_t width = g.width, plane = g.width * g.height;
+  resample(source, g, scratch, [&](int64_t r, const float* values, int64_t padded) {
+    for (int64_t c = 0; c < source.channels; ++c) {
+      const float* __restrict in = values + c * padded;
+      float* __restrict row = out + c * plane + r * width;
+      const float a = scale[c], b = shift[c];
+      if (flip) {
+        for (int64_t x = 0; x < width; ++x) row[width - 1 - x] = in[x] * a + b;
+      } else {
+        for (int64_t x = 0; x < width; ++x) row[x] = in[x] * a + b;
+      }
+    }
   });
 }
 

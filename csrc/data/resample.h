@@ -32,18 +32,24 @@ struct Taps {
 // region (rounded outwards): the region is resized as if cropped first.
 void triangle_taps(double in0, double in_len, int64_t in_size, int64_t out_size, int64_t first, int64_t n, Taps& taps);
 
+// A block of output columns of the horizontal pass: where its source columns start in a row of
+// the vertical pass, how many it reads, and where its dense weights start.
+struct ColumnBlock {
+  int64_t offset = 0, length = 0, weights = 0;
+};
+
 // Buffers kept between images.
 struct ResampleScratch {
   Taps rows, columns;
-  std::vector<float> vertical;  // the vertical pass: height x (needed columns) x channels
+  std::vector<float> vertical;       // the vertical pass: height x (needed columns) x channels
+  std::vector<ColumnBlock> blocks;   // the horizontal pass's column blocks
+  std::vector<float> block_weights;  // their dense weights
+  std::vector<float> filtered;       // one output row: channels x (width rounded up to blocks)
 };
 
 // Writes the window as planar float (channels, height, width): value * scale[c] + shift[c] with
 // value in 0..255; flip mirrors the window left-right.
 void resample_planar(const Pixels& source, const Geometry& geometry, bool flip, const float* scale,
                      const float* shift, float* out, ResampleScratch& scratch);
-
-// Writes the window as interleaved uint8 pixels (rounded, clamped), for the augmentation ops.
-void resample_pixels(const Pixels& source, const Geometry& geometry, bool flip, Pixels& out, ResampleScratch& scratch);
 
 }  // namespace slideformer::data::detail

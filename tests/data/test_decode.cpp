@@ -101,6 +101,29 @@ TEST_F(Decode, BadFilesAreRefusedWithAMessageNamingThem) {
   expect_refused(dir(), "is a directory");
 }
 
+// Found by the image fuzzer: each thread keeps one TurboJPEG decompressor, and libjpeg-turbo 2.1
+// leaves a failed header's marker in it, so before the fix every JPEG read after this one on the
+// thread was refused with its message ("Unsupported marker type 0x51"), as a loader's worker
+// would refuse the rest of a dataset after one bad file.
+TEST_F(Decode, AJpegWithABadHeaderLeavesTheNextJpegsReadable) {
+  const at::Tensor pixels = gradient(32, 40, 3);
+  const std::string jpeg = encode_jpeg(pixels);
+  write_file(path("good.jpg"), jpeg);
+  const at::Tensor before = read_image(path("good.jpg"));
+  write_file(path("bad_marker.jpg"), std::string("\xFF\xD8\xFF\x51\x15\xB7\x54\x09\x71\xB3\xC6\x49\xE2\x8A\xFF\xD9", 16));
+  expect_refused(path("bad_marker.jpg"), "not a readable JPEG (Unsupported marker type 0x51)");
+  EXPECT_TRUE(at::equal(read_image(path("good.jpg")), before));
+  EXPECT_EQ(read_image_info(reinterpret_cast<const uint8_t*>(jpeg.data()), jpeg.size(), "good.jpg").width, 40);
+  // The train transform decodes a region with libjpeg's own API, the eval transform with TurboJPEG.
+  DataConfig config;
+  config.image_size = 16;
+  const ImageTransform eval = ImageTransform::eval(config), train = ImageTransform::train(config);
+  expect_refused(path("bad_marker.jpg"), "not a readable JPEG");
+  EXPECT_EQ(eval(path("good.jpg"), 0).sizes(), at::IntArrayRef({3, 16, 16}));
+  expect_refused(path("bad_marker.jpg"), "not a readable JPEG");
+  EXPECT_EQ(train(path("good.jpg"), 0).sizes(), at::IntArrayRef({3, 16, 16}));
+}
+
 // A JPEG whose frame header claims width x height (its scan is that of a small image).
 std::string jpeg_claiming(int width, int height) {
   std::string jpeg = encode_jpeg(gradient(16, 16, 3));
