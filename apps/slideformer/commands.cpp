@@ -87,34 +87,76 @@ at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>&
 
 }  // namespace
 
+namespace {
+
+void print_summary_header() { fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters"); }
+
+void print_summary_row(const std::string& name, const at::Tensor& out, int64_t parameters) {
+  fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out), parameters);
+}
+
+int64_t all_parameters(const torch::nn::Module& module) { return nn::count_parameters(module, false); }
+
+// "<name> (<Type>)" of a layer a model's walk visits: its class without namespace and "Impl".
+std::string layer_label(const std::string& name, const torch::nn::Module& layer) {
+  std::string type = c10::demangle(typeid(layer).name());
+  type = type.substr(type.rfind(':') + 1);
+  return fmt::format("{} ({})", name, type.substr(0, type.size() - 4));
+}
+
+void print_summary_totals(const torch::nn::Module& model) {
+  fmt::print("total_params {}\ntrainable_params {}\n", nn::count_parameters(model, false),
+             nn::count_parameters(model, true));
+}
+
+// The video family's summary, on one clip of zeros: its own walk (VideoMViT::forward_tokens), the
+// tokens after each step (the class token first).
+int video_summary(const ModelConfig& config) {
+  const nn::VideoMViTOptions& o = config.video;
+  nn::VideoMViT model = build_video_model(config);
+  fmt::print("model {} ({}, {}x{}x{}x{} clips, {} classes)\n", model_name(config), config.family, o.in_channels(),
+             o.frames(), o.image_size(), o.image_size(), o.num_classes());
+  model->eval();
+  torch::NoGradGuard no_grad;
+  print_summary_header();
+  at::Tensor x = model->forward_tokens(
+      at::zeros({1, o.in_channels(), o.frames(), o.image_size(), o.image_size()}),
+      [&](const std::string& name, torch::nn::Module& layer, const at::Tensor& out) {
+        if (&layer != model.get()) return print_summary_row(layer_label(name, layer), out, all_parameters(layer));
+        int64_t own = 0;  // the model's own parameters: the class token, MViTv1's positions
+        for (const at::Tensor& parameter : model->parameters(/*recurse=*/false)) own += parameter.numel();
+        print_summary_row(name, out, own);
+      });
+  x = model->forward_head(x);
+  print_summary_row("norm, class token, head", x, all_parameters(*model->norm) + all_parameters(*model->head));
+  print_summary_totals(*model);
+  return 0;
+}
+
+}  // namespace
+
 int summary(ModelConfig config, int64_t image_size) {
   if (image_size > 0) {
     config.set_image_size(image_size);
     check_model_config(config, "--image-size " + std::to_string(image_size));
   }
+  if (config.family == kVideoMViTFamily) return video_summary(config);
   const Model model = build_model(config);
   const int64_t channels = config.in_channels(), size = config.image_size();
   fmt::print("model {} ({}, {}x{}x{} images, {} classes)\n", model_name(config), config.family, channels, size,
              size, config.num_classes());
   model.module->eval();
   torch::NoGradGuard no_grad;
-  fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
-  auto row = [](const std::string& name, const at::Tensor& out, int64_t parameters) {
-    fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out), parameters);
-  };
-  auto count = [](const torch::nn::Module& module) { return nn::count_parameters(module, false); };
+  print_summary_header();
   // The model's own walk (layers()), each layer's output as it passes.
   at::Tensor x = model->forward_tokens(
       at::zeros({1, channels, size, size}),
       [&](const std::string& name, torch::nn::Module& layer, const at::Tensor& out) {
-        std::string type = c10::demangle(typeid(layer).name());
-        type = type.substr(type.rfind(':') + 1);
-        row(fmt::format("{} ({})", name, type.substr(0, type.size() - 4)), out, count(layer));  // "...Impl"
+        print_summary_row(layer_label(name, layer), out, all_parameters(layer));
       });
   x = model->forward_head(x);
-  row("norm, mean, head", x, count(*model->norm) + count(*model->head));
-  fmt::print("total_params {}\ntrainable_params {}\n", nn::count_parameters(*model.module, false),
-             nn::count_parameters(*model.module, true));
+  print_summary_row("norm, mean, head", x, all_parameters(*model->norm) + all_parameters(*model->head));
+  print_summary_totals(*model.module);
   return 0;
 }
 

@@ -214,6 +214,7 @@ int main(int argc, char** argv) {
     }
     if (*train_cmd) {
       run.model = preset_model(train_preset);
+      require_image_model(run.model);
       run.argv.assign(argv, argv + argc);
       for (const CLI::Option* option : train_cmd->get_options()) {
         if (option->count() > 0) run.given_options.insert(option->get_name());

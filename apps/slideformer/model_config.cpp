@@ -88,14 +88,13 @@ struct Checker {
   void range(const char* name, int64_t value, int64_t low, int64_t high) const {
     if (value < low || value > high) fail(name, fmt::format("in [{}, {}]", low, high), value);
   }
-  // The options both families have: sizes, stages (heads divide each stage's width embed_dim *
+  // The options every family has: sizes, stages (heads divide each stage's width embed_dim *
   // 2^s), the MLP, stochastic depth and the input normalisation.
   template <typename Options>
   void common(const Options& o) const {
     range("image_size", o.image_size(), 1, 4096);
     range("in_channels", o.in_channels(), 1, 1024);
     range("num_classes", o.num_classes(), 1, 1 << 20);
-    range("patch_size", o.patch_size(), 1, o.image_size());
     range("embed_dim", o.embed_dim(), 1, 4096);
     const size_t stages = o.depths().size();
     if (stages < 1 || stages > 8) fail("depths", "a list of 1 to 8 stages", fmt::format("{}", o.depths()));
@@ -110,9 +109,6 @@ struct Checker {
              fmt::format("{}", o.heads()));
       }
     }
-    if (o.kernel_size() < 1 || o.kernel_size() > 31 || o.kernel_size() % 2 == 0) {
-      fail("kernel_size", "odd and in [1, 31]", o.kernel_size());
-    }
     if (!(o.mlp_ratio() > 0 && o.mlp_ratio() <= 64)) fail("mlp_ratio", "in (0, 64]", o.mlp_ratio());
     if (!(o.drop_path_rate() >= 0 && o.drop_path_rate() < 1)) fail("drop_path_rate", "in [0, 1)", o.drop_path_rate());
     const auto channels = static_cast<size_t>(o.in_channels());
@@ -124,6 +120,21 @@ struct Checker {
         !std::all_of(o.input_std().begin(), o.input_std().end(), [](double s) { return std::isfinite(s) && s > 0; })) {
       fail("input_std", fmt::format("one positive number per input channel ({})", channels), fmt::format("{}", o.input_std()));
     }
+  }
+  // The image families' square patches and kernels.
+  template <typename Options>
+  void patches(const Options& o) const {
+    range("patch_size", o.patch_size(), 1, o.image_size());
+    if (o.kernel_size() < 1 || o.kernel_size() > 31 || o.kernel_size() % 2 == 0) {
+      fail("kernel_size", "odd and in [1, 31]", o.kernel_size());
+    }
+  }
+  // A (T, Y, X) kernel or stride of the video family: three sizes in [1, high], odd if `odd`.
+  void triple(const char* name, const std::vector<int64_t>& sizes, int64_t high, bool odd) const {
+    const bool fits = sizes.size() == 3 && std::all_of(sizes.begin(), sizes.end(), [&](int64_t s) {
+      return s >= 1 && s <= high && (!odd || s % 2 == 1);
+    });
+    if (!fits) fail(name, fmt::format("three {}sizes (T, Y, X) in [1, {}]", odd ? "odd " : "", high), fmt::format("{}", sizes));
   }
   // Weights of the blocks dominate: (4 + 2 * mlp_ratio) d^2 per block, plus `extra` (the
   // embedding tables, mergings) and the head.
@@ -147,6 +158,7 @@ struct Checker {
 void check_options(const nn::SlideTransformerOptions& o, const std::string& source) {
   const Checker check{source};
   check.common(o);
+  check.patches(o);
   if (o.image_size() % o.patch_size() != 0) {
     check.fail("patch_size", fmt::format("a divisor of image_size {}", o.image_size()), o.patch_size());
   }
@@ -169,6 +181,7 @@ void check_options(const nn::SlideTransformerOptions& o, const std::string& sour
 void check_options(const nn::MViTOptions& o, const std::string& source) {
   const Checker check{source};
   check.common(o);
+  check.patches(o);
   check.range("stride_kv", o.stride_kv(), 1, o.image_size());
   if (o.position_encoding() == nn::PositionEncoding::kSinusoidal && o.embed_dim() % 4 != 0) {
     check.fail("embed_dim", "a multiple of 4 with the sinusoidal position encoding", o.embed_dim());
@@ -178,6 +191,30 @@ void check_options(const nn::MViTOptions& o, const std::string& source) {
   check.size(o, patches * patches * o.embed_dim());
 }
 
+void check_options(const nn::VideoMViTOptions& o, const std::string& source) {
+  const Checker check{source};
+  check.range("frames", o.frames(), 1, 1024);
+  check.common(o);
+  check.triple("patch_kernel", o.patch_kernel(), 31, false);
+  check.triple("patch_stride", o.patch_stride(), 31, false);
+  check.triple("kernel", o.kernel(), 31, true);
+  check.triple("stride_kv", o.stride_kv(), o.image_size(), false);
+  if (!(o.head_dropout() >= 0 && o.head_dropout() < 1)) check.fail("head_dropout", "in [0, 1)", o.head_dropout());
+  if (!(o.norm_eps() > 0 && o.norm_eps() <= 1)) check.fail("norm_eps", "in (0, 1]", o.norm_eps());
+  const auto& k = o.patch_kernel();
+  const double tokens = static_cast<double>(o.frames()) * o.image_size() * o.image_size() /
+                        static_cast<double>(o.patch_stride()[0] * o.patch_stride()[1] * o.patch_stride()[2]);
+  check.size(o, static_cast<double>(k[0] * k[1] * k[2] * o.in_channels() + tokens) * o.embed_dim());
+}
+
+// f(the options of the config's family).
+template <typename Config, typename F>
+decltype(auto) with_options(Config& config, F&& f) {
+  if (config.family == kMViTFamily) return f(config.mvit);
+  if (config.family == kVideoMViTFamily) return f(config.video);
+  return f(config.options);
+}
+
 // The library's description of the options (family and options), as JSON.
 template <typename Options>
 Json description_of(const Options& options) {
@@ -185,7 +222,7 @@ Json description_of(const Options& options) {
 }
 
 Json description_of(const ModelConfig& config) {
-  return config.family == kMViTFamily ? description_of(config.mvit) : description_of(config.options);
+  return with_options(config, [](const auto& options) { return description_of(options); });
 }
 
 // Reads every option of `out` from `options` (a JSON object), strictly, then checks them.
@@ -212,20 +249,23 @@ void read_options(Json options, Options& out, const std::string& source) {
 
 }  // namespace
 
-int64_t ModelConfig::in_channels() const { return family == kMViTFamily ? mvit.in_channels() : options.in_channels(); }
-int64_t ModelConfig::image_size() const { return family == kMViTFamily ? mvit.image_size() : options.image_size(); }
-int64_t ModelConfig::num_classes() const { return family == kMViTFamily ? mvit.num_classes() : options.num_classes(); }
+int64_t ModelConfig::in_channels() const {
+  return with_options(*this, [](const auto& o) { return o.in_channels(); });
+}
+int64_t ModelConfig::image_size() const {
+  return with_options(*this, [](const auto& o) { return o.image_size(); });
+}
+int64_t ModelConfig::num_classes() const {
+  return with_options(*this, [](const auto& o) { return o.num_classes(); });
+}
 void ModelConfig::set_image_size(int64_t size) {
-  if (family == kMViTFamily) {
-    mvit.image_size(size);
-  } else {
-    options.image_size(size);
-  }
+  with_options(*this, [&](auto& o) { o.image_size(size); });
 }
 
 std::vector<std::string> preset_names() {
   std::vector<std::string> names = nn::preset_names();
   for (const std::string& name : nn::mvit_preset_names()) names.push_back(name);
+  for (const std::string& name : nn::video_mvit_preset_names()) names.push_back(name);
   return names;
 }
 
@@ -236,10 +276,13 @@ ModelConfig preset_model(const std::string& preset) {
                                          fmt::join(names, ", ")));
   }
   ModelConfig config;
-  const auto mvit_names = nn::mvit_preset_names();
+  const auto mvit_names = nn::mvit_preset_names(), video_names = nn::video_mvit_preset_names();
   if (std::find(mvit_names.begin(), mvit_names.end(), preset) != mvit_names.end()) {
     config.family = kMViTFamily;
     config.mvit = nn::mvit_preset(preset);
+  } else if (std::find(video_names.begin(), video_names.end(), preset) != video_names.end()) {
+    config.family = kVideoMViTFamily;
+    config.video = nn::video_mvit_preset(preset);
   } else {
     config.options = nn::preset(preset);
   }
@@ -264,23 +307,17 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& s
   }
   ModelConfig config;
   config.family = json["family"].get<std::string>();
-  if (config.family == kSlideTransformerFamily) {
-    read_options(json["options"], config.options, source);
-  } else if (config.family == kMViTFamily) {
-    read_options(json["options"], config.mvit, source);
-  } else {
-    throw std::runtime_error(fmt::format("{}: unknown model family '{}' (this program builds '{}' and '{}')",
-                                         source, config.family, kSlideTransformerFamily, kMViTFamily));
+  if (config.family != kSlideTransformerFamily && config.family != kMViTFamily && config.family != kVideoMViTFamily) {
+    throw std::runtime_error(fmt::format("{}: unknown model family '{}' (this program builds '{}', '{}' and '{}')",
+                                         source, config.family, kSlideTransformerFamily, kMViTFamily,
+                                         kVideoMViTFamily));
   }
+  with_options(config, [&](auto& options) { read_options(json["options"], options, source); });
   return config;
 }
 
 void check_model_config(const ModelConfig& config, const std::string& source) {
-  if (config.family == kMViTFamily) {
-    check_options(config.mvit, source);
-  } else {
-    check_options(config.options, source);
-  }
+  with_options(config, [&](const auto& options) { check_options(options, source); });
 }
 
 bool operator==(const ModelConfig& a, const ModelConfig& b) {
@@ -294,7 +331,15 @@ std::string model_name(const ModelConfig& config) {
   return "custom";
 }
 
+void require_image_model(const ModelConfig& config) {
+  if (config.family == kVideoMViTFamily) {
+    throw std::runtime_error(fmt::format("{} is a video model (family '{}', clips): this command takes image models; "
+                                         "`summary` describes video ones", model_name(config), kVideoMViTFamily));
+  }
+}
+
 Model build_model(const ModelConfig& config) {
+  require_image_model(config);
   if (config.family == kMViTFamily) {
     nn::MViT model(config.mvit);
     return {model.ptr(), model.get()};
@@ -302,6 +347,11 @@ Model build_model(const ModelConfig& config) {
   TORCH_CHECK(config.family == kSlideTransformerFamily, "slideformer: unknown model family '", config.family, "'");
   nn::SlideTransformer model(config.options);
   return {model.ptr(), model.get()};
+}
+
+nn::VideoMViT build_video_model(const ModelConfig& config) {
+  TORCH_CHECK(config.family == kVideoMViTFamily, "slideformer: not a video model: family '", config.family, "'");
+  return nn::VideoMViT(config.video);
 }
 
 }  // namespace slideformer::app

@@ -33,6 +33,7 @@ Json description(const char* family, const Options& options) {
 
 Json description(const SlideTransformerOptions& options) { return description(kSlideTransformerFamily, options); }
 Json description(const MViTOptions& options) { return description(kMViTFamily, options); }
+Json description(const VideoMViTOptions& options) { return description(kVideoMViTFamily, options); }
 
 // The v1-era architectures as they were written then (literal: today's presets may change).
 Json v1_presets_json() {
@@ -67,9 +68,12 @@ Json v1_presets_json() {
 
 std::string describe(const SlideTransformerOptions& options) { return description(options).dump(); }
 std::string describe(const MViTOptions& options) { return description(options).dump(); }
+std::string describe(const VideoMViTOptions& options) { return description(options).dump(); }
 
 std::string added_later_options() {
-  return Json{{kSlideTransformerFamily, {{"sinusoidal_position_encoding", false}}}, {kMViTFamily, Json::object()}}
+  return Json{{kSlideTransformerFamily, {{"sinusoidal_position_encoding", false}}},
+              {kMViTFamily, Json::object()},
+              {kVideoMViTFamily, Json::object()}}
       .dump();
 }
 

@@ -597,18 +597,31 @@ at::Tensor learned_positions(const VideoMViTImpl& model) {
 
 }  // namespace
 
-at::Tensor VideoMViTImpl::forward(const at::Tensor& clips) {
+at::Tensor VideoMViTImpl::forward(const at::Tensor& clips) { return forward_head(forward_tokens(clips)); }
+
+at::Tensor VideoMViTImpl::forward_tokens(
+    const at::Tensor& clips,
+    const std::function<void(const std::string&, torch::nn::Module&, const at::Tensor&)>& visit) {
   const auto& o = options;
   TORCH_CHECK(clips.dim() == 5 && clips.size(1) == o.in_channels() && clips.size(2) == o.frames() &&
                   clips.size(3) == o.image_size() && clips.size(4) == o.image_size(),
               "slideformer::VideoMViT: clips must be (B, ", o.in_channels(), ", ", o.frames(), ", ", o.image_size(),
               ", ", o.image_size(), "), got shape ", clips.sizes());
   at::Tensor x = patch_embed(clips).flatten(2).transpose(1, 2);
+  if (visit) visit("patch_embed", *patch_embed, x);
   x = at::cat({class_token.expand({x.size(0), 1, -1}), x}, 1);
   if (!o.v2()) x = x + learned_positions(*this);
+  if (visit) visit("class_token", *this, x);
   std::vector<int64_t> grid = token_grid();
-  for (const auto& block : *blocks) std::tie(x, grid) = block->as<MViTBlock>()->forward_tokens(x, grid);
-  return head(head_dropout(norm(x).select(1, 0)));
+  for (size_t i = 0; i < blocks->size(); ++i) {
+    std::tie(x, grid) = blocks->ptr<MViTBlockImpl>(i)->forward_tokens(x, grid);
+    if (visit) visit("block_" + number(static_cast<int64_t>(i)), *blocks->ptr(i), x);
+  }
+  return x;
+}
+
+at::Tensor VideoMViTImpl::forward_head(const at::Tensor& tokens) {
+  return head(head_dropout(norm(tokens).select(1, 0)));
 }
 
 torch::jit::Module VideoMViTImpl::script_form() const {

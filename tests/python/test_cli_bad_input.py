@@ -156,7 +156,7 @@ def data_cases(split, *more_args):
 
 
 UNKNOWN_PRESET = ("--preset: swin_huge not in {{slide_swin_tiny,slide_swin_small,slide_swin_base,fashion,"
-                  "mvitv2_tiny,mvitv2_small,mvitv2_base,fashion_mvit}}")
+                  "mvitv2_tiny,mvitv2_small,mvitv2_base,fashion_mvit,mvit_v1_b,mvit_v2_s}}")
 
 SUMMARY = [
     ("no-model", [], "Exactly 1 option from [--preset,--checkpoint] is required"),
@@ -176,6 +176,8 @@ SUMMARY = [
 TRAIN = [
     ("no-out", TINY, "--out is required"),
     ("unknown-preset", ["--preset", "swin_huge", "--out", "{out}"], UNKNOWN_PRESET),
+    ("video-preset", ["--preset", "mvit_v2_s", "--out", "{out}"],
+     "mvit_v2_s is a video model (family 'video_mvit', clips): this command takes image models"),
     ("epochs-zero", ["--epochs", "0", "--out", "{out}"], "--epochs: must be an integer in [1, 1000000], got '0'"),
     ("epochs-fraction", ["--epochs", "2.5", "--out", "{out}"], "--epochs: must be an integer in [1, 1000000], got '2.5'"),
     ("batch-negative", ["--batch-size", "-4", "--out", "{out}"], "--batch-size: must be an integer >= 1, got '-4'"),

@@ -1,7 +1,8 @@
 #pragma once
-// The JSON description of a model, {"family": "slide_transformer" | "mvit", "options": {...}},
-// whose option names are those of SlideTransformerOptions or MViTOptions (docs/modules.md): what a
-// checkpoint stores, and what the Python package builds its models and presets from.
+// The JSON description of a model, {"family": "slide_transformer" | "mvit" | "video_mvit",
+// "options": {...}}, whose option names are those of SlideTransformerOptions, MViTOptions or
+// VideoMViTOptions (docs/modules.md): what a checkpoint stores, and what the Python package builds
+// its models and presets from (the image families).
 #include <array>
 #include <string>
 #include <type_traits>
@@ -12,6 +13,7 @@ namespace slideformer::nn {
 
 inline constexpr const char* kSlideTransformerFamily = "slide_transformer";
 inline constexpr const char* kMViTFamily = "mvit";
+inline constexpr const char* kVideoMViTFamily = "video_mvit";
 
 // The JSON names of the enumerations, in enumerator order.
 inline constexpr std::array<const char*, 2> kAttentionKindNames = {"slide", "global"};
@@ -69,9 +71,33 @@ std::enable_if_t<std::is_same_v<std::decay_t<Options>, MViTOptions>> for_each_op
   visit("input_std", o.input_std());
 }
 
+// The same for VideoMViTOptions (family "video_mvit", clips).
+template <typename Options, typename Visit>
+std::enable_if_t<std::is_same_v<std::decay_t<Options>, VideoMViTOptions>> for_each_option(Options& o, Visit&& visit) {
+  visit("frames", o.frames());
+  visit("image_size", o.image_size());
+  visit("in_channels", o.in_channels());
+  visit("num_classes", o.num_classes());
+  visit("patch_kernel", o.patch_kernel());
+  visit("patch_stride", o.patch_stride());
+  visit("embed_dim", o.embed_dim());
+  visit("depths", o.depths());
+  visit("heads", o.heads());
+  visit("kernel", o.kernel());
+  visit("stride_kv", o.stride_kv());
+  visit("v2", o.v2());
+  visit("mlp_ratio", o.mlp_ratio());
+  visit("drop_path_rate", o.drop_path_rate());
+  visit("head_dropout", o.head_dropout());
+  visit("norm_eps", o.norm_eps());
+  visit("input_mean", o.input_mean());
+  visit("input_std", o.input_std());
+}
+
 // The description of a model (one line of JSON).
 std::string describe(const SlideTransformerOptions& options);
 std::string describe(const MViTOptions& options);
+std::string describe(const VideoMViTOptions& options);
 
 // Options added after the description format, with the value that reproduces the models written
 // before them: {"family": {"option": value}} (JSON).
@@ -83,7 +109,7 @@ std::string added_later_options();
 std::string v1_presets();
 
 // Everything a reader of descriptions needs, as one JSON object: "presets" (name -> description,
-// both families), "defaults" (family -> the default options), "added_later" and "v1_presets" as
+// the two image families, which the Python package builds), "defaults" (family -> the default options), "added_later" and "v1_presets" as
 // above. The Python package reads it through the operator slideformer::model_catalog().
 std::string model_catalog();
 

@@ -386,6 +386,14 @@ class VideoMViTImpl : public torch::nn::Cloneable<VideoMViTImpl>, public ScriptF
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& clips);
+  // The tokens (B, 1 + N, C) of the last block, the class token first, before the final norm.
+  // `visit` sees each step's output: "patch_embed" (the Conv3d, (B, N, C)), "class_token" (this
+  // model, whose own parameters are the class token and MViTv1's positions), "block_<i>".
+  at::Tensor forward_tokens(
+      const at::Tensor& clips,
+      const std::function<void(const std::string&, torch::nn::Module&, const at::Tensor&)>& visit = {});
+  // The final norm, the class token's features, dropout and the head: tokens -> (B, classes).
+  at::Tensor forward_head(const at::Tensor& tokens);
   torch::jit::Module script_form() const override;
   // The (T, Y, X) token grid of the patch embedding.
   std::vector<int64_t> token_grid() const;
