@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "slideformer/cpu.h"
+
 namespace slideformer::bench {
 
 // Median wall time in seconds of `fn` over `reps` runs after `warmup` runs.
@@ -48,8 +50,9 @@ inline std::vector<double> interleaved_median_seconds(const std::vector<std::fun
   return medians;
 }
 
+// The title, then the machine: speed depends on the CPU's vendor and ISA (docs/benchmarks.md).
 inline void print_header(const char* title) {
-  std::printf("\n== %s (threads: %d) ==\n", title, at::get_num_threads());
+  std::printf("\n== %s (threads: %d) ==\n%s\n", title, at::get_num_threads(), slideformer::describe_cpu().c_str());
 }
 
 }  // namespace slideformer::bench

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png",
           "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "camera.png", "brick.png"]
@@ -88,13 +90,6 @@ def ours(binary, root, what, threads, rounds):
     return json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"]
 
 
-def cpu_name():
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=320)
@@ -104,8 +99,8 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         make_folder(root, args.images)
-        print(f"{args.images} JPEGs of 500x375 (quality 90) -> 224x224 float batches of 64; {cpu_name()}, "
-              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+        print(f"{args.images} JPEGs of 500x375 (quality 90) -> 224x224 float batches of 64; {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f} at the start\n{machine.describe(max(args.threads))}")
         results = []
         for threads in args.threads:
             torchvision = Torchvision(root, threads, 64)

@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,7 +78,7 @@ def main():
             for key in SHARES if configuration[0] > 1 else ():
                 shares[name][key].append(sum(m[key] for m in records) / steps / step)
     print(f"fashion, {args.limit} images, global batch {args.batch_size}, {args.epochs} epoch(s), "
-          f"median of {args.rounds} round(s); Gloo on loopback (NCCL needs GPUs)")
+          f"median of {args.rounds} round(s); Gloo on loopback (NCCL needs GPUs)\n{machine.describe(2)}")
     baseline = statistics.median(throughput["1 process  x 2 threads"])
     report = {"benchmark": "data_parallel"}
     for name in configurations:

@@ -119,6 +119,10 @@ def main():
 
     print(f"\n== model throughput, CPU fp32, batch {args.batch_size}, threads {args.threads}, "
           f"medians of {args.rounds} alternations ==")
+    print(f"ours: {runs['ours'][0]['cpu']}; {runs['ours'][0]['linear_backends']}")
+    if timm_model is not None:
+        print(f"timm: torch {torch.__version__}, ATen {torch.backends.cpu.get_cpu_capability()}, "
+              f"at::linear on {'MKL' if torch.backends.mkl.is_available() else 'the BLAS torch was built with'}")
     header = (f"{'model':<34} {'forward img/s':>13} {'train img/s':>11} {'GFLOPs/img':>10} "
               f"{'fwd / at::mm':>12} {'train / at::mm':>14}")
     print(header)

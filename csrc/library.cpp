@@ -2,6 +2,7 @@
 // Kernels register per dispatch key with TORCH_LIBRARY_IMPL in csrc/ops/<key>/.
 #include <torch/library.h>
 
+#include "slideformer/cpu.h"
 #include "slideformer/version.h"
 
 TORCH_LIBRARY(slideformer, m) {
@@ -35,4 +36,6 @@ TORCH_LIBRARY(slideformer, m) {
 
   // "slideformer 0.1.0 (torch 2.11.0, cuda on, ...)": what this library was built with.
   m.def("build_info() -> str", [] { return slideformer::build_info(); });
+  // "<CPU model> (<vendor>), slideformer kernels avx512, ATen AVX512, 2 threads": what runs them.
+  m.def("cpu_info() -> str", [] { return slideformer::describe_cpu(); });
 }

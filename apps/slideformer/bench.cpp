@@ -2,11 +2,14 @@
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <vector>
 
 #include "bench_common.h"
+#include "slideformer/cpu.h"
+#include "slideformer/nn/functional.h"
 #include "model_config.h"
 
 namespace slideformer::app {
@@ -106,17 +109,17 @@ int bench(const BenchConfig& config) {
   const double forward_fraction = flops.total() * forward_rate / mm_rate;
   const double train_fraction = 3 * flops.total() * train_rate / mm_rate;
   if (config.json) {
-    fmt::print(
-        "{{\"preset\": \"{}\", \"batch_size\": {}, \"threads\": {}, \"rounds\": {}, "
-        "\"forward_img_s\": {:.4f}, \"train_img_s\": {:.4f}, \"flops_per_image\": {:.0f}, "
-        "\"mm_flop_s\": {:.6e}, \"forward_mm_fraction\": {:.4f}, \"train_mm_fraction\": {:.4f}}}\n",
-        config.preset, n, config.threads, config.rounds, forward_rate, train_rate, flops.total(),
-        mm_rate, forward_fraction, train_fraction);
+    const nlohmann::json result = {
+        {"preset", config.preset}, {"batch_size", n}, {"threads", config.threads}, {"rounds", config.rounds},
+        {"forward_img_s", forward_rate}, {"train_img_s", train_rate}, {"flops_per_image", flops.total()},
+        {"mm_flop_s", mm_rate}, {"forward_mm_fraction", forward_fraction}, {"train_mm_fraction", train_fraction},
+        {"cpu", describe_cpu()}, {"linear_backends", nn::functional::describe_linear_backends()}};
+    fmt::print("{}\n", result.dump());
     return 0;
   }
-  fmt::print("{}: batch {}, {} threads, {}x{} images, medians of {} rounds (round-robin)\n",
+  fmt::print("{}: batch {}, {} threads, {}x{} images, medians of {} rounds (round-robin)\n{}\n{}\n",
              config.preset, n, config.threads, options.image_size(), options.image_size(),
-             config.rounds);
+             config.rounds, describe_cpu(), nn::functional::describe_linear_backends());
   fmt::print("FLOPs per image (forward)  {:.3f} G: linear {:.3f}, convolution {:.3f}, global "
              "attention {:.3f}, slide attention {:.3f}\n",
              flops.total() / 1e9, flops.linear / 1e9, flops.convolution / 1e9,

@@ -18,7 +18,7 @@ from . import _library
 library_path: str = _library.load()
 
 from . import ops  # noqa: E402  (the operators must be registered first)
-from .ops import build_info  # noqa: E402
+from .ops import build_info, cpu_info  # noqa: E402
 
 # "slideformer 0.1.0 (torch 2.11.0, ...)": the library is the one source of the version.
 __version__: str = build_info().split()[1]
@@ -27,7 +27,7 @@ __version__: str = build_info().split()[1]
 # cmake -DCMAKE_PREFIX_PATH="$(python -c 'import slideformer; print(slideformer.cmake_prefix_path)')"
 cmake_prefix_path: str = str(pathlib.Path(__file__).resolve().parent)
 
-__all__ = ["__version__", "build_info", "cmake_prefix_path", "library_path", "load_checkpoint", "nn", "ops"]
+__all__ = ["__version__", "build_info", "cmake_prefix_path", "cpu_info", "library_path", "load_checkpoint", "nn", "ops"]
 
 
 def __getattr__(name: str):

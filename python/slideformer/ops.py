@@ -57,3 +57,8 @@ def slide_attention(query: Tensor, key: Tensor, value: Tensor, kernel_size: int,
 def build_info() -> str:
     """What the loaded library was built with: version, torch, CUDA, CPU ISA, compiler."""
     return torch.ops.slideformer.build_info()
+
+
+def cpu_info() -> str:
+    """The CPU the kernels run on: model, vendor, the ISA of slideformer's kernels and ATen's, threads."""
+    return torch.ops.slideformer.cpu_info()

@@ -134,6 +134,16 @@ def test_build_info():
     assert info.startswith("slideformer ") and "torch 2.11" in info
 
 
+def test_cpu_info_names_the_machine_as_lscpu_and_torch_see_it():
+    lscpu = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True,
+                                                                 check=True).stdout.splitlines() if ":" in line)
+    info = torch.ops.slideformer.cpu_info()
+    isa = torch.ops.slideformer.build_info().split("cpu ")[1].split(",")[0]
+    assert info == (f"{lscpu['Model name'].strip()} ({lscpu['Vendor ID'].strip()}), slideformer kernels {isa}, "
+                    f"ATen {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
+    assert isa in ("avx512", "avx2", "default")
+
+
 class BiasedAttention(torch.nn.Module):
     """A module holding a learnable relative-position style bias, calling the op."""
 

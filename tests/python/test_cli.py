@@ -2,6 +2,7 @@
 import gzip
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -284,3 +285,20 @@ def test_bench_reports_throughput_flops_and_gemm_fraction():
         expected * report["forward_img_s"] / rate, rel=1e-3)
     assert report["train_mm_fraction"] == pytest.approx(
         3 * expected * report["train_img_s"] / rate, rel=1e-3)
+    # The machine: the library's own line at the bench's thread count, and the GEMM libraries.
+    assert report["cpu"].startswith(torch.ops.slideformer.cpu_info().rsplit(", ", 1)[0])
+    assert report["cpu"].endswith(", 1 threads")
+    assert report["linear_backends"].startswith("linear layers: forward ")
+
+
+def test_gemm_setting_is_checked_and_followed():
+    args = ("bench", "--preset", "fashion", "--batch-size", "2", "--threads", "1", "--rounds", "1", "--json")
+    environment = dict(os.environ, SLIDEFORMER_GEMM="aten")
+    forced = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=600, env=environment)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["linear_backends"] == ("linear layers: forward ATen, backward ATen "
+                                                            "(SLIDEFORMER_GEMM=aten)")
+    environment["SLIDEFORMER_GEMM"] = "mkl"
+    refused = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=600, env=environment)
+    assert refused.returncode != 0
+    assert "SLIDEFORMER_GEMM: expected auto, onednn or aten, got 'mkl'" in refused.stderr

@@ -3,6 +3,7 @@
 #include <ATen/Tensor.h>
 
 #include <cstdint>
+#include <string>
 
 namespace slideformer::nn::functional {
 
@@ -33,11 +34,37 @@ at::Tensor relative_position_index(int64_t rows, int64_t cols);
 // What linear() applies after the affine map.
 enum class Activation { kNone, kGelu };
 
-// y = activation(x W^T + b) over the last dimension of x (b may be undefined). float32 on the CPU
-// runs oneDNN's inner product, forward and backward, with the GELU fused in when no gradient is
-// needed; anything else runs at::linear (then at::gelu). Differentiable in x, W and b.
+// The library that multiplies a float32 CPU linear layer's matrices: oneDNN's inner product
+// (mkldnn::_linear_pointwise, which torch bundles) or ATen's at::linear / at::mm (MKL's sgemm in
+// torch's x86 wheels).
+enum class GemmBackend { kOnednn, kAten };
+
+// The backend of the forward product and of the two backward products (dX = dY W, dW = dY^T X).
+struct LinearBackends {
+  GemmBackend forward = GemmBackend::kOnednn, backward = GemmBackend::kOnednn;
+  std::string reason;  // the rule or setting that chose them
+};
+
+// The rule, measured per CPU (docs/benchmarks.md). `setting` is SLIDEFORMER_GEMM's value: "onednn"
+// or "aten" force that backend for all three products; "" or "auto": forward on oneDNN; backward
+// on at::mm where torch has MKL and the CPU is Intel's, on oneDNN elsewhere (MKL runs its AVX2 code
+// on AMD CPUs); ATen alone where torch has no oneDNN. Deterministic, so a resumed run multiplies
+// as the first one did. Throws for any other setting.
+LinearBackends choose_linear_backends(const std::string& setting, const std::string& cpu_vendor, bool has_mkl,
+                                      bool has_onednn);
+// This process's backends: the rule for this CPU and torch, SLIDEFORMER_GEMM read on first use.
+const LinearBackends& linear_backends();
+// One line naming the backends and why, for benchmark headers.
+std::string describe_linear_backends();
+
+// y = activation(x W^T + b) over the last dimension of x (b may be undefined), with
+// linear_backends(); float32 CPU tensors only (anything else, and autocast, runs at::linear then
+// at::gelu). On oneDNN the GELU is fused in when no gradient is needed. Differentiable in x, W, b.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                   Activation activation = Activation::kNone);
+// The same with the given backends (the tests run both).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Activation activation,
+                  const LinearBackends& backends);
 
 // (B, Y, X, C) -> (B, ceil(Y/2), ceil(X/2), 4C), neighbours in the order (0,0),(1,0),(0,1),(1,1)
 // (row, col); odd maps are zero-padded at the bottom / right first.
