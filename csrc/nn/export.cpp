@@ -34,6 +34,8 @@ struct OpResolver : torch::jit::Resolver {
   }
 };
 
+}  // namespace
+
 std::string int_list(c10::IntArrayRef values) {
   std::ostringstream out;
   out << "[";
@@ -41,8 +43,6 @@ std::string int_list(c10::IntArrayRef values) {
   out << "]";
   return out.str();
 }
-
-}  // namespace
 
 void define(torch::jit::Module& module, const std::string& source) {
   module.define(source, std::make_shared<OpResolver>());
@@ -89,13 +89,19 @@ std::string linear(torch::jit::Module& module, const std::string& name,
 
 std::string conv2d(torch::jit::Module& module, const std::string& name,
                    const torch::nn::Conv2dImpl& conv, const std::string& input) {
-  const std::string parameters = weight_and_bias(module, name, conv.weight, conv.bias);
   const auto* padding = std::get_if<torch::ExpandingArray<2>>(&conv.options.padding());
   TORCH_CHECK(padding, "slideformer::to_torchscript: convolution '", name,
               "' has a string padding mode; the export needs explicit padding");
-  return "torch.conv2d(" + input + ", " + parameters + ", " + int_list(*conv.options.stride()) + ", " +
-         int_list(**padding) + ", " + int_list(*conv.options.dilation()) + ", " +
-         std::to_string(conv.options.groups()) + ")";
+  return convolution(module, name, conv.weight, conv.bias, *conv.options.stride(), **padding,
+                     *conv.options.dilation(), conv.options.groups(), input);
+}
+
+std::string convolution(torch::jit::Module& module, const std::string& name, const at::Tensor& weight,
+                        const at::Tensor& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                        c10::IntArrayRef dilation, int64_t groups, const std::string& input) {
+  const std::string parameters = weight_and_bias(module, name, weight, bias);
+  return "torch.conv" + std::to_string(weight.dim() - 2) + "d(" + input + ", " + parameters + ", " +
+         int_list(stride) + ", " + int_list(padding) + ", " + int_list(dilation) + ", " + std::to_string(groups) + ")";
 }
 
 std::string submodule(torch::jit::Module& module, const std::string& name, const ScriptForm& child,
@@ -214,6 +220,8 @@ torch::jit::Module Classifier::features_script_form() const {
 }
 
 torch::jit::Module to_torchscript(const Classifier& model) { return model.script_form(); }
+
+torch::jit::Module to_torchscript(const VideoMViTImpl& model) { return model.script_form(); }
 
 torch::jit::Module to_torchscript_features(const Classifier& model) { return model.features_script_form(); }
 

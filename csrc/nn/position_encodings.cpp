@@ -1,5 +1,7 @@
 // Absolute position encodings (learned and fixed sinusoidal) and MViTv2's decomposed relative
 // position term. (Swin's relative-position bias lives in MultiHeadAttention.)
+#include <c10/util/accumulate.h>
+
 #include "nn/init.h"
 #include "nn/script.h"
 #include "nn/size_cache.h"
@@ -137,14 +139,31 @@ at::Tensor resized_table(const at::Tensor& table, int64_t target) {
   return at::upsample_linear1d(table.t().unsqueeze(0), {target}, /*align_corners=*/false).squeeze(0).t();
 }
 
-// (B, heads, qy*qx, ky*kx): the query map's relative terms along each axis, summed.
-at::Tensor decomposed_bias(const at::Tensor& q, const at::Tensor& height_rows, const at::Tensor& width_rows,
-                           int64_t qy, int64_t qx, int64_t ky, int64_t kx) {
+// Letters of the grid axes in the einsum equations, last axis last: "yx" or "tyx".
+std::string axis_letters(size_t rank) { return std::string("tyx").substr(3 - rank); }
+
+// (B, heads, prod(query_grid), prod(key_grid)): the queries' relative terms along each axis (the
+// table rows of that axis' (query, key) pairs, one (queries, keys * d) tensor per axis), summed.
+at::Tensor decomposed_bias(const at::Tensor& q, const std::vector<at::Tensor>& axis_rows, at::IntArrayRef query_grid,
+                           at::IntArrayRef key_grid) {
   const int64_t batch = q.size(0), heads = q.size(1), d = q.size(3);
-  const at::Tensor r = q.reshape({batch, heads, qy, qx, d});
-  const at::Tensor rel_h = at::einsum("bnyxc,ykc->bnyxk", {r, height_rows.view({qy, ky, d})});
-  const at::Tensor rel_w = at::einsum("bnyxc,xkc->bnyxk", {r, width_rows.view({qx, kx, d})});
-  return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape({batch, heads, qy * qx, ky * kx});
+  const size_t rank = query_grid.size();
+  const std::string letters = axis_letters(rank);
+  std::vector<int64_t> map_shape{batch, heads};
+  map_shape.insert(map_shape.end(), query_grid.begin(), query_grid.end());
+  std::vector<int64_t> query_shape = map_shape;
+  query_shape.push_back(d);
+  const at::Tensor r = q.reshape(query_shape);
+  at::Tensor sum;
+  for (size_t a = 0; a < rank; ++a) {
+    const std::string equation = "bn" + letters + "c," + letters[a] + "kc->bn" + letters + "k";
+    at::Tensor term = at::einsum(equation, {r, axis_rows[a].view({query_grid[a], key_grid[a], d})});
+    std::vector<int64_t> shape = map_shape;  // the key axis a at its place among the key axes
+    for (size_t b = 0; b < rank; ++b) shape.push_back(b == a ? key_grid[a] : 1);
+    term = term.view(shape);
+    sum = sum.defined() ? sum + term : term;
+  }
+  return sum.reshape({batch, heads, c10::multiply_integers(query_grid), c10::multiply_integers(key_grid)});
 }
 
 }  // namespace
@@ -159,57 +178,116 @@ void DecomposedRelativePositionImpl::reset() {
   TORCH_CHECK(q > 0 && k > 0 && options.head_dim() > 0,
               "slideformer::DecomposedRelativePosition: query_size, key_size and head_dim must be "
               "positive, got ", q, ", ", k, " and ", options.head_dim());
-  const int64_t length = 2 * std::max(q, k) - 1;
-  height = register_parameter("height", at::empty({length, options.head_dim()}));
-  width = register_parameter("width", at::empty({length, options.head_dim()}));
-  init::trunc_normal_(height, 0.02);
-  init::trunc_normal_(width, 0.02);
+  const int64_t qt = options.query_frames(), kt = options.key_frames();
+  TORCH_CHECK((qt == 0 && kt == 0) || (qt > 0 && kt > 0), "slideformer::DecomposedRelativePosition: "
+              "query_frames and key_frames must both be 0 (no time axis) or both positive, got ", qt, " and ", kt);
+  auto table = [&](const char* name, int64_t queries, int64_t keys) {
+    at::Tensor t = register_parameter(name, at::empty({2 * std::max(queries, keys) - 1, options.head_dim()}));
+    init::trunc_normal_(t, 0.02);
+    return t;
+  };
+  height = table("height", q, k);
+  width = table("width", q, k);
+  if (qt > 0) time = table("time", qt, kt);
   index = register_buffer("index", decomposed_index(q, k));
+  if (qt > 0) time_index = register_buffer("time_index", decomposed_index(qt, kt));
 }
 
 void DecomposedRelativePositionImpl::pretty_print(std::ostream& stream) const {
   stream << "slideformer::nn::DecomposedRelativePosition(query_size=" << options.query_size()
-         << ", key_size=" << options.key_size() << ", head_dim=" << options.head_dim() << ")";
+         << ", key_size=" << options.key_size() << ", head_dim=" << options.head_dim();
+  if (has_time()) stream << ", query_frames=" << options.query_frames() << ", key_frames=" << options.key_frames();
+  stream << ")";
+}
+
+std::vector<int64_t> DecomposedRelativePositionImpl::query_grid() const {
+  const int64_t s = options.query_size();
+  return has_time() ? std::vector<int64_t>{options.query_frames(), s, s} : std::vector<int64_t>{s, s};
+}
+
+std::vector<int64_t> DecomposedRelativePositionImpl::key_grid() const {
+  const int64_t s = options.key_size();
+  return has_time() ? std::vector<int64_t>{options.key_frames(), s, s} : std::vector<int64_t>{s, s};
+}
+
+std::vector<at::Tensor> DecomposedRelativePositionImpl::tables() const {
+  return has_time() ? std::vector<at::Tensor>{time, height, width} : std::vector<at::Tensor>{height, width};
 }
 
 at::Tensor DecomposedRelativePositionImpl::forward(const at::Tensor& q) {
-  const int64_t qs = options.query_size(), ks = options.key_size(), d = options.head_dim();
-  TORCH_CHECK(q.dim() == 4 && q.size(2) == qs * qs && q.size(3) == d,
-              "slideformer::DecomposedRelativePosition: queries must be (B, heads, ", qs * qs, ", ", d,
+  const std::vector<int64_t> qg = query_grid(), kg = key_grid();
+  const int64_t queries = c10::multiply_integers(qg), d = options.head_dim();
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == queries && q.size(3) == d,
+              "slideformer::DecomposedRelativePosition: queries must be (B, heads, ", queries, ", ", d,
               "), got shape ", q.sizes());
-  return decomposed_bias(q, height.index_select(0, index.view(-1)), width.index_select(0, index.view(-1)), qs, qs, ks,
-                         ks);
+  std::vector<at::Tensor> rows;
+  const std::vector<at::Tensor> axis_tables = tables();
+  for (size_t a = 0; a < axis_tables.size(); ++a) {
+    const at::Tensor& rows_index = has_time() && a == 0 ? time_index : index;
+    rows.push_back(axis_tables[a].index_select(0, rows_index.view(-1)));
+  }
+  return decomposed_bias(q, rows, qg, kg);
 }
 
-at::Tensor DecomposedRelativePositionImpl::forward(const at::Tensor& q, int64_t query_rows, int64_t query_cols,
-                                                   int64_t key_rows, int64_t key_cols) {
-  const int64_t qs = options.query_size(), ks = options.key_size(), d = options.head_dim();
-  if (query_rows == qs && query_cols == qs && key_rows == ks && key_cols == ks) return forward(q);
-  TORCH_CHECK(q.dim() == 4 && q.size(2) == query_rows * query_cols && q.size(3) == d,
-              "slideformer::DecomposedRelativePosition: queries must be (B, heads, ", query_rows * query_cols, ", ",
-              d, ") for a ", query_rows, "x", query_cols, " query map, got shape ", q.sizes());
-  // Each axis' table resized to the offsets of this map, and its rows for the (query, key) pairs.
-  auto rows_of = [&](const at::Tensor& table, int64_t axis, int64_t queries, int64_t keys) {
-    const int64_t length = 2 * std::max(queries, keys) - 1;
-    const at::Tensor resized = size_cache_->derived({axis, length}, table, [&] { return resized_table(table, length); });
-    const at::Tensor rows =
-        size_cache_->constant({queries, keys}, table.device(), [&] { return decomposed_index(queries, keys).view(-1); });
-    return resized.index_select(0, rows);
-  };
-  return decomposed_bias(q, rows_of(height, 0, query_rows, key_rows), rows_of(width, 1, query_cols, key_cols),
-                         query_rows, query_cols, key_rows, key_cols);
+at::Tensor DecomposedRelativePositionImpl::forward(const at::Tensor& q, at::IntArrayRef query_grid_,
+                                                   at::IntArrayRef key_grid_) {
+  const std::vector<int64_t> qg = query_grid(), kg = key_grid();
+  TORCH_CHECK(query_grid_.size() == qg.size() && key_grid_.size() == kg.size(),
+              "slideformer::DecomposedRelativePosition: the grids must have ", qg.size(), " axes, got ",
+              query_grid_, " and ", key_grid_);
+  if (query_grid_ == at::IntArrayRef(qg) && key_grid_ == at::IntArrayRef(kg)) return forward(q);
+  const int64_t queries = c10::multiply_integers(query_grid_), d = options.head_dim();
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == queries && q.size(3) == d,
+              "slideformer::DecomposedRelativePosition: queries must be (B, heads, ", queries, ", ", d,
+              ") for a ", query_grid_, " query grid, got shape ", q.sizes());
+  // Each axis' table resized to the offsets of this grid, and its rows for the (query, key) pairs.
+  const std::vector<at::Tensor> axis_tables = tables();
+  std::vector<at::Tensor> rows;
+  for (size_t a = 0; a < axis_tables.size(); ++a) {
+    const int64_t queries_a = query_grid_[a], keys_a = key_grid_[a], length = 2 * std::max(queries_a, keys_a) - 1;
+    const int64_t axis = static_cast<int64_t>(a + 3 - axis_tables.size());  // 0 time, 1 height, 2 width
+    const at::Tensor& table = axis_tables[a];
+    const at::Tensor resized =
+        size_cache_->derived({axis, length}, table, [&] { return resized_table(table, length); });
+    const at::Tensor index_rows = size_cache_->constant(
+        {queries_a, keys_a}, table.device(), [&] { return decomposed_index(queries_a, keys_a).view(-1); });
+    rows.push_back(resized.index_select(0, index_rows));
+  }
+  return decomposed_bias(q, rows, query_grid_, key_grid_);
 }
 
-// forward(q, query rows, query cols, key rows, key cols): the table rows gathered with the index
-// buffer at the options' maps; for any other, each table resized linearly and its rows for that
-// map's offsets computed (resized_table and decomposed_index above, op for op).
+// forward(q, query grid, key grid): the table rows gathered with the index buffers at the options'
+// grids; for any other, each table resized linearly and its rows for that grid's offsets computed
+// (resized_table and decomposed_index above, op for op).
 torch::jit::Module DecomposedRelativePositionImpl::script_form() const {
   torch::jit::Module module("DecomposedRelativePosition");
   script::add_parameter(module, "height", height);
   script::add_parameter(module, "width", width);
   script::add_buffer(module, "index", index);
-  const std::string qs = std::to_string(options.query_size()), ks = std::to_string(options.key_size()),
-                    d = std::to_string(options.head_dim());
+  if (has_time()) {
+    script::add_parameter(module, "time", time);
+    script::add_buffer(module, "time_index", time_index);
+  }
+  const std::vector<int64_t> qg = query_grid(), kg = key_grid();
+  const size_t rank = qg.size();
+  const std::string letters = axis_letters(rank), d = std::to_string(options.head_dim());
+  const std::vector<std::string> names = has_time() ? std::vector<std::string>{"time", "height", "width"}
+                                                     : std::vector<std::string>{"height", "width"};
+  std::string native_rows, resized_rows, terms, sum;
+  for (size_t a = 0; a < rank; ++a) {
+    const std::string n = std::to_string(a), table = "self." + names[a];
+    const std::string rows_index = names[a] == "time" ? "self.time_index" : "self.index";
+    native_rows += "        rows_" + n + " = torch.index_select(" + table + ", 0, " + rows_index + ".view(-1))\n";
+    resized_rows += "        rows_" + n + " = self.rows_of(" + table + ", qg[" + n + "], kg[" + n + "])\n";
+    std::string key_axes;  // the key axis a at its place among the key axes
+    for (size_t b = 0; b < rank; ++b) key_axes += ", " + (b == a ? "kg[" + n + "]" : std::string("1"));
+    terms += "    rel_" + n + " = torch.einsum(\"bn" + letters + "c," + letters[a] + "kc->bn" + letters +
+             "k\", [r, rows_" + n + ".view(qg[" + n + "], kg[" + n + "], " + d + ")]).view([b, n] + qg + [" +
+             key_axes.substr(2) + "])\n";
+    sum += (a ? " + rel_" : "rel_") + n;
+  }
+  std::string keys = "kg[0]";
+  for (size_t a = 1; a < rank; ++a) keys += " * kg[" + std::to_string(a) + "]";
   script::define(module, R"(
 def rows_of(self, table: Tensor, queries: int, keys: int) -> Tensor:
     length = 2 * max(queries, keys) - 1
@@ -221,19 +299,11 @@ def rows_of(self, table: Tensor, queries: int, keys: int) -> Tensor:
     offsets = query_offsets - torch.arange(keys, device=table.device).unsqueeze(0) * k_ratio + (keys - 1) * k_ratio
     return torch.index_select(table, 0, offsets.to(self.index.dtype).view(-1))
 
-def forward(self, q: Tensor, qy: int, qx: int, ky: int, kx: int) -> Tensor:
-    if qy == )" + qs + " and qx == " + qs + " and ky == " + ks + " and kx == " + ks + R"(:
-        height = torch.index_select(self.height, 0, self.index.view(-1))
-        width = torch.index_select(self.width, 0, self.index.view(-1))
-    else:
-        height = self.rows_of(self.height, qy, ky)
-        width = self.rows_of(self.width, qx, kx)
-    b, n = q.size(0), q.size(1)
-    r = q.reshape(b, n, qy, qx, )" + d + R"()
-    rel_h = torch.einsum("bnyxc,ykc->bnyxk", [r, height.view(qy, ky, )" + d + R"()])
-    rel_w = torch.einsum("bnyxc,xkc->bnyxk", [r, width.view(qx, kx, )" + d + R"()])
-    return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, n, qy * qx, ky * kx)
-)");
+def forward(self, q: Tensor, qg: List[int], kg: List[int]) -> Tensor:
+    if qg == )" + script::int_list(qg) + " and kg == " + script::int_list(kg) + ":\n" + native_rows +
+                             "    else:\n" + resized_rows + R"(    b, n = q.size(0), q.size(1)
+    r = q.reshape([b, n] + qg + [)" + d + "])\n" + terms +
+                             "    return (" + sum + ").reshape(b, n, q.size(2), " + keys + ")\n");
   return module;
 }
 

@@ -22,6 +22,9 @@ void define(torch::jit::Module& module, const std::string& source);
 void add_parameter(torch::jit::Module& module, const std::string& name, const at::Tensor& value);
 void add_buffer(torch::jit::Module& module, const std::string& name, const at::Tensor& value);
 
+// A list of ints as TorchScript source: "[1, 2, 3]".
+std::string int_list(c10::IntArrayRef values);
+
 // A double as TorchScript source, exactly (17 significant digits).
 std::string literal(double value);
 
@@ -33,6 +36,10 @@ std::string linear(torch::jit::Module& module, const std::string& name,
                    const torch::nn::LinearImpl& linear, const std::string& input);
 std::string conv2d(torch::jit::Module& module, const std::string& name,
                    const torch::nn::Conv2dImpl& conv, const std::string& input);
+// torch.conv<rank>d with explicit weight, bias (may be undefined), stride, padding, dilation.
+std::string convolution(torch::jit::Module& module, const std::string& name, const at::Tensor& weight,
+                        const at::Tensor& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                        c10::IntArrayRef dilation, int64_t groups, const std::string& input);
 
 // Registers child.script_form() as submodule `name` and returns "self.<name>.forward(<args>)".
 std::string submodule(torch::jit::Module& module, const std::string& name, const ScriptForm& child,

@@ -25,12 +25,13 @@ MlpImpl::MlpImpl(MlpOptions options_) : options(std::move(options_)) { reset(); 
 
 void MlpImpl::reset() {
   fc1 = register_module("fc1", init::linear(options.dim(), options.hidden_dim()));
-  fc2 = register_module("fc2", init::linear(options.hidden_dim(), options.dim()));
+  fc2 = register_module("fc2", init::linear(options.hidden_dim(), options.out_dim() > 0 ? options.out_dim() : options.dim()));
 }
 
 void MlpImpl::pretty_print(std::ostream& stream) const {
-  stream << "slideformer::nn::Mlp(dim=" << options.dim() << ", hidden_dim=" << options.hidden_dim()
-         << ")";
+  stream << "slideformer::nn::Mlp(dim=" << options.dim() << ", hidden_dim=" << options.hidden_dim();
+  if (options.out_dim() > 0) stream << ", out_dim=" << options.out_dim();
+  stream << ")";
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {

@@ -143,6 +143,19 @@ TEST(InputSizes, ResizedTablesAreComputedOncePerSizeWhileTheTableIsUnchanged) {
   slideformer::testing::expect_close(after, first + 1.0, 1e-6, 1e-5, "bias after the table moved by 1");
 }
 
+// Copies every parameter of `from` into `to`, the decomposed tables of other lengths resized
+// linearly, as the import resizes them (timm's checkpoint_filter_fn, torchvision's _interpolate).
+void copy_resizing_tables(const torch::nn::Module& from, torch::nn::Module& to) {
+  const auto target = to.named_parameters();
+  for (const auto& item : from.named_parameters()) {
+    at::Tensor source = item.value();
+    if (source.sizes() != target[item.key()].sizes()) {
+      source = at::upsample_linear1d(source.t().unsqueeze(0), {target[item.key()].size(0)}, false).squeeze(0).t();
+    }
+    target[item.key()].copy_(source);
+  }
+}
+
 // A model built for 256 whose tables are the 224 model's, resized as the import resizes them,
 // computes what the 224 model computes at 256: resizing at run time or at import is the same.
 TEST(InputSizes, MViTv2RunAtAnotherSizeEqualsOneBuiltForIt) {
@@ -150,18 +163,48 @@ TEST(InputSizes, MViTv2RunAtAnotherSizeEqualsOneBuiltForIt) {
   MViT at224(mvit_preset("mvitv2_tiny"));
   MViT at256(mvit_preset("mvitv2_tiny").image_size(256));
   torch::NoGradGuard no_grad;
-  const auto target = at256->named_parameters();
-  for (const auto& item : at224->named_parameters()) {
-    at::Tensor source = item.value();
-    if (source.sizes() != target[item.key()].sizes()) {  // a decomposed table: resized linearly
-      source = at::upsample_linear1d(source.t().unsqueeze(0), {target[item.key()].size(0)}, false).squeeze(0).t();
-    }
-    target[item.key()].copy_(source);
-  }
+  copy_resizing_tables(*at224, *at256);
   at224->eval();
   at256->eval();
   const at::Tensor images = torch::randn({1, 3, 256, 256});
   EXPECT_TRUE(torch::equal(at224(images), at256(images)));
+}
+
+// Blocks of a (T, Y, X) grid at other grids. With a class token (torchvision's video blocks): one
+// built for 4 x 8 x 8 run at 2 x 12 x 12 computes what one built for that grid computes with the
+// tables resized linearly, as torchvision's _add_rel_pos resizes them, the time table included; its
+// own grid is unchanged after the other ran; its TorchScript form, exported once, computes the same
+// at both grids. On clip maps (no class token), the export reads the grid from the map.
+TEST(InputSizes, VideoBlocksAtOtherGridsEqualOnesBuiltForThemAndTheirExports) {
+  torch::manual_seed(7);
+  auto block_for = [](std::vector<int64_t> grid, bool class_token) {
+    MViTBlock block(MViTBlockOptions(PoolingAttentionOptions(8, 16, 2, std::move(grid))
+                                         .stride_q({1, 2, 2}).stride_kv({1, 4, 4}).class_token(class_token)));
+    block->eval();
+    return block;
+  };
+  MViTBlock own = block_for({4, 8, 8}, true), other = block_for({2, 12, 12}, true);
+  torch::NoGradGuard no_grad;
+  copy_resizing_tables(*own, *other);
+  const std::vector<int64_t> own_grid{4, 8, 8}, grid{2, 12, 12};
+  const at::Tensor own_tokens = torch::randn({2, 1 + 4 * 8 * 8, 8}), tokens = torch::randn({2, 1 + 2 * 12 * 12, 8});
+  const at::Tensor before = own(own_tokens);
+  const auto [out, pooled] = own->forward_tokens(tokens, grid);
+  EXPECT_EQ(pooled, std::vector<int64_t>({2, 6, 6}));
+  EXPECT_TRUE(torch::equal(out, other(tokens)));
+  EXPECT_TRUE(torch::equal(own(own_tokens), before));
+  torch::jit::Module exported = own->script_form();
+  slideformer::testing::expect_close(exported.forward({tokens, grid}).toTensor(), out, 1e-5, 1e-5, "export at 2x12x12");
+  slideformer::testing::expect_close(exported.forward({own_tokens, own_grid}).toTensor(), before, 1e-5, 1e-5,
+                                     "export at 4x8x8");
+
+  MViTBlock clip_block = block_for({4, 8, 8}, false);
+  torch::jit::Module clip_export = clip_block->script_form();
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 4, 8, 8, 8}, {1, 3, 10, 6, 8}}) {
+    const at::Tensor clips = torch::randn(shape);
+    slideformer::testing::expect_close(clip_export.forward({clips}).toTensor(), clip_block(clips), 1e-5, 1e-5,
+                                       "clip map export at " + c10::str(clips.sizes()));
+  }
 }
 
 // The stage outputs (B, C_i, H_i, W_i) at each size: the last is the map the head pools; the

@@ -19,6 +19,10 @@
 // "images" list of a dict saved by torch.save (any sizes), and writes {"state", "logits": [...],
 // "features": [[stage outputs], ...]} (the logits and Classifier::forward_features, per image batch):
 //   model_parity <preset or description> --features <inputs.pt> <out.pt>
+// Or, for the video MViT presets against torchvision (test_video_mvit.py), it builds the preset for
+// clips of <frames> x <size> x <size> (seed 0, eval), loads every parameter from the weights dict,
+// and writes its logits for the clips and its export:
+//   model_parity <video preset> --video <frames> <size> <weights.pt> <clips.pt> <logits.pt> <export.pt>
 // Or it writes a checkpoint as format v1 did (a preset name, no model description) holding a model
 // (seed 0) of the preset's v1-era version `index` (the library's list, newest first):
 //   model_parity <preset> --v1-checkpoint <index> <out.pt>
@@ -159,9 +163,47 @@ void write_v1_checkpoint(const std::string& preset, size_t index, const std::str
   archive.save_to(out_path);
 }
 
+// The tensors of a dict saved by torch.save, by name.
+std::map<std::string, at::Tensor> read_tensors(const std::string& path) {
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& item : read(path).toGenericDict()) tensors[item.key().toStringRef()] = item.value().toTensor();
+  return tensors;
+}
+
+// The --video mode (see the top of this file): every parameter from the dict, nothing else in it.
+void run_video(char** argv) {
+  torch::manual_seed(0);
+  VideoMViT model(video_mvit_preset(argv[1]).frames(std::stol(argv[3])).image_size(std::stol(argv[4])));
+  model->eval();
+  std::map<std::string, at::Tensor> weights = read_tensors(argv[5]);
+  torch::NoGradGuard no_grad;
+  for (auto& item : model->named_parameters()) {
+    const auto found = weights.find(item.key());
+    if (found == weights.end()) throw std::runtime_error("weights lack '" + item.key() + "'");
+    if (found->second.sizes() != item.value().sizes()) {
+      throw std::runtime_error(item.key() + ": shape " + c10::str(found->second.sizes()) + ", the model has " +
+                               c10::str(item.value().sizes()));
+    }
+    item.value().copy_(found->second);
+    weights.erase(found);
+  }
+  if (!weights.empty()) throw std::runtime_error("unknown weight '" + weights.begin()->first + "'");
+  write(argv[7], model->forward(read(argv[6]).toTensor()));
+  to_torchscript(model).save(argv[8]);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 9 && std::string(argv[2]) == "--video") {
+    try {
+      run_video(argv);
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "model_parity: " << e.what() << "\n";
+      return 1;
+    }
+  }
   if (argc == 4 && std::string(argv[2]) == "--state") {
     try {
       torch::manual_seed(0);

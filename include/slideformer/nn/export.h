@@ -1,5 +1,5 @@
 #pragma once
-// TorchScript export of a trained classifier (SlideTransformer, MViT).
+// TorchScript export of a trained classifier (SlideTransformer, MViT, VideoMViT).
 #include <torch/script.h>
 
 #include "slideformer/nn/modules.h"
@@ -12,6 +12,8 @@ namespace slideformer::nn {
 // input_mean / input_std and returns logits. Loading it needs only the slideformer op library.
 // It is model.script_form(): every module writes its own part (script_form.h).
 torch::jit::Module to_torchscript(const Classifier& model);
+// The same for a video MViT: its input is (N, C, T, H, W) clips scaled to [0, 1].
+torch::jit::Module to_torchscript(const VideoMViTImpl& model);
 template <typename Impl>
 torch::jit::Module to_torchscript(const torch::nn::ModuleHolder<Impl>& model) {
   return to_torchscript(*model);

@@ -6,6 +6,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
@@ -245,10 +246,10 @@ class SlideTransformerImpl : public torch::nn::Cloneable<SlideTransformerImpl>, 
 TORCH_MODULE(SlideTransformer);
 
 // MViTv2's decomposed relative position term. forward(q) takes the (pooled) queries (B, heads,
-// query_size^2, head_dim) and returns the (B, heads, query_size^2, key_size^2) attention bias;
-// the tables train through the attention operator's bias gradient. For other maps, each table is
-// resized linearly to 2 max(queries, keys) - 1 rows along its axis (as timm's
-// checkpoint_filter_fn resizes MViTv2's), once per size.
+// query_size^2, head_dim) (or (B, heads, query_frames * query_size^2, head_dim) with a time axis)
+// and returns the (B, heads, queries, keys) attention bias; the tables train through the attention
+// operator's bias gradient. For other grids, each table is resized linearly to 2 max(queries,
+// keys) - 1 rows along its axis (as timm's checkpoint_filter_fn resizes MViTv2's), once per size.
 class DecomposedRelativePositionImpl : public torch::nn::Cloneable<DecomposedRelativePositionImpl>,
                                        public ScriptForm {
  public:
@@ -256,21 +257,57 @@ class DecomposedRelativePositionImpl : public torch::nn::Cloneable<DecomposedRel
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& q);
-  // Queries of a query_rows x query_cols map over keys of a key_rows x key_cols map.
-  at::Tensor forward(const at::Tensor& q, int64_t query_rows, int64_t query_cols, int64_t key_rows, int64_t key_cols);
+  // Queries of the query grid over keys of the key grid: (Y, X), or (T, Y, X) with a time table.
+  at::Tensor forward(const at::Tensor& q, at::IntArrayRef query_grid, at::IntArrayRef key_grid);
   torch::jit::Module script_form() const override;
+  bool has_time() const { return time.defined(); }
+  // The grids the options describe, and the tables along their axes, first axis first.
+  std::vector<int64_t> query_grid() const;
+  std::vector<int64_t> key_grid() const;
+  std::vector<at::Tensor> tables() const;
 
   DecomposedRelativePositionOptions options;
   at::Tensor height, width;  // (2 * max(query_size, key_size) - 1, head_dim) parameters
   at::Tensor index;          // (query_size, key_size) int64 buffer: rows of the tables
+  at::Tensor time;           // (2 * max(query_frames, key_frames) - 1, head_dim), with frames
+  at::Tensor time_index;     // (query_frames, key_frames) int64 buffer, with frames
 
  private:
   std::shared_ptr<SizeCache> size_cache_;
 };
 TORCH_MODULE(DecomposedRelativePosition);
 
-// Multi-head pooling attention on slideformer::attention. Input (B, Y, X, dim), Y = X =
-// input_size for the map the options describe (any other map works too), output (B, Y', X', dim_out) with Y' = ceil(Y / stride_q). qkv's output channels are
+// Depthwise convolution without bias over a grid of 2 or 3 axes, (N, C, *grid) -> (N, C, *pooled):
+// Conv2d / Conv3d(C, C, kernel, stride, padding kernel / 2, groups C) in one module for both
+// ranks, with their initialisation and their weight (C, 1, *kernel).
+struct DepthwiseConvOptions {
+  DepthwiseConvOptions(int64_t channels, std::vector<int64_t> kernel, std::vector<int64_t> stride)
+      : channels_(channels), kernel_(std::move(kernel)), stride_(std::move(stride)) {}
+  TORCH_ARG(int64_t, channels);
+  TORCH_ARG(std::vector<int64_t>, kernel);
+  TORCH_ARG(std::vector<int64_t>, stride);
+};
+
+class DepthwiseConvImpl : public torch::nn::Cloneable<DepthwiseConvImpl> {
+ public:
+  explicit DepthwiseConvImpl(DepthwiseConvOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x);
+  std::vector<int64_t> padding() const;
+
+  DepthwiseConvOptions options;
+  at::Tensor weight;
+};
+TORCH_MODULE(DepthwiseConv);
+
+// Multi-head pooling attention on slideformer::attention over a grid of tokens, (Y, X) or (T, Y, X)
+// as options.input_size: forward takes an image map (B, Y, X, dim) or a clip (B, T, Y, X, dim) of
+// any grid size and returns (B, *pooled grid, dim_out), pooled = ceil(size / stride_q) per axis.
+// With options.class_token() it takes and returns tokens instead, (B, 1 + prod(grid), dim): the
+// class token, then the grid of input_size. forward_tokens takes the same for any `grid` and also
+// returns the pooled grid. The script form's forward(x) takes a map of any grid, and with a class
+// token forward(x, grid) takes the tokens of any `grid` (List[int]). qkv's output channels are
 // ({q, k, v}, head, d), d = dim_out / heads; each head's q, k and v are pooled with the same
 // depthwise (d-channel) convolution + LayerNorm(d) (or max / average pooling, without norm).
 class PoolingAttentionImpl : public torch::nn::Cloneable<PoolingAttentionImpl>, public Layer {
@@ -279,27 +316,35 @@ class PoolingAttentionImpl : public torch::nn::Cloneable<PoolingAttentionImpl>, 
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x) override;
+  std::pair<at::Tensor, std::vector<int64_t>> forward_tokens(const at::Tensor& x, at::IntArrayRef grid);
   torch::jit::Module script_form() const override;
-  // Side of the pooled query and key maps.
-  int64_t query_size() const;
-  int64_t key_size() const;
+  // The pooled query and key grids of the input_size grid, and the options' kernels and strides
+  // with the defaults filled in (one entry per axis).
+  std::vector<int64_t> query_grid() const;
+  std::vector<int64_t> key_grid() const;
+  std::vector<int64_t> kernel_q() const;
+  std::vector<int64_t> kernel_kv() const;
+  std::vector<int64_t> stride_q() const;
+  std::vector<int64_t> stride_kv() const;
 
   PoolingAttentionOptions options;
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
-  // Convolution mode; a pooling is absent when its kernel and stride are both 1.
-  torch::nn::Conv2d pool_q{nullptr}, pool_k{nullptr}, pool_v{nullptr};
+  // Convolution mode; a pooling is absent when its kernel and stride are 1 along every axis.
+  DepthwiseConv pool_q{nullptr}, pool_k{nullptr}, pool_v{nullptr};
   torch::nn::LayerNorm norm_q{nullptr}, norm_k{nullptr}, norm_v{nullptr};
   DecomposedRelativePosition relative_position{nullptr};  // options.relative_position()
 };
 TORCH_MODULE(PoolingAttention);
 
-// MViTv2 block on a (B, Y, X, dim) map -> (B, Y', X', dim_out).
+// MViT block on an image map (B, Y, X, dim) or a clip (B, T, Y, X, dim) -> (B, *pooled grid,
+// dim_out), or on tokens with a class token; forward and forward_tokens as PoolingAttention's.
 class MViTBlockImpl : public torch::nn::Cloneable<MViTBlockImpl>, public Layer {
  public:
   explicit MViTBlockImpl(MViTBlockOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x) override;
+  std::pair<at::Tensor, std::vector<int64_t>> forward_tokens(const at::Tensor& x, at::IntArrayRef grid);
   torch::jit::Module script_form() const override;
 
   MViTBlockOptions options;
@@ -331,6 +376,30 @@ class MViTImpl : public torch::nn::Cloneable<MViTImpl>, public Classifier {
   torch::nn::ModuleList stages{nullptr};  // ModuleList of ModuleList<MViTBlock>
 };
 TORCH_MODULE(MViT);
+
+// torchvision's video MViT (VideoMViTOptions): (B, C, T, H, W) normalised clips -> (B, classes)
+// logits. The clip size is the options' (the learned positions and the tables are for it).
+// script_form() takes [0, 1] clips and normalises them with input_mean / input_std itself.
+class VideoMViTImpl : public torch::nn::Cloneable<VideoMViTImpl>, public ScriptForm {
+ public:
+  explicit VideoMViTImpl(VideoMViTOptions options = {});
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& clips);
+  torch::jit::Module script_form() const override;
+  // The (T, Y, X) token grid of the patch embedding.
+  std::vector<int64_t> token_grid() const;
+
+  VideoMViTOptions options;
+  torch::nn::Conv3d patch_embed{nullptr};
+  at::Tensor class_token;                                           // (embed_dim)
+  at::Tensor spatial_position, temporal_position, class_position;  // MViTv1: (Y*X, C), (T, C), (C)
+  torch::nn::ModuleList blocks{nullptr};                            // MViTBlock
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Dropout head_dropout{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(VideoMViT);
 
 // Parameter counts: all parameters (frozen ones included, as the reference counts them) and the
 // trainable ones.

@@ -36,6 +36,8 @@ struct MlpOptions {
   MlpOptions(int64_t dim, int64_t hidden_dim) : dim_(dim), hidden_dim_(hidden_dim) {}
   TORCH_ARG(int64_t, dim);
   TORCH_ARG(int64_t, hidden_dim);
+  // Width of the output; 0 = dim (MViTv1 blocks widen in their MLP).
+  TORCH_ARG(int64_t, out_dim) = 0;
 };
 
 enum class AttentionKind { kSlide, kGlobal };
@@ -135,48 +137,62 @@ struct SinusoidalPositionEncodingOptions {
 // q . R_w[d(j, l)], where d scales both sides to the larger map (d = i * max(key_size /
 // query_size, 1) - k * max(query_size / key_size, 1) + (key_size - 1) * max(query_size /
 // key_size, 1), truncated). Tables of 2 * max(query_size, key_size) - 1 rows of head_dim.
+// With query_frames and key_frames > 0 the grids are (frames, size, size) and a third table adds
+// q . R_t[d(frame of the query, frame of the key)] (video MViTv2).
 struct DecomposedRelativePositionOptions {
   DecomposedRelativePositionOptions(int64_t query_size, int64_t key_size, int64_t head_dim)
       : query_size_(query_size), key_size_(key_size), head_dim_(head_dim) {}
   TORCH_ARG(int64_t, query_size);
   TORCH_ARG(int64_t, key_size);
   TORCH_ARG(int64_t, head_dim);
+  TORCH_ARG(int64_t, query_frames) = 0;
+  TORCH_ARG(int64_t, key_frames) = 0;
 };
 
 // How PoolingAttention pools: a strided depthwise convolution per head followed by LayerNorm
 // (MViTv2), or max / average pooling.
 enum class PoolMode { kConv, kMax, kAvg };
 
-// Multi-head pooling attention (MViT / MViTv2) over a (B, Y, X, dim) map of side input_size:
-// queries, keys and values are pooled (kernel, stride, padding kernel / 2) before attention, so the
-// output map is ceil(Y / stride_q) and the keys number ceil(Y / stride_kv)^2.
+// Multi-head pooling attention (MViT / MViTv2) over a grid of tokens, (Y, X) for images or
+// (T, Y, X) for clips, of size input_size: queries, keys and values are pooled (kernel, stride,
+// padding kernel / 2 along each axis) before attention, so the output grid is ceil(size /
+// stride_q) along each axis and the keys are the ceil(size / stride_kv) grid. Kernels and strides
+// have one entry per axis; empty means 3 (kernels) or 1 (strides) along every axis.
 struct PoolingAttentionOptions {
-  PoolingAttentionOptions(int64_t dim, int64_t dim_out, int64_t heads, int64_t input_size)
-      : dim_(dim), dim_out_(dim_out), heads_(heads), input_size_(input_size) {}
+  PoolingAttentionOptions(int64_t dim, int64_t dim_out, int64_t heads, std::vector<int64_t> input_size)
+      : dim_(dim), dim_out_(dim_out), heads_(heads), input_size_(std::move(input_size)) {}
   TORCH_ARG(int64_t, dim);
   TORCH_ARG(int64_t, dim_out);
   TORCH_ARG(int64_t, heads);
-  TORCH_ARG(int64_t, input_size);
-  TORCH_ARG(int64_t, kernel_size) = 3;
-  TORCH_ARG(int64_t, stride_q) = 1;
-  TORCH_ARG(int64_t, stride_kv) = 1;
+  TORCH_ARG(std::vector<int64_t>, input_size);
+  TORCH_ARG(std::vector<int64_t>, kernel_q);
+  TORCH_ARG(std::vector<int64_t>, kernel_kv);
+  TORCH_ARG(std::vector<int64_t>, stride_q);
+  TORCH_ARG(std::vector<int64_t>, stride_kv);
   TORCH_ARG(PoolMode, mode) = PoolMode::kConv;
   // The decomposed relative position term (DecomposedRelativePosition) as the attention bias.
   TORCH_ARG(bool, relative_position) = true;
   // Adds the pooled queries to the attention output (MViTv2).
   TORCH_ARG(bool, residual_pooling) = true;
+  // The sequence starts with a class token: it is attended to and attends, but is not pooled,
+  // gets no relative position term and no residual pooling (torchvision's video MViT).
+  TORCH_ARG(bool, class_token) = false;
   TORCH_ARG(bool, qkv_bias) = true;
   TORCH_ARG(double, norm_eps) = 1e-6;
 };
 
-// MViTv2 block: x' = pool(shortcut) + drop_path(attn(norm1(x))), then x' + drop_path(mlp(norm2(x'))).
-// The shortcut is x, or Linear(dim, dim_out)(norm1(x)) when the width changes; with stride_q > 1 it
-// is max-pooled (kernel stride_q + 1) to the queries' map.
+// MViT block: x' = pool(shortcut) + drop_path(attn(norm1(x))), then x'' = x' + drop_path(mlp(norm2(x'))).
+// With widen_in_attention (MViTv2) the attention maps dim to dim_out and the first shortcut is x,
+// or Linear(dim, dim_out)(norm1(x)) when the width changes. Without it (MViTv1) the attention
+// keeps dim, the MLP widens to dim_out, and the second shortcut is Linear(dim, dim_out)(norm2(x'))
+// when the width changes. With stride_q > 1 along an axis the first shortcut is max-pooled
+// (kernel stride + 1) to the queries' grid.
 struct MViTBlockOptions {
   MViTBlockOptions(PoolingAttentionOptions attention) : attention_(std::move(attention)) {}
   TORCH_ARG(PoolingAttentionOptions, attention);
   TORCH_ARG(double, mlp_ratio) = 4.0;
   TORCH_ARG(double, drop_path) = 0.0;
+  TORCH_ARG(bool, widen_in_attention) = true;
 };
 
 // Which absolute position encoding a model adds to its patch embedding.
@@ -218,6 +234,47 @@ MViTOptions fashion_mvit();
 // By name ("mvitv2_tiny", "mvitv2_small", "mvitv2_base", "fashion_mvit"); throws on others.
 MViTOptions mvit_preset(const std::string& name);
 std::vector<std::string> mvit_preset_names();
+
+// The video MViT of torchvision (torchvision.models.video.MViT): a Conv3d patch embedding, a class
+// token, four stages of pooling-attention blocks over the (T, Y, X) token grid (the first block of
+// every stage but the first halves Y and X and doubles the heads; stride_kv halves per stage down to
+// 1), LayerNorm, the class token's features, dropout, linear head. The same blocks as the image
+// MViT (MViTBlock, PoolingAttention) with a third grid axis.
+struct VideoMViTOptions {
+  TORCH_ARG(int64_t, frames) = 16;
+  TORCH_ARG(int64_t, image_size) = 224;
+  TORCH_ARG(int64_t, in_channels) = 3;
+  TORCH_ARG(int64_t, num_classes) = 400;
+  // Patch embedding Conv3d kernel and stride, (T, Y, X); padding kernel / 2.
+  TORCH_ARG(std::vector<int64_t>, patch_kernel) = std::vector<int64_t>{3, 7, 7};
+  TORCH_ARG(std::vector<int64_t>, patch_stride) = std::vector<int64_t>{2, 4, 4};
+  TORCH_ARG(int64_t, embed_dim) = 96;
+  TORCH_ARG(std::vector<int64_t>, depths) = std::vector<int64_t>{1, 2, 11, 2};
+  TORCH_ARG(std::vector<int64_t>, heads) = std::vector<int64_t>{1, 2, 4, 8};
+  // Pooling kernel along (T, Y, X).
+  TORCH_ARG(std::vector<int64_t>, kernel) = std::vector<int64_t>{3, 3, 3};
+  // Key / value pooling stride of the first stage along (T, Y, X); later stages halve Y and X.
+  TORCH_ARG(std::vector<int64_t>, stride_kv) = std::vector<int64_t>{1, 8, 8};
+  // MViTv2 (true): decomposed relative positions along T, Y and X, residual pooling, queries
+  // pooled in every block, widening in the attention of a stage's first block. MViTv1 (false):
+  // learned absolute positions (spatial + temporal + class), queries pooled where strided only,
+  // widening in the MLP of a stage's last block.
+  TORCH_ARG(bool, v2) = true;
+  TORCH_ARG(double, mlp_ratio) = 4.0;
+  TORCH_ARG(double, drop_path_rate) = 0.2;
+  TORCH_ARG(double, head_dropout) = 0.5;
+  TORCH_ARG(double, norm_eps) = 1e-6;
+  TORCH_ARG(std::vector<double>, input_mean) = std::vector<double>{0.45, 0.45, 0.45};
+  TORCH_ARG(std::vector<double>, input_std) = std::vector<double>{0.225, 0.225, 0.225};
+};
+
+// torchvision's mvit_v1_b (36,610,672 parameters) and mvit_v2_s (34,537,744): 16 x 224 x 224
+// clips, 400 classes.
+VideoMViTOptions mvit_v1_b();
+VideoMViTOptions mvit_v2_s();
+// By name ("mvit_v1_b", "mvit_v2_s"); throws on others.
+VideoMViTOptions video_mvit_preset(const std::string& name);
+std::vector<std::string> video_mvit_preset_names();
 
 // Presets. The three Slide-Swin ones reproduce the reference code's parameter counts at 224x224
 // and 1000 classes; "fashion" is a small model for 28x28x1 images and 10 classes.
