@@ -1,13 +1,12 @@
 #include "checkpoint.h"
 
+#include "atomic_file.h"
 #include "slideformer/data/transforms.h"
 #include "slideformer/io/torch_save.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <torch/script.h>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -15,7 +14,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -202,52 +203,20 @@ ModelConfig v1_model(OpenedCheckpoint& opened, const std::string& path) {
                  std::to_string(versions.size()) + " versions");
 }
 
-// Writes `archive` to `path` + ".tmp", flushes it to the disk, renames it over `path` and flushes the
-// directory.
-void write_durably(const std::string& path, torch::serialize::OutputArchive& archive) {
-  const std::string temporary = path + ".tmp";
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(path, system_error("cannot write the checkpoint: cannot create " + temporary));
-  int write_errno = 0;
-  auto write_all = [&](const void* data, size_t size) -> size_t {
-    for (size_t done = 0; done < size;) {
-      const ssize_t n = ::write(fd, static_cast<const char*>(data) + done, size - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        write_errno = n < 0 ? errno : EIO;
-        return 0;  // the archive writer then throws
-      }
-      done += static_cast<size_t>(n);
+// The recipe and progress fields of a checkpoint. Those of a generation later than the
+// checkpoint's (image folders, mixed precision, fine-tuning) are all absent, and keep their
+// defaults; a generation's first field tells whether it is there.
+void read_recipe(torch::serialize::InputArchive& archive, const std::string& path, CheckpointState& state) {
+  std::map<RecipeGeneration, bool> present{{RecipeGeneration::kFirst, true}};
+  visit_recipe_fields([&](const RecipeField& field, auto member) {
+    if (!present.count(field.generation)) {
+      c10::IValue value;
+      present[field.generation] = archive.try_read(field.key, value);
     }
-    return size;
-  };
-  bool written = true;
-  try {
-    archive.save_to(write_all);
-  } catch (const c10::Error&) {
-    written = false;
-  }
-  if (written && ::fsync(fd) != 0) write_errno = errno, written = false;
-  if (::close(fd) != 0 && written) write_errno = errno, written = false;
-  if (!written) {
-    std::remove(temporary.c_str());
-    errno = write_errno;
-    fail(path, system_error("cannot write the checkpoint"));
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int rename_errno = errno;
-    std::remove(temporary.c_str());
-    errno = rename_errno;
-    fail(path, system_error("cannot replace the checkpoint"));
-  }
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0 || ::fsync(dir_fd) != 0) {
-    if (dir_fd >= 0) ::close(dir_fd);
-    fail(path, system_error("cannot flush the directory " + dir));
-  }
-  ::close(dir_fd);
+    if (!present[field.generation]) return;
+    auto& value = recipe_value(state.config, state.progress, member);
+    value = read_value<std::decay_t<decltype(value)>>(archive, path, field.key);
+  });
 }
 
 }  // namespace
@@ -257,43 +226,18 @@ void save_checkpoint(const std::string& path, const CheckpointState& state,
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string(kFormat)));
   archive.write("model_config", c10::IValue(model_config_to_json(state.model)));
-  const TrainConfig& c = state.config;
-  archive.write("data_dir", c10::IValue(c.data_dir));
-  archive.write("epochs", c10::IValue(c.epochs));
-  archive.write("batch_size", c10::IValue(c.batch_size));
-  archive.write("lr", c10::IValue(c.lr));
-  archive.write("weight_decay", c10::IValue(c.weight_decay));
-  archive.write("label_smoothing", c10::IValue(c.label_smoothing));
-  archive.write("augment", c10::IValue(c.augment));
-  archive.write("limit", c10::IValue(c.limit));
-  archive.write("seed", c10::IValue(c.seed));
-  archive.write("epoch", c10::IValue(state.progress.epoch));
-  archive.write("step_in_epoch", c10::IValue(state.progress.step_in_epoch));
-  archive.write("global_step", c10::IValue(state.progress.global_step));
-  archive.write("epoch_loss_sum", c10::IValue(state.progress.epoch_loss_sum));
-  archive.write("epoch_seconds", c10::IValue(state.progress.epoch_seconds));
+  visit_recipe_fields([&](const RecipeField& field, auto member) {
+    archive.write(field.key, c10::IValue(recipe_value(state.config, state.progress, member)));
+  });
   archive.write("rng_state", state.rng_state);
   archive.write("metrics", c10::IValue(state.metrics));
   archive.write("data_config", c10::IValue(state.data_config));
-  archive.write("train_dir", c10::IValue(c.train_dir));
-  archive.write("val_dir", c10::IValue(c.val_dir));
-  archive.write("image_size", c10::IValue(c.image_size));
-  archive.write("crop_pct", c10::IValue(c.crop_pct));
-  archive.write("skip_bad_images", c10::IValue(c.skip_bad_images));
-  archive.write("amp", c10::IValue(c.amp));
-  archive.write("epoch_skipped_steps", c10::IValue(state.progress.epoch_skipped_steps));
-  archive.write("loss_scale", c10::IValue(state.progress.loss_scale));
-  archive.write("loss_scale_growth_tracker", c10::IValue(state.progress.loss_scale_growth_tracker));
-  archive.write("init", c10::IValue(c.init));
-  archive.write("init_from", c10::IValue(c.init_from));
-  archive.write("freeze_stages", c10::IValue(c.freeze_stages));
-  archive.write("lr_decay", c10::IValue(c.lr_decay));
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
-  write_durably(path, archive);
+  write_file_atomically(path, "the checkpoint", [&](std::ostream& out) { archive.save_to(out); });
 }
 
 CheckpointState read_checkpoint_state(const std::string& path) {
@@ -303,45 +247,12 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   state.model = opened.v1 ? v1_model(opened, path)
                           : model_config_from_json(read_value<std::string>(archive, path, "model_config"), path);
   if (!opened.v1) state.metrics = read_value<std::string>(archive, path, "metrics");
-  TrainConfig& c = state.config;
-  c.data_dir = read_value<std::string>(archive, path, "data_dir");
-  c.epochs = read_value<int64_t>(archive, path, "epochs");
-  c.batch_size = read_value<int64_t>(archive, path, "batch_size");
-  c.lr = read_value<double>(archive, path, "lr");
-  c.weight_decay = read_value<double>(archive, path, "weight_decay");
-  c.label_smoothing = read_value<double>(archive, path, "label_smoothing");
-  c.augment = read_value<bool>(archive, path, "augment");
-  c.limit = read_value<int64_t>(archive, path, "limit");
-  c.seed = read_value<int64_t>(archive, path, "seed");
-  state.progress.epoch = read_value<int64_t>(archive, path, "epoch");
-  state.progress.step_in_epoch = read_value<int64_t>(archive, path, "step_in_epoch");
-  state.progress.global_step = read_value<int64_t>(archive, path, "global_step");
-  state.progress.epoch_loss_sum = read_value<double>(archive, path, "epoch_loss_sum");
-  state.progress.epoch_seconds = read_value<double>(archive, path, "epoch_seconds");
+  read_recipe(archive, path, state);
   if (!archive.try_read("rng_state", state.rng_state)) fail(path, "checkpoint lacks 'rng_state'");
-  // The image-folder fields, absent from checkpoints written before them (trained on IDX files).
+  // The data the model was trained on, absent from checkpoints of runs on IDX files before it.
   c10::IValue present;
   if (archive.try_read("data_config", present)) {
     state.data_config = read_value<std::string>(archive, path, "data_config");
-    c.train_dir = read_value<std::string>(archive, path, "train_dir");
-    c.val_dir = read_value<std::string>(archive, path, "val_dir");
-    c.image_size = read_value<int64_t>(archive, path, "image_size");
-    c.crop_pct = read_value<double>(archive, path, "crop_pct");
-    c.skip_bad_images = read_value<bool>(archive, path, "skip_bad_images");
-  }
-  // Mixed precision, absent from checkpoints written before it (float32 runs).
-  if (archive.try_read("amp", present)) {
-    c.amp = read_value<std::string>(archive, path, "amp");
-    state.progress.epoch_skipped_steps = read_value<int64_t>(archive, path, "epoch_skipped_steps");
-    state.progress.loss_scale = read_value<double>(archive, path, "loss_scale");
-    state.progress.loss_scale_growth_tracker = read_value<int64_t>(archive, path, "loss_scale_growth_tracker");
-  }
-  // The fine-tuning fields, absent from checkpoints written before them.
-  if (archive.try_read("init", present)) {
-    c.init = read_value<std::string>(archive, path, "init");
-    c.init_from = read_value<std::string>(archive, path, "init_from");
-    c.freeze_stages = read_value<int64_t>(archive, path, "freeze_stages");
-    c.lr_decay = read_value<double>(archive, path, "lr_decay");
   }
   check_state(state, path);
   if (!state.data_config.empty()) check_data_config(state, path);

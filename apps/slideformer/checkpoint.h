@@ -1,9 +1,9 @@
 #pragma once
 // Checkpoint files (format v2): the model's full description (model_config.h), the training
-// recipe, progress, RNG state, metrics so far, the weights and the optimizer state. Written to a
-// temporary file in the same directory, flushed to the disk, renamed over the old one and the
-// directory flushed, so that after a crash or a kill at any moment the file is the old
-// checkpoint or the new one, whole.
+// recipe and progress (recipe.h), RNG state, metrics so far, the weights and the optimizer state.
+// Written atomically (atomic_file.h): after a crash or a kill at any moment the file is the old
+// checkpoint or the new one, whole. Recipe fields added after a checkpoint was written take
+// their defaults when it is read.
 //
 // A v1 checkpoint (written before the model description was stored: it names a preset) still
 // loads: its preset is rebuilt as it was while v1 was written (where the preset changed during
@@ -13,7 +13,7 @@
 #include <string>
 
 #include "model_config.h"
-#include "training.h"
+#include "recipe.h"
 
 namespace slideformer::app {
 

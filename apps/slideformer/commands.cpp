@@ -6,14 +6,11 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <thread>
 #include <stdexcept>
@@ -21,10 +18,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "atomic_file.h"
 #include "checkpoint.h"
 #include "image_data.h"
+#include "inference.h"
 #include "slideformer/nn/export.h"
-#include "training.h"
 
 namespace slideformer::app {
 
@@ -62,16 +60,16 @@ double accuracy_of(const at::Tensor& predictions, const Dataset& data) {
 
 void write_outputs(const at::Tensor& predictions, const at::Tensor& logits, const TestSetOutputs& outputs) {
   if (!outputs.predictions.empty()) {
-    std::ofstream out(outputs.predictions);
+    std::string text;
     const auto* p = predictions.data_ptr<int64_t>();
-    for (int64_t i = 0; i < predictions.numel(); ++i) out << p[i] << "\n";
-    if (!out) throw std::runtime_error(outputs.predictions + ": cannot write predictions");
+    for (int64_t i = 0; i < predictions.numel(); ++i) text += std::to_string(p[i]) + "\n";
+    write_file_atomically(outputs.predictions, "predictions", text);
   }
   if (!outputs.logits.empty()) {
     const at::Tensor all = logits.contiguous();
-    std::ofstream out(outputs.logits, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(all.data_ptr<float>()), all.numel() * sizeof(float));
-    if (!out) throw std::runtime_error(outputs.logits + ": cannot write logits");
+    write_file_atomically(outputs.logits, "logits", [&](std::ostream& out) {
+      out.write(reinterpret_cast<const char*>(all.data_ptr<float>()), all.numel() * sizeof(float));
+    });
   }
 }
 
@@ -253,24 +251,16 @@ int export_model(const std::string& checkpoint, const std::string& out, bool fea
     throw std::runtime_error(out + ": --out is the checkpoint itself (it would be replaced by the model)");
   }
   LoadedModel loaded = load_model(checkpoint);
-  // Through a temporary file and a rename: a failed export replaces nothing.
-  const std::string temporary = out + ".tmp";
-  auto fail = [&](const std::string& reason) {
-    std::remove(temporary.c_str());
-    throw std::runtime_error(out + ": cannot write the model (" + reason + ")");
-  };
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(std::strerror(errno));
-  ::close(fd);
   const std::string data_config = exported_data_config(loaded.model_config, loaded.data_config);
+  const nn::Classifier& model = *loaded.model.classifier;
   try {
-    const nn::Classifier& model = *loaded.model.classifier;
-    (features ? nn::to_torchscript_features(model) : nn::to_torchscript(model))
-        .save(temporary, {{kDataConfigFile, data_config}});
+    write_file_atomically(out, "the model", [&](std::ostream& stream) {
+      (features ? nn::to_torchscript_features(model) : nn::to_torchscript(model))
+          .save(stream, {{kDataConfigFile, data_config}});
+    });
   } catch (const c10::Error& e) {
-    fail(first_line(e.what_without_backtrace()));
+    throw std::runtime_error(out + ": cannot write the model (" + first_line(e.what_without_backtrace()) + ")");
   }
-  if (std::rename(temporary.c_str(), out.c_str()) != 0) fail(std::strerror(errno));
   fmt::print("exported {} ({}) to {}: input (N, {}, {}, {}) floats in [0, 1], output {}\n",
              checkpoint, model_name(loaded.model_config), out, loaded.model->in_channels(),
              loaded.model->image_size(), loaded.model->image_size(),

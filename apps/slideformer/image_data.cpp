@@ -5,7 +5,7 @@
 
 #include <numeric>
 
-#include "training.h"
+#include "recipe.h"
 
 namespace slideformer::app {
 

@@ -15,6 +15,7 @@
 #include "image_data.h"
 #include "pretrained.h"
 #include "python_export.h"
+#include "recipe.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
 
@@ -62,37 +63,49 @@ CLI::Validator number(const std::string& expected, bool (*fits)(double)) {
 
 constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 
-}  // namespace
+bool in_unit_interval(double v) { return v > 0 && v <= 1; }
 
-int main(int argc, char** argv) {
-  using namespace slideformer::app;
-  report_crashes("slideformer");
+using namespace slideformer::app;
+
+// The commands and the values their options set.
+struct CommandLine {
   CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer and MViTv2 models"};
-  app.require_subcommand(1);
-  app.failure_message([](const CLI::App*, const CLI::Error& error) {
-    return fmt::format("slideformer: error: {} (see --help)\n", error.what());
-  });
   const CLI::Validator positive = integer_in(1, kMaxInt), non_negative = integer_in(0, kMaxInt);
   const CLI::Validator threads_range = integer_in(1, 1024);
+  const std::vector<std::string> presets = preset_names();
 
   std::string preset, train_preset = "fashion", out, data_dir = kDefaultDataDir, checkpoint, model_path;
   TestSetOutputs outputs;
   int64_t image_size = 0, limit = 0;
   TrainRun run;
-  run.threads = std::max(1u, std::thread::hardware_concurrency());
-  TrainConfig& config = run.config;
-  const auto presets = preset_names();
+  ImportRun import_run;
+  bool skip_bad_images = false;
+  std::string export_format = "torchscript", python;
+  bool export_features = false;
+  std::vector<std::string> predict_inputs;
+  int64_t top = 5;
+  bool json = false;
+  BenchConfig bench_config;
 
-  auto* summary_cmd = app.add_subcommand("summary", "layers, output shapes and parameter counts");
-  auto* summary_model = summary_cmd->add_option_group("model", "one of");
-  summary_model->add_option("--preset", preset, "model preset")->check(CLI::IsMember(presets));
-  auto* summary_checkpoint = summary_model->add_option("--checkpoint", checkpoint, "the model of this checkpoint.pt");
+  CLI::App *summary_cmd = nullptr, *train_cmd = nullptr, *import_cmd = nullptr, *eval_cmd = nullptr,
+           *export_cmd = nullptr, *predict_cmd = nullptr, *bench_cmd = nullptr;
+  CLI::Option* summary_checkpoint = nullptr;
+};
+
+void add_summary(CommandLine& cl) {
+  cl.summary_cmd = cl.app.add_subcommand("summary", "layers, output shapes and parameter counts");
+  auto* summary_model = cl.summary_cmd->add_option_group("model", "one of");
+  summary_model->add_option("--preset", cl.preset, "model preset")->check(CLI::IsMember(cl.presets));
+  cl.summary_checkpoint = summary_model->add_option("--checkpoint", cl.checkpoint, "the model of this checkpoint.pt");
   summary_model->require_option(1);
-  summary_cmd->add_option("--image-size", image_size, "input size (default: the model's)")->check(integer_in(1, 4096));
+  cl.summary_cmd->add_option("--image-size", cl.image_size, "input size (default: the model's)")->check(integer_in(1, 4096));
+}
 
-  auto* train_cmd = app.add_subcommand("train", "train a preset on Fashion-MNIST or on folders of images");
-  train_cmd->add_option("--preset", train_preset, "model preset")->check(CLI::IsMember(presets))->capture_default_str();
-  train_cmd->add_option("--out", run.out_dir, "output directory (checkpoint.pt, metrics.jsonl, curves.png)")->required();
+// train: the model and its data.
+void add_train_data_options(CommandLine& cl, CLI::App* train_cmd) {
+  TrainConfig& config = cl.run.config;
+  train_cmd->add_option("--preset", cl.train_preset, "model preset")->check(CLI::IsMember(cl.presets))->capture_default_str();
+  train_cmd->add_option("--out", cl.run.out_dir, "output directory (checkpoint.pt, metrics.jsonl, curves.png)")->required();
   train_cmd->add_option("--data", config.data_dir, "directory of the IDX .gz files, or of image folders train/ and "
                                                     "val/ (<class>/<image>, docs/data.md)")->capture_default_str();
   train_cmd->add_option("--train-dir", config.train_dir, "folder of training images, <class>/<image> (with --val-dir)");
@@ -101,11 +114,17 @@ int main(int argc, char** argv) {
       ->check(integer_in(1, 4096));
   train_cmd->add_option("--crop-pct", config.crop_pct, "image folders: evaluation resizes the short side to "
                                                        "image-size / crop-pct, then crops the center")
-      ->capture_default_str()->check(number("in (0, 1]", [](double v) { return v > 0 && v <= 1; }));
+      ->capture_default_str()->check(number("in (0, 1]", in_unit_interval));
   train_cmd->add_flag("--skip-bad-images", config.skip_bad_images, "image folders: leave out (and count) images that "
                                                                    "cannot be read, instead of stopping");
+  train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(cl.non_negative);
+}
+
+// train: the optimisation.
+void add_train_recipe_options(CommandLine& cl, CLI::App* train_cmd) {
+  TrainConfig& config = cl.run.config;
   train_cmd->add_option("--epochs", config.epochs, "epochs of the schedule")->capture_default_str()->check(integer_in(1, 1000000));
-  train_cmd->add_option("--batch-size", config.batch_size, "images per step")->capture_default_str()->check(positive);
+  train_cmd->add_option("--batch-size", config.batch_size, "images per step")->capture_default_str()->check(cl.positive);
   train_cmd->add_option("--lr", config.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str()->check(number("> 0", [](double v) { return v > 0; }));
   train_cmd->add_option("--weight-decay", config.weight_decay, "AdamW weight decay of linear and conv weights")->capture_default_str()->check(number(">= 0", [](double v) { return v >= 0; }));
   train_cmd->add_option("--label-smoothing", config.label_smoothing, "label smoothing of the loss")->capture_default_str()->check(number("in [0, 1]", [](double v) { return v >= 0 && v <= 1; }));
@@ -114,10 +133,24 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--amp", config.amp, "mixed precision: the forward under autocast to bfloat16 (bf16) or "
                                              "float16 with a loss scale (fp16)")
       ->capture_default_str()->check(CLI::IsMember({"none", "bf16", "fp16"}));
-  train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(threads_range);
-  train_cmd->add_option("--limit", config.limit, "use only the first N images of each split")->check(non_negative);
   train_cmd->add_option("--seed", config.seed, "random seed")->capture_default_str()->check(any_integer());
-  train_cmd->add_option("--stop-after", run.stop_after, "end this run after N epochs (resume later)")->check(non_negative);
+  train_cmd->add_option("--init", config.init, "start from the weights of this file (a checkpoint.pt, or a "
+                                               "safetensors / torch.save file of the --from family)");
+  train_cmd->add_option("--from", config.init_from, "with --init: whose names the file has")
+      ->check(CLI::IsMember({"slideformer", "slide-transformer", "timm"}))->capture_default_str();
+  train_cmd->add_option("--freeze-stages", config.freeze_stages, "keep the patch embedding and the first N stages "
+                                                                 "as they are")
+      ->capture_default_str()->check(cl.non_negative);
+  train_cmd->add_option("--lr-decay", config.lr_decay, "layer-wise learning-rate decay: depth d of L blocks learns "
+                                                       "at lr * decay^(L + 1 - d)")
+      ->capture_default_str()->check(number("in (0, 1]", in_unit_interval));
+}
+
+// train: how this invocation runs (threads, processes, resuming).
+void add_train_run_options(CommandLine& cl, CLI::App* train_cmd) {
+  TrainRun& run = cl.run;
+  train_cmd->add_option("--threads", run.threads, "intra-op threads")->capture_default_str()->check(cl.threads_range);
+  train_cmd->add_option("--stop-after", run.stop_after, "end this run after N epochs (resume later)")->check(cl.non_negative);
   train_cmd->add_flag("--resume", run.resume, "continue from OUT/checkpoint.pt");
   train_cmd->add_option("--nproc", run.nproc, "data-parallel processes on this machine (--batch-size is split over them)")
       ->capture_default_str()->check(integer_in(1, 1024));
@@ -130,25 +163,25 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(integer_in(1, 1 << 30));
   train_cmd->add_option("--save-gradients", run.save_gradients, "write the first step's (all-reduced) gradients "
                                                                  "to this file: dict(torch.load(FILE)) in Python");
-  train_cmd->add_option("--init", config.init, "start from the weights of this file (a checkpoint.pt, or a "
-                                               "safetensors / torch.save file of the --from family)");
-  train_cmd->add_option("--from", config.init_from, "with --init: whose names the file has")
-      ->check(CLI::IsMember({"slideformer", "slide-transformer", "timm"}))->capture_default_str();
-  train_cmd->add_option("--freeze-stages", config.freeze_stages, "keep the patch embedding and the first N stages "
-                                                                 "as they are")
-      ->capture_default_str()->check(non_negative);
-  train_cmd->add_option("--lr-decay", config.lr_decay, "layer-wise learning-rate decay: depth d of L blocks learns "
-                                                       "at lr * decay^(L + 1 - d)")
-      ->capture_default_str()->check(number("in (0, 1]", [](double v) { return v > 0 && v <= 1; }));
+}
 
-  ImportRun import_run;
-  auto* import_cmd = app.add_subcommand("import", "a checkpoint.pt of published weights (docs/pretrained.md)");
+void add_train(CommandLine& cl) {
+  cl.train_cmd = cl.app.add_subcommand("train", "train a preset on Fashion-MNIST or on folders of images");
+  add_train_data_options(cl, cl.train_cmd);
+  add_train_recipe_options(cl, cl.train_cmd);
+  add_train_run_options(cl, cl.train_cmd);
+}
+
+void add_import(CommandLine& cl) {
+  ImportRun& import_run = cl.import_run;
+  cl.import_cmd = cl.app.add_subcommand("import", "a checkpoint.pt of published weights (docs/pretrained.md)");
+  CLI::App* import_cmd = cl.import_cmd;
   import_cmd->add_option("--from", import_run.source, "whose weights: the official Slide-Transformer code, timm's "
                                                       "MViTv2, or this program's safetensors export")
       ->check(CLI::IsMember({"slide-transformer", "timm", "slideformer"}))->required();
   import_cmd->add_option("file", import_run.file, "the weights: a .safetensors or torch.save file")->required();
   import_cmd->add_option("--preset", import_run.preset, "the model to fill (optional for a slideformer safetensors "
-                                                        "export, which names its model)")->check(CLI::IsMember(presets));
+                                                        "export, which names its model)")->check(CLI::IsMember(cl.presets));
   import_cmd->add_option("--out", import_run.out_dir, "output directory (checkpoint.pt)")->required();
   import_cmd->add_option("--entry", import_run.entry, "torch.save files: the key of the state dict (model, "
                                                       "state_dict, state_dict_ema, ...)");
@@ -156,92 +189,137 @@ int main(int argc, char** argv) {
                                                                   "(default: 0, 1, ...)");
   import_cmd->add_option("--crop-pct", import_run.crop_pct, "eval transform's crop fraction (default: the "
                                                             "source's: timm 0.9, slide-transformer 0.875)")
-      ->check(number("in (0, 1]", [](double v) { return v > 0 && v <= 1; }));
+      ->check(number("in (0, 1]", in_unit_interval));
+}
 
-  bool skip_bad_images = false;
-  auto* eval_cmd = app.add_subcommand("eval", "test accuracy (top-5 for image folders) and confusion matrix of a checkpoint");
-  eval_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
-  eval_cmd->add_option("--data", data_dir, "directory of the IDX .gz files, or an image folder (its val/ when it has "
-                                           "one) (default: the training data's)");
-  eval_cmd->add_flag("--skip-bad-images", skip_bad_images, "leave out (and count) images that cannot be read");
-  eval_cmd->add_option("--limit", limit, "use only the first N test images")->check(non_negative);
-  auto add_output_options = [&](CLI::App* command) {
-    command->add_option("--predictions", outputs.predictions, "write the predicted classes here");
-    command->add_option("--logits", outputs.logits, "write the logits here (raw float32, N x classes)");
-  };
-  add_output_options(eval_cmd);
+void add_output_options(CommandLine& cl, CLI::App* command) {
+  command->add_option("--predictions", cl.outputs.predictions, "write the predicted classes here");
+  command->add_option("--logits", cl.outputs.logits, "write the logits here (raw float32, N x classes)");
+}
 
-  std::string export_format = "torchscript", python;
-  auto* export_cmd = app.add_subcommand("export", "write a deployable model of a checkpoint");
-  export_cmd->add_option("--checkpoint", checkpoint, "checkpoint.pt")->required();
-  export_cmd->add_option("--out", out, "output file (.pt, .onnx or .pt2)")->required();
-  export_cmd->add_option("--format", export_format, "torchscript (C++), safetensors (the weights), or onnx / aoti "
-                                                    "(run by the Python package)")
+void add_eval(CommandLine& cl) {
+  cl.eval_cmd = cl.app.add_subcommand("eval", "test accuracy (top-5 for image folders) and confusion matrix of a checkpoint");
+  CLI::App* eval_cmd = cl.eval_cmd;
+  eval_cmd->add_option("--checkpoint", cl.checkpoint, "checkpoint.pt")->required();
+  eval_cmd->add_option("--data", cl.data_dir, "directory of the IDX .gz files, or an image folder (its val/ when it has "
+                                              "one) (default: the training data's)");
+  eval_cmd->add_flag("--skip-bad-images", cl.skip_bad_images, "leave out (and count) images that cannot be read");
+  eval_cmd->add_option("--limit", cl.limit, "use only the first N test images")->check(cl.non_negative);
+  add_output_options(cl, eval_cmd);
+}
+
+void add_export(CommandLine& cl) {
+  cl.export_cmd = cl.app.add_subcommand("export", "write a deployable model of a checkpoint");
+  CLI::App* export_cmd = cl.export_cmd;
+  export_cmd->add_option("--checkpoint", cl.checkpoint, "checkpoint.pt")->required();
+  export_cmd->add_option("--out", cl.out, "output file (.pt, .onnx or .pt2)")->required();
+  export_cmd->add_option("--format", cl.export_format, "torchscript (C++), safetensors (the weights), or onnx / aoti "
+                                                       "(run by the Python package)")
       ->check(CLI::IsMember({"torchscript", "safetensors", "onnx", "aoti"}))->capture_default_str();
-  bool export_features = false;
-  export_cmd->add_flag("--features", export_features, "torchscript: a backbone returning the stage outputs "
-                                                      "(N, C_i, H_i, W_i) instead of logits");
-  export_cmd->add_option("--python", python, "Python interpreter for onnx / aoti (default: $SLIDEFORMER_PYTHON, "
-                                             "else the build's Python, else python3)");
+  export_cmd->add_flag("--features", cl.export_features, "torchscript: a backbone returning the stage outputs "
+                                                         "(N, C_i, H_i, W_i) instead of logits");
+  export_cmd->add_option("--python", cl.python, "Python interpreter for onnx / aoti (default: $SLIDEFORMER_PYTHON, "
+                                                "else the build's Python, else python3)");
+}
 
-  std::vector<std::string> predict_inputs;
-  int64_t top = 5;
-  bool json = false;
-  auto* predict_cmd = app.add_subcommand("predict", "the top classes of image files, or the test accuracy of an exported model");
-  predict_cmd->add_option("--model", model_path, "exported .pt (TorchScript) or .pt2 (AOTInductor) file")->required();
-  predict_cmd->add_option("inputs", predict_inputs, "image files or directories of images (none: the accuracy on "
-                                                    "Fashion-MNIST's test set)");
-  predict_cmd->add_option("--top", top, "classes printed per image")->capture_default_str()->check(integer_in(1, 1000));
-  predict_cmd->add_flag("--json", json, "one JSON object per image");
-  predict_cmd->add_option("--data", data_dir, "directory of the IDX .gz files")->capture_default_str();
-  predict_cmd->add_option("--limit", limit, "use only the first N test images")->check(non_negative);
-  add_output_options(predict_cmd);
+void add_predict(CommandLine& cl) {
+  cl.predict_cmd = cl.app.add_subcommand("predict", "the top classes of image files, or the test accuracy of an exported model");
+  CLI::App* predict_cmd = cl.predict_cmd;
+  predict_cmd->add_option("--model", cl.model_path, "exported .pt (TorchScript) or .pt2 (AOTInductor) file")->required();
+  predict_cmd->add_option("inputs", cl.predict_inputs, "image files or directories of images (none: the accuracy on "
+                                                       "Fashion-MNIST's test set)");
+  predict_cmd->add_option("--top", cl.top, "classes printed per image")->capture_default_str()->check(integer_in(1, 1000));
+  predict_cmd->add_flag("--json", cl.json, "one JSON object per image");
+  predict_cmd->add_option("--data", cl.data_dir, "directory of the IDX .gz files")->capture_default_str();
+  predict_cmd->add_option("--limit", cl.limit, "use only the first N test images")->check(cl.non_negative);
+  add_output_options(cl, predict_cmd);
+}
 
-  BenchConfig bench_config;
-  bench_config.threads = run.threads;
-  auto* bench_cmd = app.add_subcommand("bench", "forward and training-step throughput, FLOPs, fraction of the at::mm rate");
+void add_bench(CommandLine& cl) {
+  BenchConfig& bench_config = cl.bench_config;
+  bench_config.threads = cl.run.threads;
+  cl.bench_cmd = cl.app.add_subcommand("bench", "forward and training-step throughput, FLOPs, fraction of the at::mm rate");
+  CLI::App* bench_cmd = cl.bench_cmd;
   bench_cmd->add_option("--preset", bench_config.preset, "model preset")->check(CLI::IsMember(slideformer::nn::preset_names()))->capture_default_str();
-  bench_cmd->add_option("--batch-size", bench_config.batch_size, "images per step")->capture_default_str()->check(positive);
-  bench_cmd->add_option("--threads", bench_config.threads, "intra-op threads")->capture_default_str()->check(threads_range);
-  bench_cmd->add_option("--rounds", bench_config.rounds, "timed rounds (medians)")->capture_default_str()->check(positive);
+  bench_cmd->add_option("--batch-size", bench_config.batch_size, "images per step")->capture_default_str()->check(cl.positive);
+  bench_cmd->add_option("--threads", bench_config.threads, "intra-op threads")->capture_default_str()->check(cl.threads_range);
+  bench_cmd->add_option("--rounds", bench_config.rounds, "timed rounds (medians)")->capture_default_str()->check(cl.positive);
   bench_cmd->add_flag("--json", bench_config.json, "print one JSON line");
+}
 
-  CLI11_PARSE(app, argc, argv);
+// The record of the train options the user gave: the command line is the one place that knows
+// the options' spellings.
+GivenOptions given_train_options(const CLI::App& train_cmd) {
+  GivenOptions given;
+  given.preset = train_cmd.count("--preset") > 0;
+  given.threads = train_cmd.count("--threads") > 0;
+  given.nproc = train_cmd.count("--nproc") > 0;
+  visit_recipe_fields([&](const RecipeField& field, auto) {
+    if (field.option != nullptr && train_cmd.count(field.option) > 0) given.recipe.insert(field.key);
+  });
+  return given;
+}
+
+int run_export(CommandLine& cl) {
+  if (cl.export_features && cl.export_format != "torchscript") {
+    throw std::runtime_error("--features: only the torchscript format exports the stage outputs, not " +
+                             cl.export_format);
+  }
+  if (cl.export_format == "torchscript") return export_model(cl.checkpoint, cl.out, cl.export_features);
+  if (cl.export_format == "safetensors") return export_safetensors(cl.checkpoint, cl.out);
+  const CheckpointState state = read_checkpoint_state(cl.checkpoint);
+  export_with_python(cl.checkpoint, cl.out, cl.export_format, exported_data_config(state.model, state.data_config),
+                     python_interpreter(cl.python));
+  return 0;
+}
+
+// Runs the command the command line chose.
+int run_command(CommandLine& cl, int argc, char** argv) {
+  if (*cl.summary_cmd) {
+    return summary(*cl.summary_checkpoint ? read_checkpoint_state(cl.checkpoint).model : preset_model(cl.preset),
+                   cl.image_size);
+  }
+  if (*cl.train_cmd) {
+    cl.run.model = preset_model(cl.train_preset);
+    require_image_model(cl.run.model);
+    cl.run.argv.assign(argv, argv + argc);
+    cl.run.given = given_train_options(*cl.train_cmd);
+    return train(cl.run);
+  }
+  if (*cl.eval_cmd) {
+    return evaluate(cl.checkpoint, cl.eval_cmd->count("--data") ? cl.data_dir : "", cl.limit, cl.outputs,
+                    cl.skip_bad_images);
+  }
+  if (*cl.export_cmd) return run_export(cl);
+  if (*cl.bench_cmd) return bench(cl.bench_config);
+  if (*cl.import_cmd) return import_checkpoint(cl.import_run);
+  if (*cl.predict_cmd) {
+    return cl.predict_inputs.empty() ? predict(cl.model_path, cl.data_dir, cl.limit, cl.outputs)
+                                     : predict_images(cl.model_path, cl.predict_inputs, cl.top, cl.json);
+  }
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  report_crashes("slideformer");
+  CommandLine cl;
+  cl.app.require_subcommand(1);
+  cl.app.failure_message([](const CLI::App*, const CLI::Error& error) {
+    return fmt::format("slideformer: error: {} (see --help)\n", error.what());
+  });
+  cl.run.threads = std::max(1u, std::thread::hardware_concurrency());
+  add_summary(cl);
+  add_train(cl);
+  add_import(cl);
+  add_eval(cl);
+  add_export(cl);
+  add_predict(cl);
+  add_bench(cl);
+  CLI11_PARSE(cl.app, argc, argv);
   try {
-    if (*summary_cmd) {
-      return summary(*summary_checkpoint ? read_checkpoint_state(checkpoint).model : preset_model(preset),
-                     image_size);
-    }
-    if (*train_cmd) {
-      run.model = preset_model(train_preset);
-      require_image_model(run.model);
-      run.argv.assign(argv, argv + argc);
-      for (const CLI::Option* option : train_cmd->get_options()) {
-        if (option->count() > 0) run.given_options.insert(option->get_name());
-      }
-      return train(run);
-    }
-    if (*eval_cmd) {
-      return evaluate(checkpoint, eval_cmd->count("--data") ? data_dir : "", limit, outputs, skip_bad_images);
-    }
-    if (*export_cmd) {
-      if (export_features && export_format != "torchscript") {
-        throw std::runtime_error("--features: only the torchscript format exports the stage outputs, not " +
-                                 export_format);
-      }
-      if (export_format == "torchscript") return export_model(checkpoint, out, export_features);
-      if (export_format == "safetensors") return export_safetensors(checkpoint, out);
-      const CheckpointState state = read_checkpoint_state(checkpoint);
-      export_with_python(checkpoint, out, export_format, exported_data_config(state.model, state.data_config),
-                         python_interpreter(python));
-      return 0;
-    }
-    if (*bench_cmd) return bench(bench_config);
-    if (*import_cmd) return import_checkpoint(import_run);
-    if (*predict_cmd) {
-      return predict_inputs.empty() ? predict(model_path, data_dir, limit, outputs)
-                                    : predict_images(model_path, predict_inputs, top, json);
-    }
+    return run_command(cl, argc, argv);
   } catch (const c10::Error& e) {
     fmt::print(stderr, "slideformer: error: {}\n", e.what_without_backtrace());
   } catch (const std::exception& e) {

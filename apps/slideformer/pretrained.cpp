@@ -14,9 +14,9 @@
 
 #include "checkpoint.h"
 #include "image_data.h"
+#include "inference.h"
 #include "slideformer/io/safetensors.h"
 #include "slideformer/io/weight_mapping.h"
-#include "training.h"
 
 namespace slideformer::app {
 

@@ -2,20 +2,15 @@
 
 #include <dlfcn.h>
 #include <fmt/format.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
-#include <algorithm>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
 
+#include "process.h"
 #include "slideformer/version.h"
-
-extern char** environ;
 
 namespace slideformer::app {
 
@@ -35,28 +30,6 @@ bool is_directory(const char* path) {
   return stat(path, &status) == 0 && S_ISDIR(status.st_mode);
 }
 
-// This process's environment with `overrides` ("NAME=value") replacing or adding entries.
-std::vector<std::string> environment_with(const std::vector<std::string>& overrides) {
-  auto name_of = [](const std::string& entry) { return entry.substr(0, entry.find('=') + 1); };
-  std::vector<std::string> result;
-  for (char** entry = environ; *entry != nullptr; ++entry) {
-    const std::string item = *entry;
-    if (std::none_of(overrides.begin(), overrides.end(),
-                     [&](const std::string& o) { return name_of(o) == name_of(item); })) {
-      result.push_back(item);
-    }
-  }
-  result.insert(result.end(), overrides.begin(), overrides.end());
-  return result;
-}
-
-std::vector<char*> pointers(std::vector<std::string>& strings) {
-  std::vector<char*> result;
-  for (auto& s : strings) result.push_back(s.data());
-  result.push_back(nullptr);
-  return result;
-}
-
 }  // namespace
 
 std::string python_interpreter(const std::string& requested) {
@@ -72,35 +45,29 @@ std::string python_interpreter(const std::string& requested) {
 void export_with_python(const std::string& checkpoint, const std::string& out, const std::string& format,
                         const std::string& data_config,
                         const std::string& python) {
-  std::vector<std::string> args = {python, "-m", "slideformer", "export", "--checkpoint", checkpoint,
-                                   "--out", out, "--format", format, "--data-config", data_config};
-  std::vector<std::string> overrides = {"SLIDEFORMER_LIBRARY=" + loaded_library_path()};
+  ChildProcess child;
+  child.argv = {python, "-m", "slideformer", "export", "--checkpoint", checkpoint,
+                "--out", out, "--format", format, "--data-config", data_config};
+  child.environment = {"SLIDEFORMER_LIBRARY=" + loaded_library_path()};
 #ifdef SLIDEFORMER_SOURCE_PYTHON_DIR
   // A program of a build tree exports with the package of its own source tree.
   if (is_directory(SLIDEFORMER_SOURCE_PYTHON_DIR)) {
     const char* path = std::getenv("PYTHONPATH");
-    overrides.push_back(std::string("PYTHONPATH=") + SLIDEFORMER_SOURCE_PYTHON_DIR +
-                        (path != nullptr && *path != '\0' ? std::string(":") + path : ""));
+    child.environment.push_back(std::string("PYTHONPATH=") + SLIDEFORMER_SOURCE_PYTHON_DIR +
+                                (path != nullptr && *path != '\0' ? std::string(":") + path : ""));
   }
 #endif
-  std::vector<std::string> environment = environment_with(overrides);
-  std::vector<char*> argv = pointers(args), envp = pointers(environment);
-  pid_t pid = 0;
-  if (const int error = posix_spawnp(&pid, python.c_str(), nullptr, nullptr, argv.data(), envp.data())) {
+  const ChildStatus status = run_child(child);
+  if (status.error != 0) {
     throw std::runtime_error(fmt::format(
         "cannot run the Python interpreter '{}' ({}): name one with --python or SLIDEFORMER_PYTHON",
-        python, std::strerror(error)));
+        python, std::strerror(status.error)));
   }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) throw std::runtime_error(fmt::format("waiting for {}: {}", python, std::strerror(errno)));
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+  if (!status.succeeded()) {
     throw std::runtime_error(fmt::format(
         "{} -m slideformer export --format {} failed ({} {}): it needs torch 2.11 and the slideformer "
         "Python package{} (docs/python.md); --python or SLIDEFORMER_PYTHON names the interpreter",
-        python, format, WIFEXITED(status) ? "exit status" : "signal",
-        WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+        python, format, status.exited ? "exit status" : "signal", status.exited ? status.code : status.signal,
         format == "onnx" ? " with onnx, onnxscript and onnx-ir" : ""));
   }
 }

@@ -8,9 +8,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <functional>
+#include <future>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -71,6 +75,55 @@ std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& master
 }
 
 std::vector<uint8_t> bytes(const std::string& text) { return {text.begin(), text.end()}; }
+
+// `query()` run on a thread of its own, or nullopt when it has not returned within `deadline`
+// (its exception is rethrown). A store call over a link that went down waits for a reply that
+// never comes (TCPStore's client sets no receive timeout; TCP retransmits for ~15 minutes), so
+// such a thread is left behind, holding what the query captured.
+template <typename T>
+std::optional<T> within(std::chrono::milliseconds deadline, std::function<T()> query) {
+  auto result = std::make_shared<std::promise<T>>();
+  std::future<T> answer = result->get_future();
+  std::thread([result, query = std::move(query)] {
+    try {
+      result->set_value(query());
+    } catch (...) {
+      result->set_exception(std::current_exception());
+    }
+  }).detach();
+  if (answer.wait_for(deadline) != std::future_status::ready) return std::nullopt;
+  return answer.get();
+}
+
+// What the heartbeat thread shares with its group, held by both, so that a group can go while its
+// heartbeat is stuck in a store call.
+struct Heartbeat {
+  c10::intrusive_ptr<c10d::Store> store;  // a connection of its own (also read by lost_ranks)
+  std::chrono::milliseconds period{1000};
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stopping = false, ended = false;
+};
+
+// Adds one to this rank's heartbeat every period; when stopped, records that the rank left.
+void beat(const std::shared_ptr<Heartbeat>& heartbeat, int64_t rank) {
+  std::unique_lock<std::mutex> lock(heartbeat->mutex);
+  try {
+    while (!heartbeat->stopping) {
+      lock.unlock();
+      heartbeat->store->add(key("heartbeat", rank), 1);
+      lock.lock();
+      heartbeat->wake.wait_for(lock, heartbeat->period, [&] { return heartbeat->stopping; });
+    }
+    lock.unlock();
+    heartbeat->store->set(key("left", rank), bytes("left"));
+    lock.lock();
+  } catch (const std::exception&) {
+    if (!lock.owns_lock()) lock.lock();  // the store is gone (rank 0 ended or died): nothing left to tell
+  }
+  heartbeat->ended = true;
+  heartbeat->wake.notify_all();
+}
 
 std::string this_process() {
   char host[256] = {};
@@ -135,18 +188,15 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroup> group;
   bool nccl = false;
-  // The heartbeat thread's own connection to the store (also used to read the others').
-  c10::intrusive_ptr<c10d::Store> heartbeat_store;
-  std::chrono::milliseconds heartbeat_period{1000};
-  std::thread heartbeat;
-  std::mutex mutex;
-  std::condition_variable wake;
-  bool stopping = false;
+  std::shared_ptr<Heartbeat> heartbeat;
+  std::thread heartbeat_thread;
+  // Set when a lost-rank check found the store unreachable: later store calls would only wait.
+  std::atomic<bool> store_unreachable{false};
 
   explicit Impl(const ProcessGroupOptions& opts);
   ~Impl();
   void rendezvous();
-  void beat();
+  std::chrono::milliseconds query_deadline() const;
   std::vector<int64_t> lost_ranks();
   std::string describe(int64_t rank);
 };
@@ -203,11 +253,12 @@ ProcessGroup::Impl::Impl(const ProcessGroupOptions& opts) : options(opts) {
                                  " could not connect the backends: " + detail::first_line(error),
                              {});
   }
-  // Last: a constructor that throws never runs the destructor that would join the thread.
-  heartbeat_period = std::min(std::chrono::milliseconds(1000), std::max(options.timeout() / 4, std::chrono::milliseconds(50)));
-  heartbeat_store = store->clone();
-  heartbeat_store->setTimeout(std::min(options.timeout(), std::chrono::milliseconds(10000)));
-  heartbeat = std::thread([this] { beat(); });
+  // Last: a constructor that throws never runs the destructor that would stop the thread.
+  heartbeat = std::make_shared<Heartbeat>();
+  heartbeat->period = std::min(std::chrono::milliseconds(1000), std::max(options.timeout() / 4, std::chrono::milliseconds(50)));
+  heartbeat->store = store->clone();
+  heartbeat->store->setTimeout(query_deadline());
+  heartbeat_thread = std::thread(beat, heartbeat, options.rank());
 }
 
 void ProcessGroup::Impl::rendezvous() {
@@ -234,59 +285,59 @@ void ProcessGroup::Impl::rendezvous() {
   }
 }
 
-void ProcessGroup::Impl::beat() {
-  const std::string mine = key("heartbeat", options.rank());
-  std::unique_lock<std::mutex> lock(mutex);
-  while (!stopping) {
-    lock.unlock();
-    try {
-      heartbeat_store->add(mine, 1);
-    } catch (const std::exception&) {
-      return;  // the store is gone (rank 0 ended or died): nothing left to tell
-    }
-    lock.lock();
-    wake.wait_for(lock, heartbeat_period, [this] { return stopping; });
-  }
+// ~Impl waits this long at most for the heartbeat to record that the rank left (then leaves the
+// thread behind); lost_ranks and describe wait this long for each answer of the store.
+std::chrono::milliseconds ProcessGroup::Impl::query_deadline() const {
+  return std::min(options.timeout(), std::chrono::milliseconds(5000));
 }
 
 ProcessGroup::Impl::~Impl() {
-  if (!heartbeat.joinable()) return;
-  try {
-    heartbeat_store->set(key("left", options.rank()), bytes("left"));
-  } catch (const std::exception&) {
+  if (!heartbeat_thread.joinable()) return;
+  std::unique_lock<std::mutex> lock(heartbeat->mutex);
+  heartbeat->stopping = true;
+  heartbeat->wake.notify_all();
+  if (!store_unreachable) heartbeat->wake.wait_for(lock, query_deadline(), [this] { return heartbeat->ended; });
+  const bool ended = heartbeat->ended;
+  lock.unlock();
+  if (ended) {
+    heartbeat_thread.join();
+  } else {
+    heartbeat_thread.detach();  // stuck in a store call: it holds what it uses
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    stopping = true;
-  }
-  wake.notify_all();
-  heartbeat.join();
 }
 
 std::string ProcessGroup::Impl::describe(int64_t rank) {
+  const std::string name = "rank " + std::to_string(rank);
+  if (store_unreachable) return name;
+  const auto store = heartbeat->store;
   try {
-    const std::vector<uint8_t> who = heartbeat_store->get(key("arrived", rank));
-    return "rank " + std::to_string(rank) + " (" + std::string(who.begin(), who.end()) + ")";
+    const auto who = within<std::vector<uint8_t>>(query_deadline(), [store, rank] { return store->get(key("arrived", rank)); });
+    return who ? name + " (" + std::string(who->begin(), who->end()) + ")" : name;
   } catch (const std::exception&) {
-    return "rank " + std::to_string(rank);
+    return name;
   }
 }
 
 std::vector<int64_t> ProcessGroup::Impl::lost_ranks() {
-  auto beats = [&] {
-    std::vector<int64_t> counts;
-    for (int64_t r = 0; r < options.world_size(); ++r) counts.push_back(heartbeat_store->add(key("heartbeat", r), 0));
-    return counts;
+  const auto store = heartbeat->store;
+  const int64_t size = options.world_size();
+  // Each rank's heartbeat count, and whether it left.
+  const std::function<std::vector<std::pair<int64_t, bool>>()> snapshot = [store, size] {
+    std::vector<std::pair<int64_t, bool>> ranks;
+    for (int64_t r = 0; r < size; ++r) ranks.emplace_back(store->add(key("heartbeat", r), 0), store->check({key("left", r)}));
+    return ranks;
   };
   std::vector<int64_t> lost;
   try {
-    const std::vector<int64_t> before = beats();
-    std::this_thread::sleep_for(heartbeat_period * 3 + std::chrono::milliseconds(200));
-    const std::vector<int64_t> after = beats();
-    for (int64_t r = 0; r < options.world_size(); ++r) {
-      if (r != options.rank() && after[r] == before[r] && !heartbeat_store->check({key("left", r)})) lost.push_back(r);
+    const auto before = within(query_deadline(), snapshot);
+    if (before) std::this_thread::sleep_for(heartbeat->period * 3 + std::chrono::milliseconds(200));
+    const auto after = before ? within(query_deadline(), snapshot) : std::nullopt;
+    if (!after) throw std::runtime_error("the store did not answer");
+    for (int64_t r = 0; r < size; ++r) {
+      if (r != options.rank() && (*after)[r].first == (*before)[r].first && !(*after)[r].second) lost.push_back(r);
     }
   } catch (const std::exception&) {
+    store_unreachable = true;
     if (options.rank() != 0 && options.host_store()) lost = {0};  // the store rank 0 hosts is unreachable
   }
   return lost;

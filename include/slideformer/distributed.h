@@ -110,7 +110,8 @@ class ProcessGroup {
   void barrier() const;
 
   // Ranks whose heartbeat has stopped (checked over a few heartbeat periods, so this blocks for
-  // about three seconds); rank 0 when the store it hosts is unreachable.
+  // about three seconds); rank 0 when the store it hosts is unreachable or does not answer within
+  // the timeout (at most 5 s: a link that went down).
   std::vector<int64_t> lost_ranks() const;
   // "rank 1 (pid 4242 on host)": a rank as it announced itself at the rendezvous.
   std::string describe_rank(int64_t rank) const;
