@@ -18,6 +18,7 @@
 #include "recipe.h"
 #include "slideformer/nn/options.h"
 #include "training.h"
+#include "video_demo.h"
 
 namespace {
 
@@ -86,9 +87,11 @@ struct CommandLine {
   int64_t top = 5;
   bool json = false;
   BenchConfig bench_config;
+  VideoDemoConfig video_demo{kDefaultDataDir};
 
   CLI::App *summary_cmd = nullptr, *train_cmd = nullptr, *import_cmd = nullptr, *eval_cmd = nullptr,
-           *export_cmd = nullptr, *predict_cmd = nullptr, *bench_cmd = nullptr;
+           *export_cmd = nullptr, *predict_cmd = nullptr, *bench_cmd = nullptr,
+           *video_demo_cmd = nullptr;
   CLI::Option* summary_checkpoint = nullptr;
 };
 
@@ -247,6 +250,24 @@ void add_bench(CommandLine& cl) {
   bench_cmd->add_flag("--json", bench_config.json, "print one JSON line");
 }
 
+void add_video_demo(CommandLine& cl) {
+  VideoDemoConfig& demo = cl.video_demo;
+  demo.threads = cl.run.threads;
+  cl.video_demo_cmd = cl.app.add_subcommand("video-demo", "train a small video MViT on moving Fashion-MNIST clips "
+                                                          "and compare it with a single-frame model");
+  CLI::App* cmd = cl.video_demo_cmd;
+  cmd->add_option("--data", demo.data_dir, "directory of the IDX .gz files")->capture_default_str();
+  cmd->add_option("--train-clips", demo.train_clips, "training clips")->capture_default_str()->check(cl.positive);
+  cmd->add_option("--test-clips", demo.test_clips, "test clips")->capture_default_str()->check(cl.positive);
+  cmd->add_option("--epochs", demo.epochs, "epochs of each model")->capture_default_str()->check(integer_in(1, 1000));
+  cmd->add_option("--batch-size", demo.batch_size, "clips per step")->capture_default_str()->check(cl.positive);
+  cmd->add_option("--lr", demo.learning_rate, "peak learning rate")->capture_default_str()
+      ->check(number("> 0", [](double v) { return v > 0; }));
+  cmd->add_option("--seed", demo.seed, "seed of the clips and the models")->capture_default_str();
+  cmd->add_option("--threads", demo.threads, "intra-op threads")->capture_default_str()->check(cl.threads_range);
+  cmd->add_option("--out", demo.out, "write the video model as TorchScript here");
+}
+
 // The record of the train options the user gave: the command line is the one place that knows
 // the options' spellings.
 GivenOptions given_train_options(const CLI::App& train_cmd) {
@@ -291,6 +312,7 @@ int run_command(CommandLine& cl, int argc, char** argv) {
   }
   if (*cl.export_cmd) return run_export(cl);
   if (*cl.bench_cmd) return bench(cl.bench_config);
+  if (*cl.video_demo_cmd) return video_demo(cl.video_demo);
   if (*cl.import_cmd) return import_checkpoint(cl.import_run);
   if (*cl.predict_cmd) {
     return cl.predict_inputs.empty() ? predict(cl.model_path, cl.data_dir, cl.limit, cl.outputs)
@@ -316,6 +338,7 @@ int main(int argc, char** argv) {
   add_export(cl);
   add_predict(cl);
   add_bench(cl);
+  add_video_demo(cl);
   CLI11_PARSE(cl.app, argc, argv);
   try {
     return run_command(cl, argc, argv);

@@ -148,6 +148,12 @@ TEST(VideoMViTPresets, ParameterCountsMatchTorchvision) {
     EXPECT_EQ(count_parameters(*model, false), total) << name;
     EXPECT_EQ(model->token_grid(), std::vector<int64_t>({8, 56, 56})) << name;
   }
+  // The same count for torchvision.models.video.mvit.MViT built with moving_mvit's blocks (one per
+  // stage: 32 -> 32, 64, 128, 256 channels, heads 1, 2, 4, 8, stride_kv (1, 4, 4) then halved in
+  // Y and X, MViTv2 flags as mvit_v2_s, 8 x 48 x 48 clips, 10 classes) and a 1-channel conv_proj.
+  VideoMViT moving(video_mvit_preset("moving_mvit"));
+  EXPECT_EQ(count_parameters(*moving, false), 987786);
+  EXPECT_EQ(moving->token_grid(), std::vector<int64_t>({4, 12, 12}));
   EXPECT_THROW_MSG(video_mvit_preset("mvit_v3"), "unknown video MViT preset 'mvit_v3'");
 }
 
