@@ -71,10 +71,11 @@ int bench(const BenchConfig& config) {
   at::set_num_threads(static_cast<int>(config.threads));
   torch::manual_seed(0);
   const ModelConfig model = preset_model(config.preset);
-  if (model.family != kSlideTransformerFamily) {
+  const auto* slide = model.options_if<nn::SlideTransformerOptions>();
+  if (!slide) {
     throw std::runtime_error("bench: preset '" + config.preset + "' is not a slide_transformer (the FLOP count is theirs)");
   }
-  const nn::SlideTransformerOptions& options = model.options;
+  const nn::SlideTransformerOptions& options = *slide;
   const int64_t n = config.batch_size;
   const at::Tensor images =
       torch::randn({n, options.in_channels(), options.image_size(), options.image_size()});

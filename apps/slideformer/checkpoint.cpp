@@ -3,6 +3,7 @@
 #include "atomic_file.h"
 #include "slideformer/data/transforms.h"
 #include "slideformer/io/torch_save.h"
+#include "slideformer/nn/description.h"
 
 #include <fmt/format.h>
 #include <sys/stat.h>

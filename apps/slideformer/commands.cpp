@@ -92,7 +92,7 @@ int summary(ModelConfig config, int64_t image_size) {
   }
   const Model model = build_model(config);
   const int64_t channels = config.in_channels(), size = config.image_size();
-  fmt::print("model {} ({}, {}x{}x{} images, {} classes)\n", model_name(config), config.family, channels, size,
+  fmt::print("model {} ({}, {}x{}x{} images, {} classes)\n", model_name(config), config.family().name, channels, size,
              size, config.num_classes());
   model.module->eval();
   torch::NoGradGuard no_grad;

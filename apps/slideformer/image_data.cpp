@@ -56,13 +56,12 @@ int64_t detect_channels(const data::ImageFolder& folder) {
 }
 
 data::DataConfig data_config_for(const ModelConfig& model, std::vector<std::string> classes, double crop_pct) {
-  const bool mvit = model.family == kMViTFamily;
   data::DataConfig config;
   config.class_names = std::move(classes);
   config.channels = model.in_channels();
   config.image_size = model.image_size();
-  config.mean = mvit ? model.mvit.input_mean() : model.options.input_mean();
-  config.std = mvit ? model.mvit.input_std() : model.options.input_std();
+  config.mean = model.input_mean();
+  config.std = model.input_std();
   config.crop_pct = crop_pct;
   config.check();
   return config;
@@ -82,16 +81,9 @@ std::string exported_data_config(const ModelConfig& model, const std::string& da
 }
 
 void fit_model_to_data(ModelConfig& model, int64_t channels, int64_t classes, int64_t image_size) {
-  auto fit = [&](auto& options) {
-    options.input_mean(per_channel(options.input_mean(), channels));
-    options.input_std(per_channel(options.input_std(), channels));
-    options.in_channels(channels).num_classes(classes);
-  };
-  if (model.family == kMViTFamily) {
-    fit(model.mvit);
-  } else {
-    fit(model.options);
-  }
+  model.set_input_normalization(per_channel(model.input_mean(), channels), per_channel(model.input_std(), channels));
+  model.set_in_channels(channels);
+  model.set_num_classes(classes);
   if (image_size > 0) model.set_image_size(image_size);
 }
 

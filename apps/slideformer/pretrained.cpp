@@ -17,6 +17,7 @@
 #include "inference.h"
 #include "slideformer/io/safetensors.h"
 #include "slideformer/io/weight_mapping.h"
+#include "slideformer/nn/description.h"
 
 namespace slideformer::app {
 
@@ -26,8 +27,9 @@ constexpr const char* kModelConfigKey = "model_config";
 constexpr const char* kDataConfigKey = "data_config";
 
 // The family of models a source's mapping table fills.
-const char* family_of_source(io::WeightSource source) {
-  return source == io::WeightSource::kTimm ? kMViTFamily : kSlideTransformerFamily;
+const nn::ModelFamily& family_of_source(io::WeightSource source) {
+  return nn::model_family(source == io::WeightSource::kTimm ? nn::kMViTFamily : nn::kSlideTransformerFamily,
+                          io::weight_source_name(source));
 }
 
 std::vector<std::string> read_class_names(const std::string& path, int64_t classes) {
@@ -69,12 +71,11 @@ struct ImportedModel {
 ImportedModel imported_model(const ImportRun& run, io::WeightSource source) {
   if (!run.preset.empty()) {
     ImportedModel imported{preset_model(run.preset), "", false};
-    const char* family = family_of_source(source);
-    if (source != io::WeightSource::kSlideformer && imported.model.family != family) {
+    if (source != io::WeightSource::kSlideformer && &imported.model.family() != &family_of_source(source)) {
       throw std::runtime_error(fmt::format("--preset {}: --from {} imports into the {} presets, not into a model of "
                                            "family '{}'", run.preset, io::weight_source_name(source),
                                            source == io::WeightSource::kTimm ? "mvitv2_*" : "slide_swin_*",
-                                           imported.model.family));
+                                           imported.model.family().name));
     }
     return imported;
   }
@@ -136,7 +137,7 @@ int import_checkpoint(const ImportRun& run) {
   torch::optim::AdamW optimizer(model.module->parameters());
   save_checkpoint(checkpoint_path, state, *model.module, optimizer);
   fmt::print("imported {} ({} weights) into {} ({}, {} classes): {}\n", run.file, io::weight_source_name(source),
-             model_name(imported.model), imported.model.family, classes, checkpoint_path);
+             model_name(imported.model), imported.model.family().name, classes, checkpoint_path);
   return 0;
 }
 

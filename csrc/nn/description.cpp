@@ -1,4 +1,4 @@
-// Model descriptions and the catalog of presets (include/slideformer/nn/description.h).
+// The catalog of families and presets (include/slideformer/nn/description.h).
 #include "slideformer/nn/description.h"
 
 #include <torch/library.h>
@@ -11,28 +11,12 @@ namespace {
 
 using Json = nlohmann::ordered_json;  // keys in the options' own order: readable files
 
-Json to_json(AttentionKind kind) { return kAttentionKindNames[static_cast<size_t>(kind)]; }
-Json to_json(PoolMode mode) { return kPoolModeNames[static_cast<size_t>(mode)]; }
-Json to_json(PositionEncoding encoding) { return kPositionEncodingNames[static_cast<size_t>(encoding)]; }
-template <typename T>
-Json to_json(const T& value) {
-  return value;
-}
-Json to_json(const std::vector<AttentionKind>& kinds) {
-  Json out = Json::array();
-  for (auto kind : kinds) out.push_back(to_json(kind));
-  return out;
+template <size_t N>
+std::vector<std::string> names_of(const std::array<const char*, N>& names) {
+  return {names.begin(), names.end()};
 }
 
-template <typename Options>
-Json description(const char* family, const Options& options) {
-  Json out = Json::object();
-  for_each_option(options, [&](const char* name, const auto& value) { out[name] = to_json(value); });
-  return Json{{"family", family}, {"options", out}};
-}
-
-Json description(const SlideTransformerOptions& options) { return description(kSlideTransformerFamily, options); }
-Json description(const MViTOptions& options) { return description(kMViTFamily, options); }
+Json parsed(const std::string& text) { return Json::parse(text); }
 
 // The v1-era architectures as they were written then (literal: today's presets may change).
 Json v1_presets_json() {
@@ -65,33 +49,36 @@ Json v1_presets_json() {
 
 }  // namespace
 
-std::string describe(const SlideTransformerOptions& options) { return description(options).dump(); }
-std::string describe(const MViTOptions& options) { return description(options).dump(); }
-
-std::string added_later_options() {
-  return Json{{kSlideTransformerFamily, {{"sinusoidal_position_encoding", false}}}, {kMViTFamily, Json::object()}}
-      .dump();
-}
+std::vector<std::string> enum_names(AttentionKind) { return names_of(kAttentionKindNames); }
+std::vector<std::string> enum_names(PoolMode) { return names_of(kPoolModeNames); }
+std::vector<std::string> enum_names(PositionEncoding) { return names_of(kPositionEncodingNames); }
 
 std::string v1_presets() { return v1_presets_json().dump(); }
 
 std::string model_catalog() {
-  Json presets = Json::object();
-  for (const std::string& name : preset_names()) presets[name] = description(preset(name));
-  for (const std::string& name : mvit_preset_names()) presets[name] = description(mvit_preset(name));
-  return Json{{"presets", presets},
-              {"defaults",
-               {{kSlideTransformerFamily, description(SlideTransformerOptions())["options"]},
-                {kMViTFamily, description(MViTOptions())["options"]}}},
-              {"added_later", Json::parse(added_later_options())},
+  Json families = Json::array(), presets = Json::object(), defaults = Json::object(), added_later = Json::object();
+  for (const ModelFamily* family : model_families()) {
+    families.push_back(family->name);
+    for (const auto& preset : family->presets) {
+      presets[preset.first] = parsed(ModelDescription(*family, preset.second()).to_json());
+    }
+    defaults[family->name] = parsed(ModelDescription(*family, family->defaults()).to_json())["options"];
+    added_later[family->name] = parsed(family->added_later);
+  }
+  return Json{{"families", families}, {"presets", presets}, {"defaults", defaults}, {"added_later", added_later},
               {"v1_presets", v1_presets_json()}}
       .dump();
 }
 
 }  // namespace slideformer::nn
 
-// The modules' operator: the catalog as JSON text (a fragment of the slideformer namespace, so
-// that only programs loading the modules have it).
+// The modules' operators: the catalog as JSON text, and the registry's reading and validation of
+// a description (std::runtime_error "<source>: <problem>"), for Python (a fragment of the
+// slideformer namespace, so that only programs loading the modules have them).
 TORCH_LIBRARY_FRAGMENT(slideformer, m) {
   m.def("model_catalog() -> str", [] { return slideformer::nn::model_catalog(); });
+  m.def("validate_model_description(str description, str source) -> ()",
+        [](const std::string& description, const std::string& source) {
+          slideformer::nn::ModelDescription::from_json(description, source);
+        });
 }

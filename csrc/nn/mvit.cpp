@@ -10,6 +10,7 @@
 #include "nn/init.h"
 #include "nn/layers.h"
 #include "nn/script.h"
+#include "slideformer/nn/description.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 #include "slideformer/ops.h"
@@ -435,12 +436,8 @@ MViTImpl::MViTImpl(MViTOptions options_) : options(std::move(options_)) { reset(
 
 void MViTImpl::reset() {
   const auto& o = options;
+  validate(o, OptionCheck("slideformer::MViT"));
   const size_t num_stages = o.depths().size();
-  TORCH_CHECK(num_stages > 0 && o.heads().size() == num_stages,
-              "slideformer::MViT: depths and heads must have one entry per stage, got ", o.depths().size(),
-              " and ", o.heads().size());
-  TORCH_CHECK(o.patch_size() >= 1 && o.image_size() >= o.patch_size(), "slideformer::MViT: patch_size must be in "
-              "[1, image_size ", o.image_size(), "], got ", o.patch_size());
   patch_embed = register_module(
       "patch_embed", PatchEmbed(PatchEmbedOptions(o.in_channels(), o.embed_dim(), o.patch_size())
                                     .overlapping(true).norm(false)));

@@ -4,6 +4,7 @@
 #include "nn/init.h"
 #include "nn/layers.h"
 #include "nn/script.h"
+#include "slideformer/nn/description.h"
 #include "slideformer/nn/functional.h"
 #include "slideformer/nn/modules.h"
 
@@ -191,15 +192,8 @@ SlideTransformerImpl::SlideTransformerImpl(SlideTransformerOptions options_)
 }
 
 void SlideTransformerImpl::reset() {
+  validate(options, OptionCheck("slideformer::SlideTransformer"));
   const size_t num_stages = options.depths().size();
-  TORCH_CHECK(num_stages > 0 && options.heads().size() == num_stages &&
-                  options.stage_kinds().size() == num_stages,
-              "slideformer::SlideTransformer: depths, heads and stage_kinds must have one entry "
-              "per stage, got ", options.depths().size(), ", ", options.heads().size(), " and ",
-              options.stage_kinds().size());
-  TORCH_CHECK(options.image_size() % options.patch_size() == 0,
-              "slideformer::SlideTransformer: image_size ", options.image_size(),
-              " must be a multiple of patch_size ", options.patch_size());
   patch_embed = register_module(
       "patch_embed",
       PatchEmbed(PatchEmbedOptions(options.in_channels(), options.embed_dim(), options.patch_size())

@@ -5,4 +5,5 @@
 #include "slideformer/data/folder.h"
 #include "slideformer/data/image.h"
 #include "slideformer/data/loader.h"
+#include "slideformer/data/moving_clips.h"
 #include "slideformer/data/transforms.h"

@@ -763,9 +763,10 @@ class MViT(Classifier):
         return maps
 
 
-# The model families: a description's "family" -> (config class, module class).
-FAMILIES: Dict[str, Any] = {"slide_transformer": (SlideTransformerConfig, SlideTransformer),
-                            "mvit": (MViTConfig, MViT)}
+# The model families: a description's "family" (the library's name, each config's FAMILY) ->
+# (config class, module class).
+FAMILIES: Dict[str, Any] = {config.FAMILY: (config, module)
+                            for config, module in ((SlideTransformerConfig, SlideTransformer), (MViTConfig, MViT))}
 
 
 def build(config: ClassifierConfig) -> Classifier:
@@ -805,7 +806,12 @@ def config_from_description(description: Mapping[str, Any], source: str = "model
     family = description.get("family")
     if family not in FAMILIES:
         raise ValueError(f"{source}: unknown model family {family!r} (this package builds: {', '.join(FAMILIES)})")
-    return FAMILIES[family][0].from_options(description["options"], source)
+    config = FAMILIES[family][0].from_options(description["options"], source)
+    try:  # the library's validate() of the family: the same rules and messages as the C++ reader's
+        torch.ops.slideformer.validate_model_description(json.dumps(description), source)
+    except RuntimeError as error:
+        raise ValueError(str(error).splitlines()[0]) from None
+    return config
 
 
 def preset_names() -> List[str]:

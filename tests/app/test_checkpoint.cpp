@@ -172,16 +172,17 @@ TEST_F(CheckpointTest, CustomModelLoadsIntoExactlyThatModel) {
   Trainee original(custom_options());
   original.step(1);
   CheckpointState state = sample_state();
-  state.model.options = custom_options();
+  state.model = ModelConfig(custom_options());
   const std::string file = path("checkpoint.pt");
   save_checkpoint(file, state, *original.model, original.optimizer);
 
   const CheckpointState loaded = read_checkpoint_state(file);
   EXPECT_TRUE(loaded.model == state.model);
   EXPECT_EQ(model_name(loaded.model), "custom");
-  EXPECT_EQ(loaded.model.options.border(), "clamp");
-  EXPECT_EQ(loaded.model.options.dilation(), 2);
-  EXPECT_EQ(loaded.model.options.input_std(), std::vector<double>{0.25});
+  const auto& options = loaded.model.options<nn::SlideTransformerOptions>();
+  EXPECT_EQ(options.border(), "clamp");
+  EXPECT_EQ(options.dilation(), 2);
+  EXPECT_EQ(options.input_std(), std::vector<double>{0.25});
   const Model restored = build_model(loaded.model);
   load_checkpoint_weights(file, *restored.module, nullptr);
   expect_same_tensors(*restored.module, *original.model);
@@ -255,10 +256,10 @@ TEST_F(CheckpointTest, V1CheckpointsLoadAsTheirPresetWasThen) {
     const std::string file = path("v1.pt");
     save_v1_checkpoint(file, "fashion", original);
     const CheckpointState loaded = read_checkpoint_state(file);
-    EXPECT_TRUE(loaded.model == (ModelConfig{kSlideTransformerFamily, options})) << model_config_to_json(loaded.model);
+    EXPECT_TRUE(loaded.model == ModelConfig(options)) << model_config_to_json(loaded.model);
     EXPECT_EQ(loaded.progress.step_in_epoch, 11);
     EXPECT_EQ(loaded.metrics, "");
-    Trainee restored(loaded.model.options);
+    Trainee restored(loaded.model.options<nn::SlideTransformerOptions>());
     load_checkpoint_weights(file, *restored.model, &restored.optimizer);
     expect_same_tensors(*restored.model, *original.model);
   }

@@ -42,21 +42,24 @@ TEST(ModelConfig, RoundTripIsExactForEveryPresetAndCustomModels) {
   for (const std::string& name : preset_names()) configs.push_back(preset_model(name));
   ModelConfig custom = preset_model("fashion");
   // Doubles that do not print short: the JSON must keep every bit.
-  custom.options.mlp_ratio(1.0 / 3.0).drop_path_rate(0.1 + 0.2).input_mean({1.0 / 7.0}).border("clamp");
+  custom.options<nn::SlideTransformerOptions>().mlp_ratio(1.0 / 3.0).drop_path_rate(0.1 + 0.2).input_mean({1.0 / 7.0}).border("clamp");
   configs.push_back(custom);
   for (const ModelConfig& config : configs) {
     const ModelConfig back = model_config_from_json(model_config_to_json(config), "test");
     EXPECT_TRUE(back == config) << model_config_to_json(config);
-    EXPECT_EQ(back.options.mlp_ratio(), config.options.mlp_ratio());
-    EXPECT_EQ(back.options.input_mean(), config.options.input_mean());
-    EXPECT_EQ(back.options.stage_kinds(), config.options.stage_kinds());
+    EXPECT_EQ(back.to_json(), config.to_json());
+    if (const auto* options = config.options_if<nn::SlideTransformerOptions>()) {
+      EXPECT_EQ(back.options<nn::SlideTransformerOptions>().mlp_ratio(), options->mlp_ratio());
+      EXPECT_EQ(back.options<nn::SlideTransformerOptions>().input_mean(), options->input_mean());
+      EXPECT_EQ(back.options<nn::SlideTransformerOptions>().stage_kinds(), options->stage_kinds());
+    }
   }
 }
 
 TEST(ModelConfig, NamesPresetsAndCallsEverythingElseCustom) {
   for (const std::string& name : preset_names()) EXPECT_EQ(model_name(preset_model(name)), name);
   ModelConfig config = preset_model("fashion");
-  config.options.input_std({0.35});  // no shape changes, still another model
+  config.options<nn::SlideTransformerOptions>().input_std({0.35});  // no shape changes, still another model
   EXPECT_EQ(model_name(config), "custom");
   EXPECT_FALSE(config == preset_model("fashion"));
   EXPECT_RUNTIME_ERROR(preset_model("swin_huge"),
@@ -66,11 +69,11 @@ TEST(ModelConfig, NamesPresetsAndCallsEverythingElseCustom) {
 
 TEST(ModelConfig, BuildsTheDescribedModel) {
   ModelConfig config = preset_model("fashion");
-  config.options.embed_dim(24).heads({2, 4});
+  config.options<nn::SlideTransformerOptions>().embed_dim(24).heads({2, 4});
   const Model model = build_model(config);
   const auto& built = dynamic_cast<const nn::SlideTransformerImpl&>(*model.module);
   EXPECT_EQ(built.head->options.in_features(), 48);
-  EXPECT_EQ(model_config_to_json({kSlideTransformerFamily, built.options}), model_config_to_json(config));
+  EXPECT_EQ(model_config_to_json(ModelConfig(built.options)), model_config_to_json(config));
 }
 
 // The fashion description with one edit applied to its JSON.

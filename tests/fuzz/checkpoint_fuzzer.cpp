@@ -29,8 +29,8 @@ using slideformer::fuzz::FuzzInput;
 // A model of a few hundred parameters: one slide stage on 8 x 8 images.
 const ModelConfig& small_model() {
   static const ModelConfig config = [] {
-    ModelConfig c;
-    c.options.image_size(8).in_channels(1).num_classes(2).patch_size(2).embed_dim(4).depths({1}).heads({1})
+    ModelConfig c{slideformer::nn::SlideTransformerOptions()};
+    c.options<slideformer::nn::SlideTransformerOptions>().image_size(8).in_channels(1).num_classes(2).patch_size(2).embed_dim(4).depths({1}).heads({1})
         .stage_kinds({slideformer::nn::AttentionKind::kSlide}).mlp_ratio(1.0).drop_path_rate(0.0)
         .input_mean({0.5}).input_std({0.5});
     return c;
@@ -155,8 +155,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const slideformer::app::CheckpointState state = slideformer::app::read_checkpoint_state(path);
     // A valid description of a large model is valid: too slow to build here (and the inputs
     // describe slide_transformer models only).
-    if (state.model.family != slideformer::app::kSlideTransformerFamily) return 0;
-    const auto& o = state.model.options;
+    const auto* slide = state.model.options_if<slideformer::nn::SlideTransformerOptions>();
+    if (!slide) return 0;
+    const auto& o = *slide;
     int64_t blocks = 0;
     for (int64_t depth : o.depths()) blocks += depth;
     if (o.embed_dim() > 64 || o.image_size() > 64 || blocks > 4 || o.num_classes() > 100 ||

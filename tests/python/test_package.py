@@ -186,6 +186,10 @@ def test_model_descriptions_build_the_model_or_say_what_is_wrong():
         bad = dict(options, window=7)
         del bad["border"]
         slideformer.checkpoint.build_model({"family": "slide_transformer", "options": bad}, "ck.pt")
+    # Values: the library's validate() of the family, with the C++ reader's message.
+    with pytest.raises(ValueError, match=r"^ck.pt: model option 'kernel_size' must be odd and in \[1, 31\], got 4$"):
+        slideformer.checkpoint.build_model({"family": "slide_transformer", "options": dict(options, kernel_size=4)},
+                                           "ck.pt")
 
 
 def test_load_checkpoint_rejects_files_that_are_no_checkpoint(tmp_path):

@@ -42,6 +42,7 @@
 #include "slideformer/io/safetensors.h"
 #include "slideformer/io/weight_mapping.h"
 #include "slideformer/nn/export.h"
+#include "slideformer/nn/description.h"
 
 namespace {
 

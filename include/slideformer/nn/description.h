@@ -1,12 +1,15 @@
 #pragma once
-// The JSON description of a model, {"family": "slide_transformer" | "mvit", "options": {...}},
-// whose option names are those of SlideTransformerOptions or MViTOptions (docs/modules.md): what a
+// The library's two model families in the registry (registry.h): their names, the visitors over
+// their options, their validate(). A model's JSON description, {"family": "slide_transformer" |
+// "mvit", "options": {...}}, names the options as these visitors do (docs/modules.md): what a
 // checkpoint stores, and what the Python package builds its models and presets from.
 #include <array>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "slideformer/nn/options.h"
+#include "slideformer/nn/registry.h"
 
 namespace slideformer::nn {
 
@@ -18,10 +21,15 @@ inline constexpr std::array<const char*, 2> kAttentionKindNames = {"slide", "glo
 inline constexpr std::array<const char*, 3> kPoolModeNames = {"conv", "max", "avg"};
 inline constexpr std::array<const char*, 3> kPositionEncodingNames = {"none", "learned", "sinusoidal"};
 
+// The JSON names of an enumeration's values (ErasedOptionVisit finds them beside the type).
+std::vector<std::string> enum_names(AttentionKind);
+std::vector<std::string> enum_names(PoolMode);
+std::vector<std::string> enum_names(PositionEncoding);
+
 // Calls visit(name, field) for every option, in declaration order: the one list of names the
 // writers and readers of descriptions share. An option added to SlideTransformerOptions is added
 // here; a description written before it then lacks the key, so readers need a value that means
-// "as before this option existed" (added_later_options()).
+// "as before this option existed" (the family's ModelFamily::added_later).
 template <typename Options, typename Visit>
 std::enable_if_t<std::is_same_v<std::decay_t<Options>, SlideTransformerOptions>> for_each_option(Options& o,
                                                                                                  Visit&& visit) {
@@ -69,22 +77,22 @@ std::enable_if_t<std::is_same_v<std::decay_t<Options>, MViTOptions>> for_each_op
   visit("input_std", o.input_std());
 }
 
-// The description of a model (one line of JSON).
-std::string describe(const SlideTransformerOptions& options);
-std::string describe(const MViTOptions& options);
-
-// Options added after the description format, with the value that reproduces the models written
-// before them: {"family": {"option": value}} (JSON).
-std::string added_later_options();
+// Throws std::runtime_error "<source>: model option '<name>' must be ..." (OptionCheck) for
+// options the module does not take: what the modules' reset(), the description readers and,
+// through the registry, Python check.
+void validate(const SlideTransformerOptions& options, const OptionCheck& check);
+void validate(const MViTOptions& options, const OptionCheck& check);
 
 // The architectures each preset name denoted when checkpoints stored only a preset name (format
 // v1), frozen whatever the presets become: {"preset": [description, ...]} (JSON; fashion changed
 // twice then, so it has three).
 std::string v1_presets();
 
-// Everything a reader of descriptions needs, as one JSON object: "presets" (name -> description,
-// both families), "defaults" (family -> the default options), "added_later" and "v1_presets" as
-// above. The Python package reads it through the operator slideformer::model_catalog().
+// Everything a reader of descriptions needs, as one JSON object: "families" (the registered
+// names), "presets" (name -> description, every family), "defaults" (family -> the default
+// options), "added_later" (family -> ModelFamily::added_later) and "v1_presets" as above. The
+// Python package reads it through the operator slideformer::model_catalog(), and validates
+// descriptions through slideformer::validate_model_description(description, source).
 std::string model_catalog();
 
 }  // namespace slideformer::nn
