@@ -84,8 +84,35 @@ at::Tensor attention_via_forward(const at::Tensor& query, const at::Tensor& key,
   return std::get<0>(forward.call(query, key, value, attn_bias, is_causal, scale));
 }
 
+namespace {
+
+// The internal ops' kernels for what no backend kernel takes. Besides devices and layouts without
+// kernels, that is a call whose tensors are all undefined: its dispatch key set is empty, and the
+// dispatcher's slot for it holds a CompositeExplicitAutograd kernel when there is one (a
+// CompositeImplicitAutograd one would also replace the autograd fallback of these ops). The input
+// check names the first undefined tensor, as the backend kernels' check would.
+std::tuple<at::Tensor, at::Tensor> attention_forward_without_kernel(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_bias, bool is_causal, std::optional<double> scale) {
+  check_attention_inputs(query, key, value, attn_bias);
+  refuse_device_without_kernel(kAttentionOp, query);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_without_kernel(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_bias, const at::Tensor& output,
+    const at::Tensor& logsumexp, bool is_causal, std::optional<double> scale,
+    bool compute_bias_grad) {
+  check_attention_backward_inputs(grad_output, query, key, value, attn_bias, output, logsumexp);
+  refuse_device_without_kernel(kAttentionOp, query);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(slideformer, CompositeExplicitAutograd, m) {
   m.impl("attention", &attention_via_forward);
+  m.impl("_attention_forward", &attention_forward_without_kernel);
+  m.impl("_attention_backward", &attention_backward_without_kernel);
 }
 
 }  // namespace ops

@@ -3,6 +3,7 @@
 
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 
 #include "ops/attention.h"
@@ -110,8 +111,39 @@ at::Tensor slide_attention_via_forward(const at::Tensor& query, const at::Tensor
                                   shift_bias, border, scale));
 }
 
+namespace {
+
+// The internal ops' kernels for what no backend kernel takes, every tensor undefined included (see
+// attention_forward_without_kernel in ops/attention.cpp).
+std::tuple<at::Tensor, at::Tensor> slide_attention_forward_without_kernel(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, int64_t kernel_size,
+    int64_t dilation, const std::optional<at::Tensor>& key_bias,
+    const std::optional<at::Tensor>& shift_weight, const std::optional<at::Tensor>& shift_bias,
+    c10::string_view border, std::optional<double> scale) {
+  check_slide_attention_inputs(query, key, value, kernel_size, dilation, key_bias, shift_weight,
+                               shift_bias, border);
+  refuse_device_without_kernel(kSlideAttentionOp, query);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+slide_attention_backward_without_kernel(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const at::Tensor& output, const at::Tensor& logsumexp,
+    int64_t kernel_size, int64_t dilation, const std::optional<at::Tensor>& key_bias,
+    const std::optional<at::Tensor>& shift_weight, const std::optional<at::Tensor>& shift_bias,
+    c10::string_view border, std::optional<double> scale, std::array<bool, 3> compute_param_grads) {
+  check_slide_attention_backward_inputs(grad_output, query, key, value, output, logsumexp,
+                                        kernel_size, dilation, key_bias, shift_weight, shift_bias,
+                                        border);
+  refuse_device_without_kernel(kSlideAttentionOp, query);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(slideformer, CompositeExplicitAutograd, m) {
   m.impl("slide_attention", &slide_attention_via_forward);
+  m.impl("_slide_attention_forward", &slide_attention_forward_without_kernel);
+  m.impl("_slide_attention_backward", &slide_attention_backward_without_kernel);
 }
 
 }  // namespace ops

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
+#include <map>
+#include <string>
 #include <tuple>
 
 #include "attention_cases.h"
@@ -59,6 +61,18 @@ TEST(AttentionErrors, BadInputsNameOpArgumentAndValues) {
 
 TEST(AttentionErrors, BackwardChecksGradOutputOutputAndLogsumexp) {
   st::check_backward_bad_inputs(kCpu, at::Device(at::kMeta));
+}
+
+// No tensor argument, so no dispatch key: the refusal is still the op's own, for every schema.
+TEST(AttentionErrors, EveryTensorUndefinedNamesTheQuery) {
+  const std::map<std::string, c10::IValue> others = {
+      {"is_causal", false}, {"scale", c10::IValue()}, {"compute_bias_grad", false}};
+  for (const char* name :
+       {"slideformer::attention", "slideformer::_attention_forward", "slideformer::_attention_backward"}) {
+    SCOPED_TRACE(name);
+    EXPECT_THROW_MSG(st::call_with_every_tensor_undefined(name, others),
+                     "slideformer::attention: query must be a defined tensor, got None");
+  }
 }
 
 TEST(AttentionMeta, ShapesWithoutData) {

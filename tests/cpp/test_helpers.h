@@ -1,11 +1,13 @@
 #pragma once
 // Helpers shared by the C++ tests: tensor comparison and a finite-difference gradient check.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
 #include <cmath>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -110,6 +112,25 @@ inline void expect_gradients_match_finite_differences(
     ASSERT_TRUE(grad.defined()) << "input " << idx << " got no gradient";
     expect_close(grad, numeric, tol, tol, "gradient of input " + std::to_string(idx));
   }
+}
+
+// Calls the schema `name` through the dispatcher (boxed) with every tensor argument undefined,
+// the optional ones included, and the other arguments from `others` by name. With no tensor
+// argument the dispatcher has no dispatch key to go by (the fuzz target's regression
+// tests/fuzz/ops/regression-every-tensor-undefined).
+inline void call_with_every_tensor_undefined(const char* name,
+                                             const std::map<std::string, c10::IValue>& others) {
+  const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  std::vector<c10::IValue> stack;
+  for (const c10::Argument& argument : op.schema().arguments()) {
+    const c10::TypePtr& type = argument.type();
+    const bool tensor = type->kind() == c10::TypeKind::TensorType ||
+                        (type->kind() == c10::TypeKind::OptionalType &&
+                         type->castRaw<c10::OptionalType>()->getElementType()->kind() ==
+                             c10::TypeKind::TensorType);
+    stack.push_back(tensor ? c10::IValue(at::Tensor()) : others.at(argument.name()));
+  }
+  op.callBoxed(&stack);
 }
 
 }  // namespace slideformer::testing

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstring>
+#include <map>
 #include <set>
 #include <string>
 #include <utility>
@@ -152,6 +153,19 @@ TEST(SlideAttention, DoubleBackwardSaysUnsupported) {
 
 TEST(SlideAttention, BackwardChecksGradOutputOutputAndLogsumexp) {
   check_backward_bad_inputs(kCpu, at::Device(at::kMeta));
+}
+
+// No tensor argument, so no dispatch key: the refusal is still the op's own, for every schema.
+TEST(SlideAttention, EveryTensorUndefinedNamesTheQuery) {
+  const std::map<std::string, c10::IValue> others = {
+      {"kernel_size", int64_t{3}}, {"dilation", int64_t{1}}, {"border", "zeros"},
+      {"scale", c10::IValue()}, {"compute_param_grads", c10::List<bool>({true, true, true})}};
+  for (const char* name : {"slideformer::slide_attention", "slideformer::_slide_attention_forward",
+                           "slideformer::_slide_attention_backward"}) {
+    SCOPED_TRACE(name);
+    EXPECT_THROW_MSG(slideformer::testing::call_with_every_tensor_undefined(name, others),
+                     "slideformer::slide_attention: query must be a defined tensor, got None");
+  }
 }
 
 TEST(SlideAttentionMeta, ShapesWithoutData) {

@@ -73,4 +73,10 @@ inline void check_logsumexp(const char* op, const at::Tensor& logsumexp, const a
   check_shape(op, "logsumexp", logsumexp, expected, layout);
 }
 
+// The end of the internal ops' CompositeExplicitAutograd kernels, reached when the input check
+// passed on tensors of a device (or layout) no kernel of this build takes.
+[[noreturn]] inline void refuse_device_without_kernel(const char* op, const at::Tensor& query) {
+  TORCH_CHECK(false, op, ": no kernel for tensors on ", query.device(), " in this build");
+}
+
 }  // namespace slideformer::ops

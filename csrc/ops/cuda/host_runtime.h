@@ -150,19 +150,21 @@ inline void sanitizer_acquire(const void* token) {
   (void)token;
 }
 
-// Right before swapcontext from `from` to `to`; `from_ends` when `from` never runs again. Only a
-// switch that starts `to` on a block orders what `from` did before it (the launch, the block's
-// set-up) before `to`; the others add no ordering, so only barriers order the threads' accesses.
+// Right before swapcontext from `from` to `to`. Only a switch that starts `to` on a block orders
+// what `from` did before it (the launch, the block's set-up) before `to`; the others add no
+// ordering, so only barriers order the threads' accesses. AddressSanitizer keeps `from`'s fake
+// stack (its frames for use-after-return detection) in from.asan_fake_stack, also when `from`
+// ends: the fiber slot passes it on to its next fiber (start_fibers), since making and destroying
+// one per fiber (a mapping, and zeroing its shadow) took most of the fuzz target's time.
 inline void sanitizer_before_switch(SanitizerFiber& from, const SanitizerFiber& to,
-                                    bool from_ends, bool starts_to = false) {
+                                    bool starts_to = false) {
 #if defined(SLIDEFORMER_HOST_TSAN)
   __tsan_switch_to_fiber(to.tsan, starts_to ? 0 : __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(SLIDEFORMER_HOST_ASAN)
-  __sanitizer_start_switch_fiber(from_ends ? nullptr : &from.asan_fake_stack, to.stack_bottom,
-                                 to.stack_size);
+  __sanitizer_start_switch_fiber(&from.asan_fake_stack, to.stack_bottom, to.stack_size);
 #endif
-  (void)from, (void)to, (void)from_ends, (void)starts_to;
+  (void)from, (void)to, (void)starts_to;
 }
 
 // Right after swapcontext returned into `self`; `previous` learns its stack (the scheduler's).
@@ -259,6 +261,14 @@ struct ThreadState {
   std::atomic<Fiber*> fiber{nullptr};
   // Fiber stacks (and ThreadSanitizer fibers) kept for the next launches of this thread.
   std::vector<std::unique_ptr<char[]>> stacks;
+#if defined(SLIDEFORMER_HOST_ASAN)
+  std::vector<void*> asan_fake_stacks;  // of the same fibers (sanitizer_before_switch)
+#endif
+  // The fibers and the shared memory of the blocks, kept too: making (zeroing) them per launch,
+  // about 1 KB per fiber, was a third of the fuzz target's time.
+  std::unique_ptr<Fiber[]> fibers;
+  unsigned int fiber_count = 0;
+  std::vector<unsigned char> shared;
 #if defined(SLIDEFORMER_HOST_TSAN)
   std::vector<void*> tsan_fibers;
   ~ThreadState() {
@@ -287,7 +297,7 @@ inline void wait_for(Fiber& self, const Barrier& barrier, uint64_t round) {
   self.waiting_round.store(round, std::memory_order_relaxed);
   self.waiting_on.store(&barrier.generation(), std::memory_order_relaxed);
   Launch& launch = current_launch();
-  sanitizer_before_switch(self.sanitizer, launch.scheduler, false);
+  sanitizer_before_switch(self.sanitizer, launch.scheduler);
   swapcontext(&self.context, &launch.scheduler_context);
   sanitizer_after_switch(self.sanitizer, launch.scheduler);
   self.waiting_on.store(nullptr, std::memory_order_relaxed);
@@ -337,6 +347,11 @@ T shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = kWarpSize
 }
 
 // The entry of every fiber: runs the kernel body for the fiber's thread of the current block.
+// Never returns, so it is not instrumented by AddressSanitizer: a frame of its own on the fake
+// stack would stay allocated there when the fake stack passes to the slot's next fiber.
+#if defined(SLIDEFORMER_HOST_ASAN)
+__attribute__((no_sanitize("address")))
+#endif
 inline void fiber_main() {
   ThreadState& state = thread_state();
   Launch& launch = *state.launch;
@@ -353,9 +368,15 @@ inline void fiber_main() {
   SanitizerFiber me = self.sanitizer;
   const SanitizerFiber scheduler = launch.scheduler;
   const ucontext_t* scheduler_context = &launch.scheduler_context;
+#if defined(SLIDEFORMER_HOST_ASAN)
+  void*& kept_fake_stack = state.asan_fake_stacks[self.thread_idx.x];
+#endif
   sanitizer_release(&launch.block_end_token);
   self.finished.store(true, std::memory_order_relaxed);
-  sanitizer_before_switch(me, scheduler, true);
+  sanitizer_before_switch(me, scheduler);
+#if defined(SLIDEFORMER_HOST_ASAN)
+  kept_fake_stack = me.asan_fake_stack;
+#endif
   setcontext(scheduler_context);
 }
 
@@ -402,7 +423,7 @@ struct Grid {
   std::exception_ptr error;
 };
 
-// Sets up `launch` (this thread's copy) for blocks of `grid`.
+// Sets up `launch` (this thread's copy) for blocks of `grid`; each block fills its shared memory.
 inline void prepare_launch(const Grid& grid, Launch& launch, std::vector<unsigned char>& shared) {
   const unsigned int threads = grid.threads;
   launch.grid_dim = {static_cast<unsigned int>(grid.order.size()), 1, 1};
@@ -411,7 +432,9 @@ inline void prepare_launch(const Grid& grid, Launch& launch, std::vector<unsigne
   const unsigned int warps = (threads + kWarpSize - 1) / kWarpSize;
   launch.warp_barriers = std::make_unique<Barrier[]>(warps);
   launch.warp_exchange = std::make_unique<std::atomic<uint64_t>[]>(warps * 2 * kWarpSize);
-  shared.assign(grid.shared_bytes + kSharedCanaryBytes + 16, 0);
+  if (shared.size() < grid.shared_bytes + kSharedCanaryBytes + 16) {
+    shared.resize(grid.shared_bytes + kSharedCanaryBytes + 16);
+  }
   // 16-byte aligned, like __align__(16) extern __shared__ arrays.
   launch.shared = shared.data() + (16 - reinterpret_cast<uintptr_t>(shared.data()) % 16) % 16;
   launch.shared_bytes = grid.shared_bytes;
@@ -442,10 +465,10 @@ inline ucontext_t fresh_context() {
 }
 
 // Fresh fibers (with this thread's stacks) at the start of thread 0 .. threads - 1 of `block`.
-inline void start_fibers(ThreadState& state, std::vector<Fiber>& fibers, unsigned int block,
+inline void start_fibers(ThreadState& state, unsigned int threads, unsigned int block,
                          const ucontext_t& fresh) {
-  for (unsigned int t = 0; t < fibers.size(); ++t) {
-    Fiber& f = fibers[t];
+  for (unsigned int t = 0; t < threads; ++t) {
+    Fiber& f = state.fibers[t];
     f.thread_idx = {t, 0, 0};
     f.block_idx = {block, 0, 0};
     f.started = false;
@@ -455,6 +478,9 @@ inline void start_fibers(ThreadState& state, std::vector<Fiber>& fibers, unsigne
     f.sanitizer = SanitizerFiber{};
     f.sanitizer.stack_bottom = f.stack;
     f.sanitizer.stack_size = kFiberStackBytes;
+#if defined(SLIDEFORMER_HOST_ASAN)
+    f.sanitizer.asan_fake_stack = state.asan_fake_stacks[t];
+#endif
 #if defined(SLIDEFORMER_HOST_TSAN)
     f.sanitizer.tsan = state.tsan_fibers[t];
 #endif
@@ -469,9 +495,8 @@ inline void start_fibers(ThreadState& state, std::vector<Fiber>& fibers, unsigne
 // Runs one block on this thread: round robin over the fibers that may run, until all finished
 // or none can go on; in ascending thread order in even blocks, descending in odd ones, so that a
 // missing barrier shows whichever of two threads reads what the other writes.
-inline void run_block(ThreadState& state, Launch& launch, std::vector<Fiber>& fibers,
-                      unsigned int block, const ucontext_t& fresh) {
-  const unsigned int threads = static_cast<unsigned int>(fibers.size());
+inline void run_block(ThreadState& state, Launch& launch, unsigned int threads, unsigned int block,
+                      const ucontext_t& fresh) {
   unsigned char* const canary = launch.shared + launch.shared_bytes;
   set_shared_canary(canary, false);
   std::memset(launch.shared, kUnwrittenShared, launch.shared_bytes + kSharedCanaryBytes);
@@ -482,19 +507,19 @@ inline void run_block(ThreadState& state, Launch& launch, std::vector<Fiber>& fi
         static_cast<int>(std::min(kWarpSize * (w + 1), threads) - kWarpSize * w),
         /*orders_memory=*/false);
   }
-  start_fibers(state, fibers, block, fresh);
+  start_fibers(state, threads, block, fresh);
   unsigned int finished = 0;
   while (finished < threads) {
     bool progressed = false;
     finished = 0;
     for (unsigned int i = 0; i < threads; ++i) {
-      Fiber& f = fibers[block % 2 == 0 ? i : threads - 1 - i];
+      Fiber& f = state.fibers[block % 2 == 0 ? i : threads - 1 - i];
       if (f.runnable()) {
         progressed = true;
         state.fiber.store(&f, std::memory_order_relaxed);
         const bool starts = !f.started;
         f.started = true;
-        sanitizer_before_switch(launch.scheduler, f.sanitizer, false, starts);
+        sanitizer_before_switch(launch.scheduler, f.sanitizer, starts);
         swapcontext(&launch.scheduler_context, &f.context);
         sanitizer_after_switch(launch.scheduler, f.sanitizer);
         state.fiber.store(nullptr, std::memory_order_relaxed);
@@ -523,14 +548,19 @@ inline void run_blocks(Grid& grid) {
   while (state.stacks.size() < grid.threads) {
     // Not zeroed: only the pages a fiber touches get memory.
     state.stacks.push_back(std::unique_ptr<char[]>(new char[kFiberStackBytes]));
+#if defined(SLIDEFORMER_HOST_ASAN)
+    state.asan_fake_stacks.push_back(nullptr);  // made by AddressSanitizer on first use
+#endif
 #if defined(SLIDEFORMER_HOST_TSAN)
     state.tsan_fibers.push_back(__tsan_create_fiber(0));
 #endif
   }
+  if (state.fiber_count < grid.threads) {
+    state.fibers.reset(new Fiber[grid.threads]);
+    state.fiber_count = grid.threads;
+  }
   Launch launch;
-  std::vector<unsigned char> shared;
-  prepare_launch(grid, launch, shared);
-  std::vector<Fiber> fibers(grid.threads);
+  prepare_launch(grid, launch, state.shared);
   const ucontext_t fresh = fresh_context();
   state.launch = &launch;
   struct Restore {
@@ -542,7 +572,7 @@ inline void run_blocks(Grid& grid) {
   } restore{state};
   try {
     for (size_t i = grid.next++; i < grid.order.size() && !grid.failed.load(); i = grid.next++) {
-      run_block(state, launch, fibers, grid.order[i], fresh);
+      run_block(state, launch, grid.threads, grid.order[i], fresh);
     }
   } catch (...) {
     const std::lock_guard<std::mutex> lock(grid.error_mutex);
