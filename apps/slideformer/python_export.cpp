@@ -9,10 +9,14 @@
 #include <stdexcept>
 #include <vector>
 
-#include "process.h"
+#include "slideformer/distributed/process.h"
 #include "slideformer/version.h"
 
 namespace slideformer::app {
+
+using distributed::ChildProcess;
+using distributed::ChildStatus;
+using distributed::run_child;
 
 namespace {
 

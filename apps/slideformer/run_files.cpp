@@ -17,9 +17,14 @@
 #include <vector>
 
 #include "atomic_file.h"
-#include "process.h"
+#include "slideformer/distributed/process.h"
 
 namespace slideformer::app {
+
+using distributed::ChildProcess;
+using distributed::ChildStatus;
+using distributed::find_on_path;
+using distributed::run_child;
 
 namespace {
 

@@ -1,9 +1,7 @@
 // launch_local: the ranks of a job as child processes of this one, on 127.0.0.1.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,14 +9,11 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <sstream>
 #include <thread>
 
 #include "slideformer/distributed.h"
-
-extern char** environ;
+#include "slideformer/distributed/process.h"
 
 namespace slideformer::distributed {
 
@@ -74,84 +69,24 @@ std::pair<int, int> listen_on_loopback(int64_t port) {
   return {fd, ntohs(address.sin_port)};
 }
 
-// This process's environment without the job variables, plus this rank's.
-std::vector<std::string> rank_environment(int64_t rank, int64_t world_size, int port, int listen_fd) {
-  const std::vector<std::string> job{"RANK=", "LOCAL_RANK=", "WORLD_SIZE=", "LOCAL_WORLD_SIZE=",
-                                     "MASTER_ADDR=", "MASTER_PORT=", "SLIDEFORMER_LISTEN_FD="};
-  std::vector<std::string> environment;
-  for (char** entry = environ; *entry != nullptr; ++entry) {
-    const std::string variable = *entry;
-    bool ours = false;
-    for (const std::string& prefix : job) ours = ours || variable.rfind(prefix, 0) == 0;
-    if (!ours) environment.push_back(variable);
+// Rank `rank` of the job: this process's environment with the job variables replaced by the
+// rank's. Only rank 0 inherits the listening socket. It dies with the launcher: no rank outlives
+// a launcher killed with kill -9.
+ChildProcess rank_process(const std::vector<std::string>& argv, int64_t rank, int64_t world_size, int port,
+                          int listen_fd) {
+  ChildProcess child;
+  child.argv = argv;
+  child.environment = {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
+                       "WORLD_SIZE=" + std::to_string(world_size), "LOCAL_WORLD_SIZE=" + std::to_string(world_size),
+                       "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port)};
+  if (rank == 0) {
+    child.environment.push_back("SLIDEFORMER_LISTEN_FD=" + std::to_string(listen_fd));
+  } else {
+    child.unset_environment = {"SLIDEFORMER_LISTEN_FD"};
+    child.close_descriptors = {listen_fd};
   }
-  for (const std::string& variable :
-       {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
-        "WORLD_SIZE=" + std::to_string(world_size), "LOCAL_WORLD_SIZE=" + std::to_string(world_size),
-        std::string("MASTER_ADDR=127.0.0.1"), "MASTER_PORT=" + std::to_string(port)}) {
-    environment.push_back(variable);
-  }
-  if (rank == 0) environment.push_back("SLIDEFORMER_LISTEN_FD=" + std::to_string(listen_fd));
-  return environment;
-}
-
-std::vector<char*> c_strings(std::vector<std::string>& strings) {
-  std::vector<char*> pointers;
-  for (std::string& s : strings) pointers.push_back(s.data());
-  pointers.push_back(nullptr);
-  return pointers;
-}
-
-// `program` itself when it names a path, else the first executable of that name on PATH (as
-// execvp would find it; resolved here because the child may only make async-signal-safe calls).
-std::string find_program(const std::string& program) {
-  if (program.find('/') != std::string::npos) return program;
-  const char* path = std::getenv("PATH");
-  std::istringstream directories(path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin");
-  for (std::string directory; std::getline(directories, directory, ':');) {
-    const std::string candidate = (directory.empty() ? "." : directory) + "/" + program;
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return program;  // execve fails with ENOENT, which start_rank reports
-}
-
-// Starts a rank that the kernel kills (SIGKILL) when this thread ends, by any death of the
-// launcher included (PR_SET_PDEATHSIG): no rank outlives a launcher killed with kill -9. Returns
-// its pid, or -errno when it could not be started (the child reports exec's errno through a
-// close-on-exec pipe, which an exec that succeeds closes empty).
-pid_t start_rank(const std::string& program, char* const* argv, char* const* envp, int close_fd) {
-  int report[2];
-  if (pipe2(report, O_CLOEXEC) != 0) return -errno;
-  const pid_t launcher = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    // Async-signal-safe calls only, up to the exec (the launcher may have threads).
-    int error = 0;
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) error = errno;
-    if (error == 0 && getppid() != launcher) _exit(127);  // the launcher died before the prctl
-    if (error == 0 && close_fd >= 0) close(close_fd);
-    if (error == 0) execve(program.c_str(), argv, envp);
-    if (error == 0) error = errno;
-    (void)!write(report[1], &error, sizeof(error));
-    _exit(127);
-  }
-  const int fork_error = errno;
-  close(report[1]);
-  if (pid < 0) {
-    close(report[0]);
-    return -fork_error;
-  }
-  int error = 0;
-  ssize_t got = 0;
-  do {
-    got = read(report[0], &error, sizeof(error));
-  } while (got < 0 && errno == EINTR);
-  close(report[0]);
-  if (got == sizeof(error)) {
-    waitpid(pid, nullptr, 0);
-    return -error;
-  }
-  return pid;
+  child.die_with_parent = true;
+  return child;
 }
 
 int exit_status(int wait_status) {
@@ -179,19 +114,13 @@ LaunchResult launch_local(const std::vector<std::string>& argv, const LaunchOpti
 
   const int64_t n = options.nproc();
   std::vector<pid_t> pids;
-  std::vector<std::string> arguments = argv;
-  std::vector<char*> arg_pointers = c_strings(arguments);
-  const std::string program = find_program(arguments[0]);
   for (int64_t rank = 0; rank < n; ++rank) {
-    std::vector<std::string> environment = rank_environment(rank, n, port, listen_fd);
-    std::vector<char*> env_pointers = c_strings(environment);
-    // Only rank 0 listens.
-    const pid_t pid = start_rank(program, arg_pointers.data(), env_pointers.data(), rank != 0 ? listen_fd : -1);
+    const pid_t pid = start_child(rank_process(argv, rank, n, port, listen_fd));
     if (pid < 0) {
       for (pid_t started : pids) kill(started, SIGKILL);
       for (pid_t started : pids) waitpid(started, nullptr, 0);
       close(listen_fd);
-      throw std::runtime_error(std::string(kWho) + ": cannot start " + arguments[0] + ": " + std::strerror(-pid));
+      throw std::runtime_error(std::string(kWho) + ": cannot start " + argv[0] + ": " + std::strerror(-pid));
     }
     pids.push_back(pid);
   }

@@ -1,5 +1,5 @@
 // The program's files and child processes: write_file_atomically (atomic_file.h) leaves the old
-// file or the new one, whole, and says why it failed; run_child (process.h) passes its arguments
+// file or the new one, whole, and says why it failed; run_child (slideformer/distributed/process.h) passes its arguments
 // as they are, without a shell.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
@@ -11,12 +11,16 @@
 #include <string>
 
 #include "atomic_file.h"
-#include "process.h"
 #include "scratch_dir.h"
+#include "slideformer/distributed/process.h"
 
 namespace slideformer::app {
 namespace {
 
+using distributed::ChildProcess;
+using distributed::ChildStatus;
+using distributed::find_on_path;
+using distributed::run_child;
 using ProgramFilesTest = slideformer::testing::ScratchDirTest;
 
 bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }

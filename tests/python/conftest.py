@@ -13,10 +13,14 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
+# Idle OpenMP threads sleep rather than spin, in this process and the programs the tests start
+# (tests/gtest_suites.cmake says why); read by libgomp when torch loads it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest
-import torch
+import numpy as np  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 INSTALLED = os.environ.get("SLIDEFORMER_TEST_INSTALLED") == "1"
