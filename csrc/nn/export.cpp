@@ -175,6 +175,35 @@ std::string script_walk(const Classifier& model, torch::jit::Module& root, const
 
 }  // namespace
 
+std::vector<std::vector<double>> drop_path_schedule(const std::vector<int64_t>& depths, double rate) {
+  int64_t total = 0;
+  for (int64_t depth : depths) total += depth;
+  std::vector<std::vector<double>> rates;
+  int64_t index = 0;
+  for (int64_t depth : depths) {
+    rates.emplace_back();
+    for (int64_t i = 0; i < depth; ++i, ++index) rates.back().push_back(total > 1 ? rate * index / (total - 1) : 0.0);
+  }
+  return rates;
+}
+
+NamedLayers hierarchical_layers(std::shared_ptr<torch::nn::Module> patch_embed,
+                                std::shared_ptr<torch::nn::Module> absolute_position,
+                                std::shared_ptr<torch::nn::Module> sinusoidal_position,
+                                const torch::nn::ModuleList& stages, const torch::nn::ModuleList& between_stages) {
+  NamedLayers out{{"patch_embed", std::move(patch_embed)}};
+  if (absolute_position) out.emplace_back("absolute_position", std::move(absolute_position));
+  if (sinusoidal_position) out.emplace_back("sinusoidal_position", std::move(sinusoidal_position));
+  for (size_t s = 0; s < stages->size(); ++s) {
+    const auto& stage = *stages->ptr(s)->as<torch::nn::ModuleList>();
+    for (size_t i = 0; i < stage.size(); ++i) {
+      out.emplace_back("block_" + std::to_string(s) + "_" + std::to_string(i), stage.ptr(i));
+    }
+    if (between_stages && s < between_stages->size()) out.emplace_back("merge_" + std::to_string(s), between_stages->ptr(s));
+  }
+  return out;
+}
+
 at::Tensor Classifier::forward_tokens(
     const at::Tensor& images,
     const std::function<void(const std::string&, torch::nn::Module&, const at::Tensor&)>& visit) {

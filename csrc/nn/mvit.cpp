@@ -44,10 +44,6 @@ std::vector<int64_t> per_axis(const std::vector<int64_t>& given, int64_t fill, s
   return given.empty() ? std::vector<int64_t>(rank, fill) : given;
 }
 
-torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
-}
-
 std::string number(int64_t value) { return std::to_string(value); }
 
 // "a, b, c": a grid in TorchScript argument lists.
@@ -450,15 +446,13 @@ void MViTImpl::reset() {
         "sinusoidal_position", SinusoidalPositionEncoding(SinusoidalPositionEncodingOptions(o.embed_dim())));
   }
   stages = register_module("stages", torch::nn::ModuleList());
-  int64_t total_blocks = 0;
-  for (int64_t depth : o.depths()) total_blocks += depth;
-  int64_t block_index = 0, dim = o.embed_dim(), stride_kv = o.stride_kv();
+  const std::vector<std::vector<double>> drop_path = drop_path_schedule(o.depths(), o.drop_path_rate());
+  int64_t dim = o.embed_dim(), stride_kv = o.stride_kv();
   for (size_t s = 0; s < num_stages; ++s) {
     const int64_t dim_out = o.embed_dim() << s, stride_q = s > 0 ? 2 : 1;
     if (s > 0) stride_kv = std::max<int64_t>(stride_kv / 2, 1);
     torch::nn::ModuleList stage;
-    for (int64_t i = 0; i < o.depths()[s]; ++i, ++block_index) {
-      const double drop = total_blocks > 1 ? o.drop_path_rate() * block_index / (total_blocks - 1) : 0.0;
+    for (int64_t i = 0; i < o.depths()[s]; ++i) {
       const int64_t stride = i == 0 ? stride_q : 1;
       stage->push_back(MViTBlock(
           MViTBlockOptions(PoolingAttentionOptions(dim, dim_out, o.heads()[s], {map, map})
@@ -471,7 +465,7 @@ void MViTImpl::reset() {
                                .residual_pooling(o.residual_pooling())
                                .norm_eps(o.norm_eps()))
               .mlp_ratio(o.mlp_ratio())
-              .drop_path(drop)));
+              .drop_path(drop_path[s][i])));
       dim = dim_out;
       if (i == 0) map = pooled_size(map, stride_q);
     }
@@ -487,16 +481,8 @@ void MViTImpl::pretty_print(std::ostream& stream) const {
 }
 
 NamedLayers MViTImpl::layers() const {
-  NamedLayers out{{"patch_embed", patch_embed.ptr()}};
-  if (absolute_position) out.emplace_back("absolute_position", absolute_position.ptr());
-  if (sinusoidal_position) out.emplace_back("sinusoidal_position", sinusoidal_position.ptr());
-  for (size_t s = 0; s < stages->size(); ++s) {
-    const auto& stage = *stages->ptr(s)->as<torch::nn::ModuleList>();
-    for (size_t i = 0; i < stage.size(); ++i) {
-      out.emplace_back("block_" + std::to_string(s) + "_" + std::to_string(i), stage.ptr(i));
-    }
-  }
-  return out;
+  return hierarchical_layers(patch_embed.ptr(), module_or_null(absolute_position), module_or_null(sinusoidal_position),
+                             stages);
 }
 
 VideoMViTImpl::VideoMViTImpl(VideoMViTOptions options_) : options(std::move(options_)) { reset(); }
@@ -540,21 +526,19 @@ void VideoMViTImpl::reset() {
     for (auto& table : {spatial_position, temporal_position, class_position}) init::trunc_normal_(table, 0.02);
   }
   blocks = register_module("blocks", torch::nn::ModuleList());
-  int64_t total_blocks = 0;
-  for (int64_t depth : o.depths()) total_blocks += depth;
+  const std::vector<std::vector<double>> drop_path = drop_path_schedule(o.depths(), o.drop_path_rate());
   std::vector<int64_t> stride_kv = o.stride_kv();
   const std::vector<int64_t> unpooled{1, 1, 1};
-  int64_t block_index = 0, dim = o.embed_dim();
+  int64_t dim = o.embed_dim();
   for (size_t s = 0; s < num_stages; ++s) {
     if (s > 0) {
       for (size_t a = 1; a < 3; ++a) stride_kv[a] = std::max<int64_t>(stride_kv[a] / 2, 1);
     }
-    for (int64_t i = 0; i < o.depths()[s]; ++i, ++block_index) {
+    for (int64_t i = 0; i < o.depths()[s]; ++i) {
       const bool strided = s > 0 && i == 0, last_of_stage = i + 1 == o.depths()[s] && s + 1 < num_stages;
       const std::vector<int64_t> stride_q = strided ? std::vector<int64_t>{1, 2, 2} : unpooled;
       // MViTv2 widens in the attention of a stage's first block, MViTv1 in the MLP of its last.
       const int64_t dim_out = o.v2() ? o.embed_dim() << s : (last_of_stage ? dim * 2 : dim);
-      const double drop = total_blocks > 1 ? o.drop_path_rate() * block_index / (total_blocks - 1) : 0.0;
       blocks->push_back(MViTBlock(
           MViTBlockOptions(PoolingAttentionOptions(dim, dim_out, o.heads()[s], grid)
                                .kernel_q(o.v2() || strided ? o.kernel() : unpooled)
@@ -566,7 +550,7 @@ void VideoMViTImpl::reset() {
                                .class_token(true)
                                .norm_eps(o.norm_eps()))
               .mlp_ratio(o.mlp_ratio())
-              .drop_path(drop)
+              .drop_path(drop_path[s][i])
               .widen_in_attention(o.v2())));
       dim = dim_out;
       grid = pooled_grid(grid, stride_q);

@@ -11,10 +11,6 @@
 namespace slideformer::nn {
 
 namespace {
-torch::nn::LayerNorm layer_norm(int64_t dim) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}));
-}
-
 // A module whose forward is `body`, indented under def forward(self, x: Tensor) -> Tensor.
 torch::jit::Module with_forward(torch::jit::Module module, const std::string& body) {
   script::define(module, "def forward(self, x: Tensor) -> Tensor:\n" + body);
@@ -215,18 +211,16 @@ void SlideTransformerImpl::reset() {
   stages = register_module("stages", torch::nn::ModuleList());
   mergings = register_module("mergings", torch::nn::ModuleList());
 
-  int64_t total_blocks = 0;
-  for (int64_t depth : options.depths()) total_blocks += depth;
-  int64_t block_index = 0, dim = options.embed_dim();
+  const std::vector<std::vector<double>> drop_path = drop_path_schedule(options.depths(), options.drop_path_rate());
+  int64_t dim = options.embed_dim();
   int64_t map_size = patches;
   for (size_t s = 0; s < num_stages; ++s) {
     torch::nn::ModuleList stage;
-    for (int64_t i = 0; i < options.depths()[s]; ++i, ++block_index) {
-      const double drop = total_blocks > 1 ? options.drop_path_rate() * block_index / (total_blocks - 1) : 0.0;
+    for (int64_t i = 0; i < options.depths()[s]; ++i) {
       stage->push_back(TransformerBlock(
           TransformerBlockOptions(dim, options.heads()[s], options.stage_kinds()[s])
               .mlp_ratio(options.mlp_ratio())
-              .drop_path(drop)
+              .drop_path(drop_path[s][i])
               .kernel_size(options.kernel_size())
               .dilation(options.dilation())
               .border(options.border())
@@ -250,17 +244,8 @@ void SlideTransformerImpl::pretty_print(std::ostream& stream) const {
 }
 
 NamedLayers SlideTransformerImpl::layers() const {
-  NamedLayers out{{"patch_embed", patch_embed.ptr()}};
-  if (absolute_position_layer_) out.emplace_back("absolute_position", absolute_position_layer_.ptr());
-  if (sinusoidal_position) out.emplace_back("sinusoidal_position", sinusoidal_position.ptr());
-  for (size_t s = 0; s < stages->size(); ++s) {
-    const auto& stage = *stages->ptr(s)->as<torch::nn::ModuleList>();
-    for (size_t i = 0; i < stage.size(); ++i) {
-      out.emplace_back("block_" + std::to_string(s) + "_" + std::to_string(i), stage.ptr(i));
-    }
-    if (s < mergings->size()) out.emplace_back("merge_" + std::to_string(s), mergings->ptr(s));
-  }
-  return out;
+  return hierarchical_layers(patch_embed.ptr(), module_or_null(absolute_position_layer_),
+                             module_or_null(sinusoidal_position), stages, mergings);
 }
 
 void SlideTransformerImpl::reparameterize() {
