@@ -195,20 +195,22 @@ void add_import(CommandLine& cl) {
       ->check(number("in (0, 1]", in_unit_interval));
 }
 
-void add_output_options(CommandLine& cl, CLI::App* command) {
+// The test-set options eval and predict share: where the test set is, how much of it, and the
+// files of predictions and logits (for comparing the two commands).
+CLI::Option* add_test_set_options(CommandLine& cl, CLI::App* command, const std::string& data_help) {
+  CLI::Option* data = command->add_option("--data", cl.data_dir, data_help);
+  command->add_option("--limit", cl.limit, "use only the first N test images")->check(cl.non_negative);
   command->add_option("--predictions", cl.outputs.predictions, "write the predicted classes here");
   command->add_option("--logits", cl.outputs.logits, "write the logits here (raw float32, N x classes)");
+  return data;
 }
 
 void add_eval(CommandLine& cl) {
   cl.eval_cmd = cl.app.add_subcommand("eval", "test accuracy (top-5 for image folders) and confusion matrix of a checkpoint");
-  CLI::App* eval_cmd = cl.eval_cmd;
-  eval_cmd->add_option("--checkpoint", cl.checkpoint, "checkpoint.pt")->required();
-  eval_cmd->add_option("--data", cl.data_dir, "directory of the IDX .gz files, or an image folder (its val/ when it has "
-                                              "one) (default: the training data's)");
-  eval_cmd->add_flag("--skip-bad-images", cl.skip_bad_images, "leave out (and count) images that cannot be read");
-  eval_cmd->add_option("--limit", cl.limit, "use only the first N test images")->check(cl.non_negative);
-  add_output_options(cl, eval_cmd);
+  cl.eval_cmd->add_option("--checkpoint", cl.checkpoint, "checkpoint.pt")->required();
+  add_test_set_options(cl, cl.eval_cmd, "directory of the IDX .gz files, or an image folder (its val/ when it has "
+                                        "one) (default: the training data's)");
+  cl.eval_cmd->add_flag("--skip-bad-images", cl.skip_bad_images, "leave out (and count) images that cannot be read");
 }
 
 void add_export(CommandLine& cl) {
@@ -233,9 +235,7 @@ void add_predict(CommandLine& cl) {
                                                        "Fashion-MNIST's test set)");
   predict_cmd->add_option("--top", cl.top, "classes printed per image")->capture_default_str()->check(integer_in(1, 1000));
   predict_cmd->add_flag("--json", cl.json, "one JSON object per image");
-  predict_cmd->add_option("--data", cl.data_dir, "directory of the IDX .gz files")->capture_default_str();
-  predict_cmd->add_option("--limit", cl.limit, "use only the first N test images")->check(cl.non_negative);
-  add_output_options(cl, predict_cmd);
+  add_test_set_options(cl, predict_cmd, "directory of the IDX .gz files")->capture_default_str();
 }
 
 void add_bench(CommandLine& cl) {

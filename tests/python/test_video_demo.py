@@ -6,26 +6,23 @@ import re
 import pytest
 import torch
 
-from conftest import run_program
-
-DATA = "/usr/share/datasets/fashion-mnist"
+from conftest import FASHION_DATA, program_result, run_program
 
 
 def test_a_short_run_reports_both_models_and_exports_the_video_model(tmp_path):
     out = tmp_path / "video.pt"
-    result = run_program("video-demo", "--data", DATA, "--train-clips", 64, "--test-clips", 40, "--epochs", 2,
+    stdout = run_program("video-demo", "--data", FASHION_DATA, "--train-clips", 64, "--test-clips", 40, "--epochs", 2,
                          "--batch-size", 16, "--threads", 2, "--out", out)
-    assert result.returncode == 0, result.stderr
     for name in ("video", "single frame"):
-        assert len(re.findall(rf"{name} epoch \d/2: loss [\d.]+, test accuracy [\d.]+%", result.stdout)) == 2
+        assert len(re.findall(rf"{name} epoch \d/2: loss [\d.]+, test accuracy [\d.]+%", stdout)) == 2
     summary = re.search(r"test accuracy: video model ([\d.]+)%, single-frame model ([\d.]+)%, margin ([+-][\d.]+) "
-                        r"points", result.stdout)
-    assert summary, result.stdout
+                        r"points", stdout)
+    assert summary, stdout
     video, frame, margin = map(float, summary.groups())
     assert 0 <= video <= 100 and 0 <= frame <= 100
     assert margin == pytest.approx(video - frame, abs=0.011)
     # The last epoch's line of the video model gives the same accuracy as the summary.
-    last = re.findall(r"video epoch 2/2: .*test accuracy ([\d.]+)%", result.stdout)[0]
+    last = re.findall(r"video epoch 2/2: .*test accuracy ([\d.]+)%", stdout)[0]
     assert float(last) == video
 
     model = torch.jit.load(str(out))
@@ -41,6 +38,6 @@ def test_a_short_run_reports_both_models_and_exports_the_video_model(tmp_path):
     (["--data", "/nonexistent"], "/nonexistent/train-images-idx3-ubyte.gz"),
 ])
 def test_bad_options_are_named(args, message):
-    result = run_program("video-demo", *args)
+    result = program_result("video-demo", *args)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
