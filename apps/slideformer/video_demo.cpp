@@ -7,10 +7,10 @@
 #include <torch/optim/adamw.h>
 
 #include <chrono>
-#include <cmath>
 
 #include "atomic_file.h"
 #include "idx.h"
+#include "schedule.h"
 #include "slideformer/data/moving_clips.h"
 #include "slideformer/nn/export.h"
 #include "slideformer/nn/modules.h"
@@ -45,14 +45,16 @@ double accuracy(nn::VideoMViT& model, const data::MovingClips& test, int64_t bat
   return test.labels.size(0) > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(test.labels.size(0)) : 0;
 }
 
-// AdamW with a linear warm-up over the first epoch's tenth and a cosine decay to 0; prints one
-// line per epoch. Returns the final test accuracy (percent).
+// AdamW on the training program's schedule (schedule.h: linear warm-up, cosine decay to 0);
+// prints one line per epoch. Returns the final test accuracy (percent).
 double train(const std::string& name, nn::VideoMViT& model, const data::MovingClips& train_set,
              const data::MovingClips& test_set, const VideoDemoConfig& config) {
   torch::optim::AdamW optimizer(model->parameters(),
                                 torch::optim::AdamWOptions(config.learning_rate).weight_decay(0.05));
   const int64_t steps_per_epoch = std::max<int64_t>(1, train_set.labels.size(0) / config.batch_size);
-  const int64_t total_steps = steps_per_epoch * config.epochs, warmup = std::max<int64_t>(1, steps_per_epoch / 10);
+  const int64_t total_steps = steps_per_epoch * config.epochs;
+  TrainConfig schedule;
+  schedule.lr = config.learning_rate;
   double test_accuracy = 0;
   int64_t step = 0;
   for (int64_t epoch = 1; epoch <= config.epochs; ++epoch) {
@@ -61,9 +63,7 @@ double train(const std::string& name, nn::VideoMViT& model, const data::MovingCl
     const at::Tensor order = at::randperm(train_set.labels.size(0), at::kLong);
     double loss_sum = 0;
     for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
-      const double progress = static_cast<double>(step) / static_cast<double>(total_steps);
-      const double lr = step < warmup ? config.learning_rate * static_cast<double>(step + 1) / static_cast<double>(warmup)
-                                      : config.learning_rate * 0.5 * (1 + std::cos(M_PI * progress));
+      const double lr = learning_rate(schedule, step, total_steps);
       for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
       const at::Tensor batch = order.narrow(0, s * config.batch_size,
                                             std::min(config.batch_size, train_set.labels.size(0) - s * config.batch_size));
