@@ -65,7 +65,8 @@ std::pair<int64_t, int64_t> prepare_taps(const Pixels& source, const Geometry& g
 }
 
 // scratch.vertical[r] = the output row r's filter over source rows, for columns [first, last).
-void vertical_pass(const Pixels& source, int64_t first, int64_t last, ResampleScratch& scratch) {
+// Returns the floats per row (the columns times the channels).
+int64_t vertical_pass(const Pixels& source, int64_t first, int64_t last, ResampleScratch& scratch) {
   const Taps& rows = scratch.rows;
   const int64_t span = (last - first) * source.channels, height = static_cast<int64_t>(rows.start.size());
   scratch.vertical.resize(static_cast<size_t>(height * span));
@@ -80,6 +81,7 @@ void vertical_pass(const Pixels& source, int64_t first, int64_t last, ResampleSc
       for (int64_t i = 0; i < span; ++i) out[i] += wk * static_cast<float>(in[i]);
     }
   }
+  return span;
 }
 
 // The column taps as dense blocks of Vec::size() output columns: block b reads the source columns
@@ -112,10 +114,29 @@ void prepare_column_blocks(int64_t first, int64_t channels, ResampleScratch& scr
   scratch.filtered.resize(static_cast<size_t>(channels * blocks * lanes));
 }
 
-// The horizontal pass over scratch.vertical: each output row's C channel rows, in output order
-// (before any flip), go to write_row(row, values) with channel c at values + c * padded width.
-template <int C, typename WriteRow>
-void horizontal_pass(int64_t height, int64_t span, ResampleScratch& scratch, WriteRow write_row) {
+// Planar (C, height, width) output: each channel's values * scale + shift, mirrored when flip.
+struct PlanarOutput {
+  float* out;
+  int64_t width, plane;
+  bool flip;
+  const float* scale;
+  const float* shift;
+
+  void write_row(int64_t r, int64_t c, const float* __restrict in) const {
+    float* __restrict row = out + c * plane + r * width;
+    const float a = scale[c], b = shift[c];
+    if (flip) {
+      for (int64_t x = 0; x < width; ++x) row[width - 1 - x] = in[x] * a + b;
+    } else {
+      for (int64_t x = 0; x < width; ++x) row[x] = in[x] * a + b;
+    }
+  }
+};
+
+// The horizontal pass over scratch.vertical (rows of `span` floats): each output row's C channel
+// rows, in output order, go to the output.
+template <int C>
+void horizontal_pass(int64_t height, int64_t span, ResampleScratch& scratch, const PlanarOutput& output) {
   const int64_t lanes = Vec::size(), padded = static_cast<int64_t>(scratch.blocks.size()) * lanes;
   float* filtered = scratch.filtered.data();
   for (int64_t r = 0; r < height; ++r) {
@@ -141,20 +162,7 @@ void horizontal_pass(int64_t height, int64_t span, ResampleScratch& scratch, Wri
       }
       for (int c = 0; c < C; ++c) (even[c] + odd[c]).store(filtered + c * padded + b * lanes);
     }
-    write_row(r, filtered, padded);
-  }
-}
-
-template <typename WriteRow>
-void resample(const Pixels& source, const Geometry& g, ResampleScratch& scratch, WriteRow write_row) {
-  const auto [first, last] = prepare_taps(source, g, scratch);
-  vertical_pass(source, first, last, scratch);
-  prepare_column_blocks(first, source.channels, scratch);
-  const int64_t span = (last - first) * source.channels;
-  if (source.channels == 3) {
-    horizontal_pass<3>(g.height, span, scratch, write_row);
-  } else {
-    horizontal_pass<1>(g.height, span, scratch, write_row);
+    for (int c = 0; c < C; ++c) output.write_row(r, c, filtered + c * padded);
   }
 }
 
@@ -162,19 +170,15 @@ void resample(const Pixels& source, const Geometry& g, ResampleScratch& scratch,
 
 void resample_planar(const Pixels& source, const Geometry& g, bool flip, const float* scale, const float* shift,
                      float* out, ResampleScratch& scratch) {
-  const int64_t width = g.width, plane = g.width * g.height;
-  resample(source, g, scratch, [&](int64_t r, const float* values, int64_t padded) {
-    for (int64_t c = 0; c < source.channels; ++c) {
-      const float* __restrict in = values + c * padded;
-      float* __restrict row = out + c * plane + r * width;
-      const float a = scale[c], b = shift[c];
-      if (flip) {
-        for (int64_t x = 0; x < width; ++x) row[width - 1 - x] = in[x] * a + b;
-      } else {
-        for (int64_t x = 0; x < width; ++x) row[x] = in[x] * a + b;
-      }
-    }
-  });
+  const auto [first, last] = prepare_taps(source, g, scratch);
+  const int64_t span = vertical_pass(source, first, last, scratch);
+  prepare_column_blocks(first, source.channels, scratch);
+  const PlanarOutput output{out, g.width, g.width * g.height, flip, scale, shift};
+  if (source.channels == 3) {
+    horizontal_pass<3>(g.height, span, scratch, output);
+  } else {
+    horizontal_pass<1>(g.height, span, scratch, output);
+  }
 }
 
 }  // namespace slideformer::data::detail
