@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "build_paths.h"
 #include "slideformer/distributed/process.h"
 #include "slideformer/version.h"
 
@@ -39,11 +40,7 @@ bool is_directory(const char* path) {
 std::string python_interpreter(const std::string& requested) {
   if (!requested.empty()) return requested;
   if (const char* env = std::getenv("SLIDEFORMER_PYTHON"); env != nullptr && *env != '\0') return env;
-#ifdef SLIDEFORMER_DEFAULT_PYTHON
-  return SLIDEFORMER_DEFAULT_PYTHON;
-#else
-  return "python3";
-#endif
+  return *build_paths::default_python != '\0' ? build_paths::default_python : "python3";
 }
 
 void export_with_python(const std::string& checkpoint, const std::string& out, const std::string& format,
@@ -53,14 +50,12 @@ void export_with_python(const std::string& checkpoint, const std::string& out, c
   child.argv = {python, "-m", "slideformer", "export", "--checkpoint", checkpoint,
                 "--out", out, "--format", format, "--data-config", data_config};
   child.environment = {"SLIDEFORMER_LIBRARY=" + loaded_library_path()};
-#ifdef SLIDEFORMER_SOURCE_PYTHON_DIR
   // A program of a build tree exports with the package of its own source tree.
-  if (is_directory(SLIDEFORMER_SOURCE_PYTHON_DIR)) {
+  if (is_directory(build_paths::source_python_dir)) {
     const char* path = std::getenv("PYTHONPATH");
-    child.environment.push_back(std::string("PYTHONPATH=") + SLIDEFORMER_SOURCE_PYTHON_DIR +
+    child.environment.push_back(std::string("PYTHONPATH=") + build_paths::source_python_dir +
                                 (path != nullptr && *path != '\0' ? std::string(":") + path : ""));
   }
-#endif
   const ChildStatus status = run_child(child);
   if (status.error != 0) {
     throw std::runtime_error(fmt::format(

@@ -1,5 +1,6 @@
 # Installs slideformer into a scratch prefix, then configures, builds and runs a tiny outside
-# project that uses find_package(slideformer) and slideformer::slideformer.
+# project that uses find_package(slideformer) and slideformer::slideformer, compiled through the
+# main build's compiler launcher (ccache) when it has one.
 file(REMOVE_RECURSE ${WORK_DIR})
 execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${WORK_DIR}/prefix
                 RESULT_VARIABLE rc)
@@ -8,7 +9,7 @@ if(rc)
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -G ${GENERATOR} -S ${SOURCE_DIR}/tests/cmake_consumer
                   -B ${WORK_DIR}/build "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix;${TORCH_PREFIX}"
-                  -DCMAKE_BUILD_TYPE=Release
+                  -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER}"
                 RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "configuring the consumer project failed: ${rc}")

@@ -13,6 +13,7 @@
 
 #include "slideformer/distributed.h"
 #include "slideformer/nn/functional.h"
+#include "test_paths.h"
 
 namespace {
 
@@ -211,7 +212,7 @@ TEST(ProcessGroup, APortInUseIsReported) {
 
 // The scenarios of worker.cpp, each rank checking itself against one process.
 dist::LaunchResult run_workers(int64_t nproc, std::vector<std::string> arguments) {
-  arguments.insert(arguments.begin(), SLIDEFORMER_DISTRIBUTED_WORKER);
+  arguments.insert(arguments.begin(), slideformer::test_paths::distributed_worker);
   return dist::launch_local(arguments, dist::LaunchOptions(nproc).grace(std::chrono::seconds(60)));
 }
 

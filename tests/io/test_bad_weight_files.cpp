@@ -10,6 +10,7 @@
 #include "slideformer/io/safetensors.h"
 #include "slideformer/io/torch_save.h"
 #include "slideformer/io/weight_file.h"
+#include "test_paths.h"
 
 namespace {
 
@@ -164,7 +165,7 @@ TEST(BadTorchSave, StoragesMustHoldTheirTensors) {
 }
 
 TEST(BadTorchSave, DamagedArchivesAreNamed) {
-  const std::string good = contents(std::string(SLIDEFORMER_IO_TEST_DATA) + "/plain.pt");
+  const std::string good = contents(std::string(slideformer::test_paths::io_test_data) + "/plain.pt");
   const std::string truncated = scratch("truncated.pt", good.substr(0, good.size() / 2));
   EXPECT_EQ(problem_of([&] { read_torch_save(truncated); }, truncated),
             "truncated or not a ZIP archive (no end-of-archive record)");

@@ -12,6 +12,7 @@
 #include "slideformer/io/safetensors.h"
 #include "slideformer/io/torch_save.h"
 #include "slideformer/io/weight_file.h"
+#include "test_paths.h"
 
 namespace {
 
@@ -20,7 +21,7 @@ using slideformer::io::testing::float_ramp_bytes;
 using slideformer::io::testing::PickleWriter;
 using slideformer::io::testing::torch_archive;
 
-std::string data_file(const std::string& name) { return std::string(SLIDEFORMER_IO_TEST_DATA) + "/" + name; }
+std::string data_file(const std::string& name) { return std::string(slideformer::test_paths::io_test_data) + "/" + name; }
 
 std::string scratch(const std::string& name, const std::string& bytes) {
   const std::string path = ::testing::TempDir() + "slideformer_io_" + name;
