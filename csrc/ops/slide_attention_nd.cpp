@@ -108,6 +108,7 @@ void check_slide_attention_nd_inputs(const at::Tensor& query, const at::Tensor& 
       check_dim_size(kOp, name, *t, d, query.sym_size(d), dimension_name(d, dim).c_str());
     }
   }
+  check_logsumexp_fits(kOp, query, attention_accumulate_type(query.scalar_type()));
   const c10::SymInt heads = query.sym_size(1), head_dim = query.sym_size(dim - 1);
   const c10::SymInt slots(window_slots(kernel_size, rank));
   check_parameter("key_bias", key_bias, query, {heads, slots}, "(H, K)");

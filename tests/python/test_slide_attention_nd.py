@@ -372,6 +372,18 @@ def test_backward_checks_output_and_logsumexp(rank):
             backward(*changed)
 
 
+@pytest.mark.parametrize("op,query", [
+    (lambda q: slide_attention_nd(q, q, q, [3]), torch.empty(2, 1, 2 ** 62 + 1, 0, device="meta")),
+    (lambda q: torch.ops.slideformer.slide_attention(q, q, q, 3), torch.empty(2, 1, 2 ** 62 + 1, 1, 0, device="meta"))],
+    ids=["slide_attention_nd", "slide_attention"])
+def test_log_sum_exp_too_large_for_memory_is_refused(op, query):
+    """D = 0 leaves query empty, but its log-sum-exp (the shape without D) would not fit in memory."""
+    name = "slideformer::slide_attention_nd" if query.dim() == 4 else "slideformer::slide_attention"
+    with pytest.raises(RuntimeError, match=re.escape(f"{name}: query must have a shape whose log-sum-exp (the shape "
+                                                      f"without D) fits in memory, got {list(query.shape)}")):
+        op(query)
+
+
 class VideoSlideBlock(torch.nn.Module):
     """A module holding the op's parameters for 3-axis maps (time, height, width)."""
 
