@@ -61,6 +61,7 @@ void check_slide_attention_inputs(const at::Tensor& query, const at::Tensor& key
     check_dim_size(op, "key", key, d, query.sym_size(d), kDims[d]);
     check_dim_size(op, "value", value, d, query.sym_size(d), kDims[d]);
   }
+  check_logsumexp_fits(op, query, attention_accumulate_type(query.scalar_type()));
   const c10::SymInt heads = query.sym_size(1), head_dim = query.sym_size(4);
   const c10::SymInt k2(kernel_size * kernel_size);
   check_parameter("key_bias", key_bias, query, {heads, k2}, "(H, k*k)");

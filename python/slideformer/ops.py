@@ -4,7 +4,7 @@ They call the registered operators directly, so they work in eager mode, under t
 torch.export, and with autograd. The contracts (shapes, masking, borders, gradients, errors) are
 in docs/operators.md.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -52,6 +52,28 @@ def slide_attention(query: Tensor, key: Tensor, value: Tensor, kernel_size: int,
     """
     return torch.ops.slideformer.slide_attention(query, key, value, kernel_size, dilation, key_bias,
                                                  shift_weight, shift_bias, border, scale)
+
+
+def slide_attention_nd(query: Tensor, key: Tensor, value: Tensor, kernel_size: List[int],
+                       dilation: List[int] = [1], key_bias: Optional[Tensor] = None,
+                       shift_weight: Optional[Tensor] = None, shift_bias: Optional[Tensor] = None,
+                       border: str = "zeros", causal: bool = False, scale: Optional[float] = None) -> Tensor:
+    """slide_attention over maps of 1, 2 or 3 axes (docs/operators.md).
+
+    Args:
+        query, key, value: (B, H, map..., D) with 1 to 3 map axes, e.g. (B, H, T, Y, X, D).
+        kernel_size, dilation: one entry for every axis, or one per axis; the window has
+            K = prod(kernel_size) slots, numbered row-major over the axes.
+        key_bias: (H, K); shift_weight: (D, K, K); shift_bias: (D, K), as for slide_attention.
+        border: "zeros" or "clamp", per axis.
+        causal: the first axis (time) looks back only: no output depends on a later frame.
+        scale: logit scale; None means 1 / sqrt(D).
+
+    Returns:
+        The shape and dtype of query.
+    """
+    return torch.ops.slideformer.slide_attention_nd(query, key, value, kernel_size, dilation, key_bias,
+                                                    shift_weight, shift_bias, border, causal, scale)
 
 
 def build_info() -> str:

@@ -119,7 +119,9 @@ TEST(CudaRegistration, EveryOperatorHasACudaKernel) {
   for (const char* name :
        {"slideformer::attention", "slideformer::_attention_forward",
         "slideformer::_attention_backward", "slideformer::slide_attention",
-        "slideformer::_slide_attention_forward", "slideformer::_slide_attention_backward"}) {
+        "slideformer::_slide_attention_forward", "slideformer::_slide_attention_backward",
+        "slideformer::slide_attention_nd", "slideformer::_slide_attention_nd_forward",
+        "slideformer::_slide_attention_nd_backward"}) {
     const auto op = c10::Dispatcher::singleton().findOp({name, ""});
     ASSERT_TRUE(op.has_value()) << name;
     EXPECT_TRUE(op->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) << name;

@@ -2,10 +2,10 @@
 // _backward ones included), called through the dispatcher with arguments decoded from the bytes.
 // Each tensor argument is by default of the shape its name asks for (query, key, value, output,
 // grad_output, logsumexp, attn_bias, key_bias, shift_weight, shift_bias) for shared sizes the input
-// picks, including 0; the input then perturbs it: a dimension off by one, zero or huge, a rank
+// picks, including 0 (slide_attention_nd: maps of 1 to 3 axes, per-axis kernel sizes); the input then perturbs it: a dimension off by one, zero or huge, a rank
 // one off, another dtype or device, transposed, sliced or expanded (stride 0) strides, NaN and
-// Inf values, undefined. Ints (kernel_size, dilation), the border, the scale and the flags come
-// from boundary values. Large sizes go to meta tensors, so only the shape checks see them; CPU
+// Inf values, undefined. Ints and int lists (kernel_size, dilation), the border, the scale and the
+// flags come from boundary values. Large sizes go to meta tensors, so only the shape checks see them; CPU
 // tensors stay small enough to compute. The public (differentiable) ops run backward too when an
 // input requires grad.
 //
@@ -55,10 +55,34 @@ std::vector<c10::OperatorHandle> public_schemas() {
   return ops;
 }
 
-// The sizes every tensor argument shares by default.
+// The sizes every tensor argument shares by default; slide_attention_nd's map is the first `rank`
+// of (t, y, x), its window the product of `kernels` (one entry: every axis).
 struct Sizes {
-  int64_t b, h, y, x, d, nq, nk, dv, k;
+  int64_t b, h, y, x, d, nq, nk, dv, k, t;
+  int64_t rank;
+  std::vector<int64_t> kernels;
+  int64_t window() const {
+    int64_t slots = 1;
+    for (int64_t a = 0; a < rank; ++a) {
+      const int64_t k = kernels.size() == 1 ? kernels[0] : kernels[a];
+      slots *= k > 0 && k < (int64_t{1} << 20) ? k : 3;
+    }
+    return slots;
+  }
 };
+
+// The shape the argument `name` of a slide_attention_nd schema asks for.
+std::vector<int64_t> expected_nd_shape(const std::string& name, const Sizes& s) {
+  const int64_t window = s.window();
+  if (name == "key_bias") return {s.h, window};
+  if (name == "shift_weight") return {s.d, window, window};
+  if (name == "shift_bias") return {s.d, window};
+  std::vector<int64_t> shape = {s.b, s.h};
+  const int64_t map[] = {s.t, s.y, s.x};
+  shape.insert(shape.end(), map, map + s.rank);
+  if (name != "logsumexp") shape.push_back(s.d);
+  return shape;
+}
 
 int64_t small_size(FuzzInput& in) { return in.pick<int64_t>({1, 2, 3, 0, 1, 4, 5, 7, 9, 17, 33}); }
 
@@ -167,8 +191,8 @@ at::Tensor make_tensor(FuzzInput& in, std::vector<int64_t> shape, at::ScalarType
   return t;
 }
 
-c10::IValue make_argument(FuzzInput& in, const c10::Argument& argument, bool slide, const Sizes& sizes,
-                          at::ScalarType dtype, bool meta, at::Generator& generator) {
+c10::IValue make_argument(FuzzInput& in, const c10::Argument& argument, bool slide, bool nd,
+                          const Sizes& sizes, at::ScalarType dtype, bool meta, at::Generator& generator) {
   const c10::TypePtr& type = argument.type();
   const std::string& name = argument.name();
   const bool optional = type->kind() == c10::TypeKind::OptionalType;
@@ -176,7 +200,8 @@ c10::IValue make_argument(FuzzInput& in, const c10::Argument& argument, bool sli
   if (optional && in.index(3) == 0) return c10::IValue();
   switch (inner->kind()) {
     case c10::TypeKind::TensorType:
-      return make_tensor(in, expected_shape(name, slide, sizes, in), dtype, meta, generator);
+      return make_tensor(in, nd ? expected_nd_shape(name, sizes) : expected_shape(name, slide, sizes, in), dtype,
+                         meta, generator);
     case c10::TypeKind::IntType:
       if (name == "kernel_size" && in.index(4) != 0) return sizes.k;
       return in.pick<int64_t>({1, 2, 3, 0, -1, -3, 5, 7, 13, (int64_t{1} << 31) + 1,
@@ -189,8 +214,15 @@ c10::IValue make_argument(FuzzInput& in, const c10::Argument& argument, bool sli
       return in.flag();
     case c10::TypeKind::StringType:
       return std::string(in.pick<const char*>({"zeros", "clamp", "", "Zeros", "reflect", "zeros "}));
-    case c10::TypeKind::ListType:  // bool[3]
-      return c10::List<bool>({in.flag(), in.flag(), in.flag()});
+    case c10::TypeKind::ListType:
+      if (inner->castRaw<c10::ListType>()->getElementType()->kind() == c10::TypeKind::IntType) {  // int[]
+        if (name == "kernel_size" && in.index(4) != 0) return c10::List<int64_t>(sizes.kernels);
+        c10::List<int64_t> values;
+        for (size_t i = in.index(5); i > 0; --i) values.push_back(in.pick<int64_t>({1, 2, 3, 0, -1, 5, 127, 129,
+                                                                                     (int64_t{1} << 31) + 1}));
+        return values;
+      }
+      return c10::List<bool>({in.flag(), in.flag(), in.flag()});  // bool[3]
     default:
       return c10::IValue();
   }
@@ -292,6 +324,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzInput in(data, size);
   const c10::OperatorHandle& op = ops[in.index(ops.size())];
   const bool slide = op.operator_name().name.find("slide") != std::string::npos;
+  const bool nd = op.operator_name().name.find("slide_attention_nd") != std::string::npos;
   Sizes sizes{};
   sizes.b = in.pick<int64_t>({1, 2, 0, 3});
   sizes.h = in.pick<int64_t>({1, 2, 0, 3});
@@ -302,10 +335,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   sizes.nk = small_size(in);
   sizes.dv = small_size(in);
   sizes.k = in.pick<int64_t>({3, 1, 5, 7, 13, 3, 1, 3});
+  sizes.t = small_size(in);
+  sizes.rank = in.pick<int64_t>({1, 3, 2});
+  sizes.kernels = {sizes.k};
+  if (in.flag()) {  // per-axis kernel sizes
+    sizes.kernels.clear();
+    for (int64_t a = 0; a < sizes.rank; ++a) sizes.kernels.push_back(in.pick<int64_t>({3, 1, 5}));
+  }
   const bool meta = in.index(8) == 0;
   if (meta && in.flag()) {  // huge sizes, which only meta tensors can have
-    int64_t* all[] = {&sizes.b, &sizes.h, &sizes.y, &sizes.x, &sizes.d, &sizes.nq, &sizes.nk, &sizes.dv};
-    *all[in.index(8)] = in.pick<int64_t>({kHuge, int64_t{1} << 31, (int64_t{1} << 62) + 1});
+    int64_t* all[] = {&sizes.b, &sizes.h, &sizes.y, &sizes.x, &sizes.d, &sizes.nq, &sizes.nk, &sizes.dv, &sizes.t};
+    *all[in.index(9)] = in.pick<int64_t>({kHuge, int64_t{1} << 31, (int64_t{1} << 62) + 1});
   }
   const at::ScalarType dtype = in.pick<at::ScalarType>({at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(in.byte());
@@ -313,7 +353,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   torch::jit::Stack arguments;
   try {
     for (const c10::Argument& argument : op.schema().arguments()) {
-      arguments.push_back(make_argument(in, argument, slide, sizes, dtype, meta, generator));
+      arguments.push_back(make_argument(in, argument, slide, nd, sizes, dtype, meta, generator));
     }
   } catch (const c10::Error&) {
     return 0;  // at::empty refuses sizes whose bytes overflow before any op sees them

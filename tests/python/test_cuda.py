@@ -11,7 +11,8 @@ from test_attention import assert_matches_reference, check_dtype_matches_float64
 OPS = torch.ops.slideformer
 BUILT_WITH_CUDA = "cuda sm_80;sm_90" in OPS.build_info()
 SLIDEFORMER_OPS = ["attention", "_attention_forward", "_attention_backward",
-                   "slide_attention", "_slide_attention_forward", "_slide_attention_backward"]
+                   "slide_attention", "_slide_attention_forward", "_slide_attention_backward",
+                   "slide_attention_nd", "_slide_attention_nd_forward", "_slide_attention_nd_backward"]
 
 
 @pytest.mark.skipif(not BUILT_WITH_CUDA, reason="built without CUDA kernels")

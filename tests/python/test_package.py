@@ -52,7 +52,8 @@ def test_import_loads_the_operator_library_alone():
     assert result.stdout.splitlines() == ["['libslideformer.so']", "['libslideformer.so', 'libslideformer_nn.so']"]
 
 
-@pytest.mark.parametrize("wrapper", [slideformer.ops.attention, slideformer.ops.slide_attention])
+@pytest.mark.parametrize("wrapper", [slideformer.ops.attention, slideformer.ops.slide_attention,
+                                     slideformer.ops.slide_attention_nd])
 def test_wrappers_are_typed_and_documented(wrapper):
     hints = typing.get_type_hints(wrapper)
     assert hints["return"] is torch.Tensor and hints["query"] is torch.Tensor
@@ -70,6 +71,11 @@ def test_wrappers_call_the_operators_with_gradients():
     assert torch.equal(out, expected)
     out.sum().backward()
     assert weight.grad is not None and q.grad.abs().sum() > 0
+    video = q.unsqueeze(2)  # (B, H, T = 1, Y, X, D)
+    out = slideformer.ops.slide_attention_nd(video, video, video, [1, 3, 3], causal=True, border="clamp")
+    expected = torch.ops.slideformer.slide_attention_nd(video, video, video, [1, 3, 3], [1], None, None, None,
+                                                        "clamp", True, None)
+    assert torch.equal(out, expected)
     bias = torch.randn(1, 3, 4, 4, dtype=torch.double)
     a = slideformer.ops.attention(q[:, :, 0, :4], k[:, :, 0, :4], v[:, :, 0, :4], bias, is_causal=True, scale=0.5)
     logits = (q[:, :, 0, :4] @ k[:, :, 0, :4].transpose(-1, -2)) * 0.5 + bias

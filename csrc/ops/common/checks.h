@@ -3,6 +3,11 @@
 // "<op>: <argument> must <expectation>, got <actual>".
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
+
+#include <cstdint>
+#include <limits>
+#include <optional>
 
 namespace slideformer::ops {
 
@@ -71,6 +76,21 @@ inline void check_logsumexp(const char* op, const at::Tensor& logsumexp, const a
               ": logsumexp must be on the device of query (", query.device(), "), got ",
               logsumexp.device());
   check_shape(op, "logsumexp", logsumexp, expected, layout);
+}
+
+// The log-sum-exp the forward returns (query's shape without D, in the accumulate type `acc`) fits
+// in memory: a query with D = 0 has no elements while its log-sum-exp may have more than any
+// tensor can. Symbolic sizes pass (a real tensor of them would have been refused).
+inline void check_logsumexp_fits(const char* op, const at::Tensor& query, at::ScalarType acc) {
+  uint64_t bytes = c10::elementSize(acc);
+  for (const c10::SymInt& size : query.sym_sizes().slice(0, query.dim() - 1)) {
+    const std::optional<int64_t> concrete = size.maybe_as_int();
+    if (!concrete.has_value()) return;
+    const bool overflow = c10::mul_overflows(bytes, static_cast<uint64_t>(*concrete), &bytes);
+    TORCH_CHECK(!overflow && bytes <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+                op, ": query must have a shape whose log-sum-exp (the shape without D) fits in "
+                "memory, got ", query.sym_sizes());
+  }
 }
 
 // The end of the internal ops' CompositeExplicitAutograd kernels, reached when the input check

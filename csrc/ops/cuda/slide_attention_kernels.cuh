@@ -93,7 +93,7 @@ struct TilePixel {
   int64_t first_row, first_col;  // the window's slot 0 in staged-region coordinates
 };
 
-__device__ TilePixel tile_pixel(const SlideLayout& g) {
+__device__ inline TilePixel tile_pixel(const SlideLayout& g) {
   const int64_t tiles = g.tiles_y * g.tiles_x;
   const int64_t block = blockIdx.x;
   TilePixel t;
@@ -110,7 +110,7 @@ __device__ TilePixel tile_pixel(const SlideLayout& g) {
 }
 
 // Whether slot n of the thread's pixel is left out of the softmax.
-__device__ bool slot_masked(const SlideLayout& g, const TilePixel& t, int64_t n) {
+__device__ inline bool slot_masked(const SlideLayout& g, const TilePixel& t, int64_t n) {
   return math::slot_is_masked(g.border,
                               math::neighbor_position(g.border, t.y, n / g.kernel_size, g.rows),
                               math::neighbor_position(g.border, t.x, n % g.kernel_size, g.cols));
