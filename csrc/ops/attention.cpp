@@ -27,6 +27,11 @@ void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
   check_dim_size(op, "value", value, 0, query.sym_size(0), "the batch size B of query");
   check_dim_size(op, "value", value, 1, query.sym_size(1), "the head count H of query");
   check_dim_size(op, "value", value, 2, key.sym_size(2), "the key count Nk of key");
+  const c10::SymInt output[4] = {query.sym_size(0), query.sym_size(1), query.sym_size(2), value.sym_size(3)};
+  TORCH_CHECK(fits_in_memory(output, query.element_size()), op,
+              ": query and value must have shapes whose output (B, H, Nq, Dv) fits in memory, got ",
+              c10::SymIntArrayRef(output, 4));
+  check_logsumexp_fits(op, query, attention_accumulate_type(query.scalar_type()));
   if (attn_bias.has_value() && attn_bias->defined()) {
     const at::Tensor& bias = *attn_bias;
     check_like_query(op, "attn_bias", bias, query);

@@ -414,6 +414,20 @@ def bytes_allocated(fn):
     return sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("value_dim,message", [
+    (4, "query and value must have shapes whose output (B, H, Nq, Dv) fits in memory, got [2, 1, {n}, 4]"),
+    (0, "query must have a shape whose log-sum-exp (the shape without D) fits in memory, got [2, 1, {n}, 0]")],
+    ids=["output", "logsumexp"])
+def test_attention_results_too_large_for_memory_are_refused(device, value_dim, message):
+    """D = 0 (and Nk = 0) leave the inputs empty; the output and log-sum-exp need not be."""
+    rows = 2**62 + 1
+    query = torch.empty(2, 1, rows, 0, device=device)
+    key, value = torch.empty(2, 1, 3, 0, device=device), torch.empty(2, 1, 3, value_dim, device=device)
+    with pytest.raises(RuntimeError, match=re.escape(ATTENTION + message.format(n=rows))):
+        torch.ops.slideformer.attention(query, key, value)
+
+
 @pytest.mark.parametrize("shape", [(0, 2, 3, 4, 4, 4), (2, 0, 3, 4, 4, 4), (2, 2, 0, 4, 4, 4), (2, 2, 3, 0, 4, 4),
                                    (2, 2, 3, 4, 0, 4), (2, 2, 3, 4, 4, 0)],
                          ids=["B0", "H0", "Nq0", "Nk0", "D0", "Dv0"])

@@ -78,19 +78,26 @@ inline void check_logsumexp(const char* op, const at::Tensor& logsumexp, const a
   check_shape(op, "logsumexp", logsumexp, expected, layout);
 }
 
-// The log-sum-exp the forward returns (query's shape without D, in the accumulate type `acc`) fits
-// in memory: a query with D = 0 has no elements while its log-sum-exp may have more than any
-// tensor can. Symbolic sizes pass (a real tensor of them would have been refused).
-inline void check_logsumexp_fits(const char* op, const at::Tensor& query, at::ScalarType acc) {
-  uint64_t bytes = c10::elementSize(acc);
-  for (const c10::SymInt& size : query.sym_sizes().slice(0, query.dim() - 1)) {
+// Whether a tensor of `shape` with elements of `element_size` bytes fits in memory: a zero-size
+// dimension leaves an input empty while a result made of its other sizes may have more elements
+// than any tensor can. Symbolic sizes pass (a real tensor of them would have been refused).
+inline bool fits_in_memory(c10::SymIntArrayRef shape, size_t element_size) {
+  uint64_t bytes = element_size;
+  bool overflow = false;
+  for (const c10::SymInt& size : shape) {
     const std::optional<int64_t> concrete = size.maybe_as_int();
-    if (!concrete.has_value()) return;
-    const bool overflow = c10::mul_overflows(bytes, static_cast<uint64_t>(*concrete), &bytes);
-    TORCH_CHECK(!overflow && bytes <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
-                op, ": query must have a shape whose log-sum-exp (the shape without D) fits in "
-                "memory, got ", query.sym_sizes());
+    if (!concrete.has_value() || *concrete == 0) return true;
+    overflow = overflow || c10::mul_overflows(bytes, static_cast<uint64_t>(*concrete), &bytes);
   }
+  return !overflow && bytes <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+}
+
+// The log-sum-exp the forward returns (query's shape without D, in the accumulate type `acc`) fits
+// in memory.
+inline void check_logsumexp_fits(const char* op, const at::Tensor& query, at::ScalarType acc) {
+  TORCH_CHECK(fits_in_memory(query.sym_sizes().slice(0, query.dim() - 1), c10::elementSize(acc)), op,
+              ": query must have a shape whose log-sum-exp (the shape without D) fits in memory, got ",
+              query.sym_sizes());
 }
 
 // The end of the internal ops' CompositeExplicitAutograd kernels, reached when the input check
