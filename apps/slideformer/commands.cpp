@@ -85,6 +85,27 @@ at::Tensor classify_test_set(const std::function<at::Tensor(const at::Tensor&)>&
 
 }  // namespace
 
+namespace {
+
+void print_summary_row(const std::string& name, const at::Tensor& out, int64_t parameters) {
+  fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out), parameters);
+}
+
+int64_t all_parameters(const torch::nn::Module& module) { return nn::count_parameters(module, false); }
+
+// "<name> (<Type>)": the layer's class without its namespace and "Impl".
+std::string layer_label(const std::string& name, const torch::nn::Module& layer) {
+  std::string type = c10::demangle(typeid(layer).name());
+  type = type.substr(type.rfind(':') + 1);
+  return fmt::format("{} ({})", name, type.substr(0, type.size() - 4));
+}
+
+void print_summary_totals(const torch::nn::Module& model) {
+  fmt::print("total_params {}\ntrainable_params {}\n", all_parameters(model), nn::count_parameters(model, true));
+}
+
+}  // namespace
+
 int summary(ModelConfig config, int64_t image_size) {
   if (image_size > 0) {
     config.set_image_size(image_size);
@@ -97,22 +118,48 @@ int summary(ModelConfig config, int64_t image_size) {
   model.module->eval();
   torch::NoGradGuard no_grad;
   fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
-  auto row = [](const std::string& name, const at::Tensor& out, int64_t parameters) {
-    fmt::print("{:<28} {:<22} {:>14L}\n", name, shape_text(out), parameters);
-  };
-  auto count = [](const torch::nn::Module& module) { return nn::count_parameters(module, false); };
   // The model's own walk (layers()), each layer's output as it passes.
   at::Tensor x = model->forward_tokens(
       at::zeros({1, channels, size, size}),
       [&](const std::string& name, torch::nn::Module& layer, const at::Tensor& out) {
-        std::string type = c10::demangle(typeid(layer).name());
-        type = type.substr(type.rfind(':') + 1);
-        row(fmt::format("{} ({})", name, type.substr(0, type.size() - 4)), out, count(layer));  // "...Impl"
+        print_summary_row(layer_label(name, layer), out, all_parameters(layer));
       });
   x = model->forward_head(x);
-  row("norm, mean, head", x, count(*model->norm) + count(*model->head));
-  fmt::print("total_params {}\ntrainable_params {}\n", nn::count_parameters(*model.module, false),
-             nn::count_parameters(*model.module, true));
+  print_summary_row("norm, mean, head", x, all_parameters(*model->norm) + all_parameters(*model->head));
+  print_summary_totals(*model.module);
+  return 0;
+}
+
+int video_summary(const std::string& preset, int64_t image_size) {
+  if (image_size > 0) {
+    throw std::runtime_error("--image-size: a video preset takes clips of its own size, got --image-size " +
+                             std::to_string(image_size) + " with --preset " + preset);
+  }
+  const nn::VideoMViTOptions o = nn::video_mvit_preset(preset);
+  nn::VideoMViT model(o);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  fmt::print("model {} (video MViT, {}x{}x{}x{} clips, {} classes)\n", preset, o.in_channels(), o.frames(),
+             o.image_size(), o.image_size(), o.num_classes());
+  fmt::print("{:<28} {:<22} {:>14}\n", "layer", "output shape", "parameters");
+  const at::Tensor clip = at::zeros({1, o.in_channels(), o.frames(), o.image_size(), o.image_size()});
+  print_summary_row(layer_label("patch_embed", *model->patch_embed), model->patch_embed(clip),
+                    all_parameters(*model->patch_embed));
+  // The blocks' token shapes, from tokens of the right shape (the class token first): the values
+  // do not matter, so the positions need not be added here.
+  std::vector<int64_t> grid = model->token_grid();
+  at::Tensor tokens = at::zeros({1, 1 + c10::multiply_integers(grid), o.embed_dim()});
+  int64_t listed = all_parameters(*model->patch_embed);
+  for (size_t i = 0; i < model->blocks->size(); ++i) {
+    auto block = model->blocks->ptr<nn::MViTBlockImpl>(i);
+    std::tie(tokens, grid) = block->forward_tokens(tokens, grid);
+    print_summary_row(layer_label("block_" + std::to_string(i), *block), tokens, all_parameters(*block));
+    listed += all_parameters(*block);
+  }
+  const int64_t head = all_parameters(*model->norm) + all_parameters(*model->head);
+  print_summary_row("norm, class token, head", model(clip), head);
+  fmt::print("{:<28} {:<22} {:>14L}\n", "class token, positions", "", all_parameters(*model) - listed - head);
+  print_summary_totals(*model);
   return 0;
 }
 

@@ -9,6 +9,8 @@ namespace slideformer::app {
 
 // Layers, output shapes and parameter counts of a model (at another input size when image_size > 0).
 int summary(ModelConfig model, int64_t image_size);
+// The same for a video preset (nn::video_mvit_preset_names()), on one clip of zeros at its size.
+int video_summary(const std::string& preset, int64_t image_size);
 // Optional files of eval and predict, for comparing the two: one predicted class per line, and
 // the raw float32 logits (N x classes).
 struct TestSetOutputs {

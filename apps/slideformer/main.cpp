@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -68,6 +69,18 @@ bool in_unit_interval(double v) { return v > 0 && v <= 1; }
 
 using namespace slideformer::app;
 
+bool is_video_preset(const std::string& name) {
+  const std::vector<std::string> video = slideformer::nn::video_mvit_preset_names();
+  return std::find(video.begin(), video.end(), name) != video.end();
+}
+
+// summary takes the image presets and the video ones.
+std::vector<std::string> summary_presets() {
+  std::vector<std::string> names = preset_names();
+  for (const std::string& name : slideformer::nn::video_mvit_preset_names()) names.push_back(name);
+  return names;
+}
+
 // The commands and the values their options set.
 struct CommandLine {
   CLI::App app{"slideformer: train, evaluate, export and run Slide-Transformer and MViTv2 models"};
@@ -98,7 +111,8 @@ struct CommandLine {
 void add_summary(CommandLine& cl) {
   cl.summary_cmd = cl.app.add_subcommand("summary", "layers, output shapes and parameter counts");
   auto* summary_model = cl.summary_cmd->add_option_group("model", "one of");
-  summary_model->add_option("--preset", cl.preset, "model preset")->check(CLI::IsMember(cl.presets));
+  summary_model->add_option("--preset", cl.preset, "model preset (image or video)")
+      ->check(CLI::IsMember(summary_presets()));
   cl.summary_checkpoint = summary_model->add_option("--checkpoint", cl.checkpoint, "the model of this checkpoint.pt");
   summary_model->require_option(1);
   cl.summary_cmd->add_option("--image-size", cl.image_size, "input size (default: the model's)")->check(integer_in(1, 4096));
@@ -297,6 +311,7 @@ int run_export(CommandLine& cl) {
 // Runs the command the command line chose.
 int run_command(CommandLine& cl, int argc, char** argv) {
   if (*cl.summary_cmd) {
+    if (is_video_preset(cl.preset)) return video_summary(cl.preset, cl.image_size);
     return summary(*cl.summary_checkpoint ? read_checkpoint_state(cl.checkpoint).model : preset_model(cl.preset),
                    cl.image_size);
   }

@@ -61,6 +61,9 @@ def trained_mvit(tmp_path_factory):
     ("mvitv2_tiny", 24173320, 24173320, "block_0_0 (MViTBlock)      [1, 56, 56, 96]"),
     ("mvitv2_small", 34870216, 34870216, "block_0_0 (MViTBlock)      [1, 56, 56, 96]"),
     ("mvitv2_base", 51472744, 51472744, "block_0_0 (MViTBlock)      [1, 56, 56, 96]"),
+    # torchvision 0.26's video mvit_v1_b / mvit_v2_s (tests/python/test_video_mvit.py): class token + 8x56x56
+    ("mvit_v1_b", 36610672, 36610672, "block_0 (MViTBlock)        [1, 25089, 192]"),
+    ("mvit_v2_s", 34537744, 34537744, "block_0 (MViTBlock)        [1, 25089, 96]"),
 ])
 def test_summary_prints_reference_parameter_counts(preset, total, trainable, first_block):
     lines = checked("summary", "--preset", preset).splitlines()

@@ -157,12 +157,16 @@ def data_cases(split, *more_args):
 
 UNKNOWN_PRESET = ("--preset: swin_huge not in {{slide_swin_tiny,slide_swin_small,slide_swin_base,fashion,"
                   "mvitv2_tiny,mvitv2_small,mvitv2_base,fashion_mvit}}")
+# summary also takes the video presets.
+UNKNOWN_SUMMARY_PRESET = UNKNOWN_PRESET[:-2] + ",mvit_v1_b,mvit_v2_s,moving_mvit}}"
 
 SUMMARY = [
     ("no-model", [], "Exactly 1 option from [--preset,--checkpoint] is required"),
     ("preset-and-checkpoint", ["--preset", "fashion", "--checkpoint", "{ckpt}"],
      "Exactly 1 option from [--preset,--checkpoint] is required and 2 were given"),
-    ("unknown-preset", ["--preset", "swin_huge"], UNKNOWN_PRESET),
+    ("unknown-preset", ["--preset", "swin_huge"], UNKNOWN_SUMMARY_PRESET),
+    ("video-preset-image-size", ["--preset", "moving_mvit", "--image-size", "32"],
+     "--image-size: a video preset takes clips of its own size, got --image-size 32 with --preset moving_mvit"),
     ("image-size-text", ["--preset", "fashion", "--image-size", "big"], "--image-size: must be an integer in [1, 4096], got 'big'"),
     ("image-size-zero", ["--preset", "fashion", "--image-size", "0"], "--image-size: must be an integer in [1, 4096], got '0'"),
     ("image-size-huge", ["--preset", "fashion", "--image-size", "99999"], "--image-size: must be an integer in [1, 4096], got '99999'"),
