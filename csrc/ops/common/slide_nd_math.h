@@ -250,13 +250,11 @@ C10_HOST_DEVICE void window_gradients(const NdTensors<T, A>& p, int64_t pixel, i
   }
 }
 
-// The pixel's share of the parameter gradients, added to `grads` (laid out by p.params):
-//   dkey_bias[h,n] += dlogit_n sum_c q[c];  dshift_bias[c,n] += dlogit_n q[c] + p_n dO[c];
-//   dW[c,n,m] += dlogit_n q[c] K[slot m][c] + p_n dO[c] V[slot m][c].
+// The pixel's share of the bias gradients, added to `grads` (laid out by p.params):
+//   dkey_bias[h,n] += dlogit_n sum_c q[c];  dshift_bias[c,n] += dlogit_n q[c] + p_n dO[c].
 template <typename T, typename A>
-C10_HOST_DEVICE void add_parameter_grads(const NdTensors<T, A>& p, int64_t pixel,
-                                         const int64_t* slots, const A* probs, const A* dlogits,
-                                         A* grads) {
+C10_HOST_DEVICE void add_bias_grads(const NdTensors<T, A>& p, int64_t pixel, const A* probs,
+                                    const A* dlogits, A* grads) {
   const NdGeometry& g = p.g;
   const SlideParameterLayout& l = p.params;
   const int64_t d = g.head_dim, k = g.window;
@@ -274,23 +272,33 @@ C10_HOST_DEVICE void add_parameter_grads(const NdTensors<T, A>& p, int64_t pixel
       for (int64_t c = 0; c < d; ++c) entry[c] += dlogits[n] * A(q[c]) + probs[n] * A(dout[c]);
     }
   }
-  if (l.weight_grads == 0) return;
-  for (int64_t m = 0; m < k; ++m) {
-    if (slots[m] < 0) continue;
+}
+
+// The pixel's factors of dW[c,n,m] += dlogit_n q[c] K[slot m][c] + p_n dO[c] V[slot m][c], as rows
+// [m][c]: key_row = q * K[slot m], value_row = dO * V[slot m] (0 where the slot reads nothing), so
+// that a block of pixels adds its dW as two matrix products (the CPU kernel).
+template <typename T, typename A>
+C10_HOST_DEVICE void weight_grad_rows(const NdTensors<T, A>& p, int64_t pixel,
+                                      const int64_t* slots, A* key_row, A* value_row) {
+  const int64_t d = p.g.head_dim;
+  const T* q = p.query + pixel * d;
+  const T* dout = p.grad_output + pixel * d;
+  for (int64_t m = 0; m < p.g.window; ++m, key_row += d, value_row += d) {
+    if (slots[m] < 0) {
+      for (int64_t c = 0; c < d; ++c) key_row[c] = value_row[c] = A(0);
+      continue;
+    }
     const T* key = p.key + p.plane(pixel) + slots[m] * d;
     const T* value = p.value + p.plane(pixel) + slots[m] * d;
-    for (int64_t n = 0; n < k; ++n) {
-      if (dlogits[n] == A(0) && probs[n] == A(0)) continue;
-      A* entry = grads + l.weight_grad(0, n, m);
-      for (int64_t c = 0; c < d; ++c) {
-        entry[c] += dlogits[n] * A(q[c]) * A(key[c]) + probs[n] * A(dout[c]) * A(value[c]);
-      }
+    for (int64_t c = 0; c < d; ++c) {
+      key_row[c] = A(q[c]) * A(key[c]);
+      value_row[c] = A(dout[c]) * A(value[c]);
     }
   }
 }
 
 // Entry e of the parameter gradients (sections in order: dkey_bias (h, n), dW (c, n, m),
-// dshift_bias (c, n); the terms of add_parameter_grads) summed over pixels [begin, end), for a
+// dshift_bias (c, n); the terms of add_bias_grads and weight_grad_rows) summed over pixels [begin, end), for a
 // kernel that gives each thread whole entries; *where gets the entry's place in the layout.
 template <typename T, typename A>
 C10_HOST_DEVICE A parameter_grad_entry(const NdTensors<T, A>& p, const A* probs, const A* dlogits,
