@@ -13,6 +13,8 @@
 #include "ops/slide_attention.h"
 
 namespace slideformer::ops {
+static_assert(nd::kMaxAxisKernel == kMaxSlideKernelSize, "the per-axis reader tables");
+
 namespace {
 
 constexpr const char* kOp = kSlideAttentionNdOp;

@@ -33,6 +33,7 @@
 namespace slideformer::ops::nd {
 
 inline constexpr int kMaxRank = 3;
+inline constexpr int64_t kMaxAxisKernel = 127;  // kernel_size per axis, checked by the op
 
 struct NdGeometry {
   int rank;
@@ -47,13 +48,12 @@ struct NdGeometry {
   C10_HOST_DEVICE bool causal_axis(int a) const { return causal && a == 0; }
 };
 
-// Position along axis a that slot j of coordinate i reads, or -1.
-C10_HOST_DEVICE inline int64_t axis_neighbor(const NdGeometry& g, int a, int64_t i, int64_t j) {
-  if (g.causal_axis(a)) {
-    const int64_t position = i - (g.kernel[a] - 1 - j) * g.dilation[a];
-    return position >= 0 ? position : -1;
-  }
-  return math::neighbor_position(g.border, i, j, g.axis(a));
+// Where slot 0 of coordinate i's window lies along axis a, before clipping to the axis: slot j
+// sits at this + j * dilation and reads nothing outside [0, length) (math::neighbor_position).
+// The causal axis's window ends at i.
+C10_HOST_DEVICE inline int64_t axis_window_start(const NdGeometry& g, int a, int64_t i) {
+  return g.causal_axis(a) ? i - (g.kernel[a] - 1) * g.dilation[a]
+                          : math::window_first_position(g.border, i, g.axis(a));
 }
 
 // Candidate readers of coordinate t along axis a, enumerated by axis_reader_of(e).
@@ -77,12 +77,18 @@ C10_HOST_DEVICE inline void coordinates(const NdGeometry& g, int64_t position, i
   }
 }
 
-// The position slot m of the pixel at `coord` reads, or -1.
-C10_HOST_DEVICE inline int64_t window_slot(const NdGeometry& g, const int64_t* coord, int64_t m) {
+// axis_window_start of every axis for the pixel at `position`.
+C10_HOST_DEVICE inline void window_start(const NdGeometry& g, int64_t position, int64_t* start) {
+  coordinates(g, position, start);
+  for (int a = 0; a < g.rank; ++a) start[a] = axis_window_start(g, a, start[a]);
+}
+
+// The position slot m of the window starting at `start` reads, or -1.
+C10_HOST_DEVICE inline int64_t window_slot(const NdGeometry& g, const int64_t* start, int64_t m) {
   int64_t position = 0, stride = 1;
   for (int a = g.rank - 1; a >= 0; --a) {
-    const int64_t at = axis_neighbor(g, a, coord[a], m % g.kernel[a]);
-    if (at < 0) return -1;
+    const int64_t at = start[a] + m % g.kernel[a] * g.dilation[a];
+    if (at < 0 || at >= g.length[a]) return -1;
     position += at * stride;
     stride *= g.length[a];
     m /= g.kernel[a];
@@ -90,11 +96,22 @@ C10_HOST_DEVICE inline int64_t window_slot(const NdGeometry& g, const int64_t* c
   return position;
 }
 
-// slots[m] for every slot of the pixel at `position`.
+// slots[m] for every slot of the pixel at `position`, walking the per-axis slots j (the last
+// axis fastest) without a division per slot.
 C10_HOST_DEVICE inline void window_slots(const NdGeometry& g, int64_t position, int64_t* slots) {
-  int64_t coord[kMaxRank];
-  coordinates(g, position, coord);
-  for (int64_t m = 0; m < g.window; ++m) slots[m] = window_slot(g, coord, m);
+  int64_t start[kMaxRank], j[kMaxRank] = {};
+  window_start(g, position, start);
+  for (int64_t m = 0; m < g.window; ++m) {
+    int64_t at = 0;
+    bool inside = true;
+    for (int a = 0; a < g.rank; ++a) {
+      const int64_t along = start[a] + j[a] * g.dilation[a];
+      inside &= along >= 0 && along < g.length[a];
+      at = at * g.length[a] + along;
+    }
+    slots[m] = inside ? at : -1;
+    for (int a = g.rank - 1; a >= 0 && ++j[a] == g.kernel[a]; --a) j[a] = 0;
+  }
 }
 
 // Only clamp mode leaves slots that read nothing out of the softmax.
@@ -233,13 +250,11 @@ C10_HOST_DEVICE void window_gradients(const NdTensors<T, A>& p, int64_t pixel, i
   }
 }
 
-// The pixel's share of the parameter gradients, added to `grads` (laid out by p.params):
-//   dkey_bias[h,n] += dlogit_n sum_c q[c];  dshift_bias[c,n] += dlogit_n q[c] + p_n dO[c];
-//   dW[c,n,m] += dlogit_n q[c] K[slot m][c] + p_n dO[c] V[slot m][c].
+// The pixel's share of the bias gradients, added to `grads` (laid out by p.params):
+//   dkey_bias[h,n] += dlogit_n sum_c q[c];  dshift_bias[c,n] += dlogit_n q[c] + p_n dO[c].
 template <typename T, typename A>
-C10_HOST_DEVICE void add_parameter_grads(const NdTensors<T, A>& p, int64_t pixel,
-                                         const int64_t* slots, const A* probs, const A* dlogits,
-                                         A* grads) {
+C10_HOST_DEVICE void add_bias_grads(const NdTensors<T, A>& p, int64_t pixel, const A* probs,
+                                    const A* dlogits, A* grads) {
   const NdGeometry& g = p.g;
   const SlideParameterLayout& l = p.params;
   const int64_t d = g.head_dim, k = g.window;
@@ -257,23 +272,33 @@ C10_HOST_DEVICE void add_parameter_grads(const NdTensors<T, A>& p, int64_t pixel
       for (int64_t c = 0; c < d; ++c) entry[c] += dlogits[n] * A(q[c]) + probs[n] * A(dout[c]);
     }
   }
-  if (l.weight_grads == 0) return;
-  for (int64_t m = 0; m < k; ++m) {
-    if (slots[m] < 0) continue;
+}
+
+// The pixel's factors of dW[c,n,m] += dlogit_n q[c] K[slot m][c] + p_n dO[c] V[slot m][c], as rows
+// [m][c]: key_row = q * K[slot m], value_row = dO * V[slot m] (0 where the slot reads nothing), so
+// that a block of pixels adds its dW as two matrix products (the CPU kernel).
+template <typename T, typename A>
+C10_HOST_DEVICE void weight_grad_rows(const NdTensors<T, A>& p, int64_t pixel,
+                                      const int64_t* slots, A* key_row, A* value_row) {
+  const int64_t d = p.g.head_dim;
+  const T* q = p.query + pixel * d;
+  const T* dout = p.grad_output + pixel * d;
+  for (int64_t m = 0; m < p.g.window; ++m, key_row += d, value_row += d) {
+    if (slots[m] < 0) {
+      for (int64_t c = 0; c < d; ++c) key_row[c] = value_row[c] = A(0);
+      continue;
+    }
     const T* key = p.key + p.plane(pixel) + slots[m] * d;
     const T* value = p.value + p.plane(pixel) + slots[m] * d;
-    for (int64_t n = 0; n < k; ++n) {
-      if (dlogits[n] == A(0) && probs[n] == A(0)) continue;
-      A* entry = grads + l.weight_grad(0, n, m);
-      for (int64_t c = 0; c < d; ++c) {
-        entry[c] += dlogits[n] * A(q[c]) * A(key[c]) + probs[n] * A(dout[c]) * A(value[c]);
-      }
+    for (int64_t c = 0; c < d; ++c) {
+      key_row[c] = A(q[c]) * A(key[c]);
+      value_row[c] = A(dout[c]) * A(value[c]);
     }
   }
 }
 
 // Entry e of the parameter gradients (sections in order: dkey_bias (h, n), dW (c, n, m),
-// dshift_bias (c, n); the terms of add_parameter_grads) summed over pixels [begin, end), for a
+// dshift_bias (c, n); the terms of add_bias_grads and weight_grad_rows) summed over pixels [begin, end), for a
 // kernel that gives each thread whole entries; *where gets the entry's place in the layout.
 template <typename T, typename A>
 C10_HOST_DEVICE A parameter_grad_entry(const NdTensors<T, A>& p, const A* probs, const A* dlogits,
@@ -295,9 +320,9 @@ C10_HOST_DEVICE A parameter_grad_entry(const NdTensors<T, A>& p, const A* probs,
     const int64_t i = e - l.key_bias_grads, c = i / (k * k), n = i / k % k, m = i % k;
     *where = l.weight_grad(c, n, m);
     for (int64_t pixel = begin; pixel < end; ++pixel) {
-      int64_t coord[kMaxRank];
-      coordinates(g, pixel % g.positions, coord);
-      const int64_t slot = window_slot(g, coord, m);
+      int64_t start[kMaxRank];
+      window_start(g, pixel % g.positions, start);
+      const int64_t slot = window_slot(g, start, m);
       if (slot < 0) continue;
       const int64_t at = p.plane(pixel) + slot * d + c, row = pixel * d + c;
       sum += dlogits[pixel * k + n] * A(p.query[row]) * A(p.key[at]) +
@@ -314,28 +339,26 @@ C10_HOST_DEVICE A parameter_grad_entry(const NdTensors<T, A>& p, const A* probs,
   return sum;
 }
 
-// One reader of a position: the reading pixel's index in the map and the slot it reads through.
-struct Reader {
-  int64_t position;  // -1: no such pixel
-  int64_t slot;
-};
+// The readers of one position, per axis: the coordinates that read it and through which slot
+// (those that do not exist left out); a reader of the position takes one of each axis.
+struct WindowReaders {
+  math::AxisReader axis[kMaxRank][kMaxAxisKernel];
+  int64_t count[kMaxRank];
+  int64_t total;  // the product of the counts
 
-// Reader r (0 <= r < product of the axis_reader_count of every axis) of the position at coord.
-C10_HOST_DEVICE inline Reader window_reader(const NdGeometry& g, const int64_t* coord, int64_t r) {
-  Reader reader{0, 0};
-  int64_t position_stride = 1, slot_stride = 1;
-  for (int a = g.rank - 1; a >= 0; --a) {
-    const int64_t count = axis_reader_count(g, a, coord[a]);
-    const math::AxisReader axis = axis_reader_of(g, a, coord[a], r % count);
-    r /= count;
-    if (axis.pixel < 0) return {-1, 0};
-    reader.position += axis.pixel * position_stride;
-    reader.slot += axis.slot * slot_stride;
-    position_stride *= g.length[a];
-    slot_stride *= g.kernel[a];
+  C10_HOST_DEVICE WindowReaders(const NdGeometry& g, int64_t position) : total(1) {
+    int64_t coord[kMaxRank];
+    coordinates(g, position, coord);
+    for (int a = 0; a < g.rank; ++a) {
+      count[a] = 0;
+      for (int64_t e = 0; e < axis_reader_count(g, a, coord[a]); ++e) {
+        const math::AxisReader reader = axis_reader_of(g, a, coord[a], e);
+        if (reader.pixel >= 0) axis[a][count[a]++] = reader;
+      }
+      total *= count[a];
+    }
   }
-  return reader;
-}
+};
 
 // dK and dV of the position `pixel` (b_h * N + position), channels [c0, c1), gathered from the
 // pixels whose windows read it (fixed order: deterministic, no atomics):
@@ -348,26 +371,34 @@ C10_HOST_DEVICE void gather_key_value_grads(const NdTensors<T, A>& p, const A* p
                                             int64_t c1, A* grad_key, A* grad_value) {
   const NdGeometry& g = p.g;
   const int64_t d = g.head_dim, k = g.window, first = pixel / g.positions * g.positions;
-  int64_t coord[kMaxRank];
-  coordinates(g, pixel % g.positions, coord);
-  int64_t readers = 1;
-  for (int a = 0; a < g.rank; ++a) readers *= axis_reader_count(g, a, coord[a]);
+  const WindowReaders readers(g, pixel % g.positions);
+  int64_t e[kMaxRank] = {};
   for (int64_t c = c0; c < c1; ++c) grad_key[c - c0] = grad_value[c - c0] = A(0);
-  for (int64_t r = 0; r < readers; ++r) {
-    const Reader reader = window_reader(g, coord, r);
-    if (reader.position < 0) continue;
-    const int64_t at = first + reader.position;
+  for (int64_t r = 0; r < readers.total; ++r) {
+    int64_t position = 0, m = 0;  // the reader and the slot it reads the position through
+    for (int a = 0; a < g.rank; ++a) {
+      const math::AxisReader& axis = readers.axis[a][e[a]];
+      position = position * g.length[a] + axis.pixel;
+      m = m * g.kernel[a] + axis.slot;
+    }
+    for (int a = g.rank - 1; a >= 0 && ++e[a] == readers.count[a]; --a) e[a] = 0;
+    const int64_t at = first + position;
     const T* q = p.query + at * d;
     const T* dout = p.grad_output + at * d;
-    const int64_t m = reader.slot;
     for (int64_t n = p.weight ? 0 : m; n < (p.weight ? k : m + 1); ++n) {
       const A dlogit = dlogits[at * k + n], prob = probs[at * k + n];
       if (dlogit == A(0) && prob == A(0)) continue;
-      const A* w = p.weight ? p.weight + p.params.weight(0, n, m) : nullptr;
-      for (int64_t c = c0; c < c1; ++c) {
-        const A factor = w ? w[c] : A(1);
-        grad_key[c - c0] += dlogit * factor * A(q[c]);
-        grad_value[c - c0] += prob * factor * A(dout[c]);
+      if (p.weight) {
+        const A* w = p.weight + p.params.weight(0, n, m);
+        for (int64_t c = c0; c < c1; ++c) {
+          grad_key[c - c0] += dlogit * w[c] * A(q[c]);
+          grad_value[c - c0] += prob * w[c] * A(dout[c]);
+        }
+      } else {
+        for (int64_t c = c0; c < c1; ++c) {
+          grad_key[c - c0] += dlogit * A(q[c]);
+          grad_value[c - c0] += prob * A(dout[c]);
+        }
       }
     }
   }

@@ -78,31 +78,70 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(
   return {out.to(query.scalar_type()), lse};
 }
 
+// Pixels whose dW rows (weight_grad_rows, 2 x K x D values each) one matrix product adds.
+int64_t weight_block(const nd::NdGeometry& g) {
+  return std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, g.window * g.head_dim), 1,
+                             32);
+}
+
+// dW (K x K*D, [n][m][c]) += dlogits^T key_rows + probs^T value_rows over `count` pixels, whose
+// K-value rows of dlogits and probs and K*D-value dW rows are contiguous. Inside a parallel
+// region ATen runs the products on the calling thread.
+template <typename T>
+void add_weight_grads(const nd::NdGeometry& g, int64_t count, T* dlogits, T* probs, T* key_rows,
+                      T* value_rows, T* weight_grads) {
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const int64_t columns = g.window * g.head_dim;
+  at::Tensor grads = at::from_blob(weight_grads, {g.window, columns}, options);
+  for (const auto& [rows, coeffs] : {std::pair{key_rows, dlogits}, {value_rows, probs}}) {
+    grads.addmm_(at::from_blob(coeffs, {count, g.window}, options).t(),
+                 at::from_blob(rows, {count, columns}, options));
+  }
+}
+
 // Pass A over the pixels: probabilities and logit gradients into probs / dlogits (K per pixel),
-// dq, and the parameter gradients' partial sums, one row of `partials` per group.
+// dq, and the parameter gradients' partial sums, one row of `partials` per group (dW added per
+// block of weight_block pixels).
 template <typename T>
 void window_pass(const nd::NdTensors<T, T>& p, int64_t pixels, T* probs, T* dlogits, T* grad_q,
                  at::Tensor& partials) {
   const nd::NdGeometry& g = p.g;
   const cpu::WorkSplit split(pixels);
-  const int64_t entries = p.params.gradient_size();
+  const SlideParameterLayout& l = p.params;
+  const int64_t entries = l.gradient_size(), block = weight_block(g);
+  const int64_t row = g.window * g.head_dim;
   partials = at::zeros({std::max<int64_t>(split.groups(), 1), entries},
                        c10::CppTypeToScalarType<T>::value);
   T* partial_data = partials.data_ptr<T>();
   std::vector<PixelScratch<T>> scratch;
-  for (int64_t w = 0; w < split.workers(); ++w) scratch.emplace_back(g);
+  std::vector<std::vector<T>> weight_rows(split.workers());
+  for (int64_t w = 0; w < split.workers(); ++w) {
+    scratch.emplace_back(g);
+    if (l.weight_grads > 0) weight_rows[w].resize(2 * block * row);
+  }
   split.run([&](int64_t group, int64_t worker) {
     PixelScratch<T>& s = scratch[worker];
-    for (int64_t pixel = split.begin(group); pixel < split.end(group); ++pixel) {
-      T* pixel_probs = probs + pixel * g.window;
-      T* pixel_dlogits = dlogits + pixel * g.window;
-      nd::window_gradients(p, pixel, s.slots.data(), pixel_probs, pixel_dlogits);
-      nd::combine_window(p, p.key + p.plane(pixel), p.key_bias_of(pixel), s.slots.data(),
-                         pixel_dlogits, 0, g.head_dim, s.rows.data());
-      store_row(s.rows.data(), g.head_dim, grad_q + pixel * g.head_dim);
-      if (entries > 0) {
-        nd::add_parameter_grads(p, pixel, s.slots.data(), pixel_probs, pixel_dlogits,
-                                partial_data + group * entries);
+    T* key_rows = weight_rows[worker].data();
+    T* value_rows = key_rows + block * row;
+    T* grads = partial_data + group * entries;
+    for (int64_t first = split.begin(group); first < split.end(group); first += block) {
+      const int64_t count = std::min(block, split.end(group) - first);
+      for (int64_t pixel = first; pixel < first + count; ++pixel) {
+        T* pixel_probs = probs + pixel * g.window;
+        T* pixel_dlogits = dlogits + pixel * g.window;
+        nd::window_gradients(p, pixel, s.slots.data(), pixel_probs, pixel_dlogits);
+        nd::combine_window(p, p.key + p.plane(pixel), p.key_bias_of(pixel), s.slots.data(),
+                           pixel_dlogits, 0, g.head_dim, s.rows.data());
+        store_row(s.rows.data(), g.head_dim, grad_q + pixel * g.head_dim);
+        if (entries > 0) nd::add_bias_grads(p, pixel, pixel_probs, pixel_dlogits, grads);
+        if (l.weight_grads > 0) {
+          nd::weight_grad_rows(p, pixel, s.slots.data(), key_rows + (pixel - first) * row,
+                               value_rows + (pixel - first) * row);
+        }
+      }
+      if (l.weight_grads > 0) {
+        add_weight_grads(g, count, dlogits + first * g.window, probs + first * g.window, key_rows,
+                         value_rows, grads + l.weight_grad(0, 0, 0));
       }
     }
   });
