@@ -3,6 +3,7 @@
 #include "atomic_file.h"
 #include "slideformer/data/transforms.h"
 #include "slideformer/io/torch_save.h"
+#include "slideformer/io/weight_mapping.h"
 #include "slideformer/nn/description.h"
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <type_traits>
@@ -154,36 +156,44 @@ void check_data_config(const CheckpointState& state, const std::string& path) {
   }
 }
 
-// Module::load replaces each tensor whole (set_) whatever its shape, so the shapes are compared
-// afterwards; the model is unusable if this throws.
+// The tensors of a Module::save archive (a module's tensors, then an archive per child) under
+// their state-dict names.
+io::NamedTensors saved_tensors(torch::serialize::InputArchive& archive, const std::string& prefix = "") {
+  io::NamedTensors tensors;
+  for (const std::string& key : archive.keys()) {
+    at::Tensor tensor;
+    torch::serialize::InputArchive child;
+    if (archive.try_read(key, tensor)) {
+      tensors.emplace_back(prefix + key, tensor);
+    } else if (archive.try_read(key, child)) {
+      io::NamedTensors inner = saved_tensors(child, prefix + key + ".");
+      tensors.insert(tensors.end(), std::make_move_iterator(inner.begin()), std::make_move_iterator(inner.end()));
+    }
+  }
+  return tensors;
+}
+
+// The saved weights under today's names (the library's own table renames those of earlier
+// releases), checked and copied into the model; the model is unusable if this throws.
 void load_weights(torch::serialize::InputArchive& archive, const std::string& path,
                   torch::nn::Module& model, torch::optim::Optimizer* optimizer) {
-  std::vector<std::pair<std::string, std::vector<int64_t>>> expected_shapes;
-  for (const auto& item : model.named_parameters()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
-  for (const auto& item : model.named_buffers()) expected_shapes.emplace_back(item.key(), item.value().sizes().vec());
   try {
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
-    model.load(model_archive);
+    const io::NamedTensors saved = io::map_weights(io::WeightSource::kSlideformer, saved_tensors(model_archive),
+                                                   io::shapes_of(io::module_state(model)), path);
+    io::load_module_state(model, saved, path);
     if (optimizer) {
       torch::serialize::InputArchive optimizer_archive;
       archive.read("optimizer", optimizer_archive);
       optimizer->load(optimizer_archive);
     }
+  } catch (const io::WeightFileError& e) {
+    fail(path, e.problem());
   } catch (const c10::Error& e) {
     fail(path, "weights do not fit the model (" + std::string(e.what_without_backtrace()).substr(0, 200) + ")");
   } catch (const std::exception& e) {
     fail(path, "weights do not fit the model (" + std::string(e.what()).substr(0, 200) + ")");
-  }
-  const auto parameters = model.named_parameters();
-  const auto buffers = model.named_buffers();
-  for (const auto& [name, shape] : expected_shapes) {
-    const at::Tensor* loaded = parameters.find(name);
-    if (!loaded) loaded = buffers.find(name);
-    if (loaded->sizes() != c10::IntArrayRef(shape)) {
-      fail(path, "weights do not fit the model (" + name + " has shape " + c10::str(loaded->sizes()) +
-                     ", the model expects " + c10::str(c10::IntArrayRef(shape)) + ")");
-    }
   }
 }
 

@@ -253,11 +253,13 @@ ParameterGroups parameter_groups(const Model& model, double weight_decay, double
   // existed (resumed checkpoints' optimizer state follows the group order). Without lr decay
   // every parameter is at the top depth.
   std::map<std::pair<int64_t, bool>, std::vector<at::Tensor>> grouped;
+  const std::vector<std::string> undecayed = model->no_weight_decay();
   for (const auto& item : model.module->named_parameters()) {
     const at::Tensor& p = item.value();
     if (!p.requires_grad()) continue;
     const std::string& name = item.key();
-    const bool is_layer_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && p.dim() >= 2;
+    const bool is_layer_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && p.dim() >= 2 &&
+                                 std::find(undecayed.begin(), undecayed.end(), name) == undecayed.end();
     const auto depth = depth_of.find(p.unsafeGetTensorImpl());
     grouped[{depth == depth_of.end() ? top : depth->second, !is_layer_weight}].push_back(p);
   }

@@ -64,7 +64,7 @@ const Row kSlideTransformerRows[] = {
      "ones in both codes"},
     {R"(layers\.(\d+)\.downsample\.((norm|reduction)\.(weight|bias)))", "mergings.$1.$2", Change::kSame, unchanged, 0,
      "patch merging: the same (x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]) concatenation"},
-    {R"(absolute_pos_embed)", "absolute_position", Change::kReshape, token_embedding, 0,
+    {R"(absolute_pos_embed)", "absolute_position.weight", Change::kReshape, token_embedding, 0,
      "(1, Y*X, C) -> (1, Y, X, C) (configurations with APE)"},
     {R"(((patch_embed\.(proj|norm))|norm|head)\.(weight|bias))", "$1.$4", Change::kSame, unchanged, 0, "unchanged"},
 };
@@ -85,7 +85,10 @@ const Row kTimmRows[] = {
     {R"((patch_embed\.proj|norm)\.(weight|bias))", "$1.$2", Change::kSame, unchanged, 0, "unchanged"},
 };
 
-const Row kSlideformerRows[] = {{R"(.+)", "$0", Change::kSame, unchanged, 0, "unchanged"}};
+const Row kSlideformerRows[] = {
+    {R"(absolute_position)", "absolute_position.weight", Change::kSame, unchanged, 0,
+     "SlideTransformer's position table, as files written before it was a module name it"},
+    {R"(.+)", "$0", Change::kSame, unchanged, 0, "unchanged"}};
 
 struct Table {
   const Row* rows;

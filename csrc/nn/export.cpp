@@ -187,23 +187,6 @@ std::vector<std::vector<double>> drop_path_schedule(const std::vector<int64_t>& 
   return rates;
 }
 
-NamedLayers hierarchical_layers(std::shared_ptr<torch::nn::Module> patch_embed,
-                                std::shared_ptr<torch::nn::Module> absolute_position,
-                                std::shared_ptr<torch::nn::Module> sinusoidal_position,
-                                const torch::nn::ModuleList& stages, const torch::nn::ModuleList& between_stages) {
-  NamedLayers out{{"patch_embed", std::move(patch_embed)}};
-  if (absolute_position) out.emplace_back("absolute_position", std::move(absolute_position));
-  if (sinusoidal_position) out.emplace_back("sinusoidal_position", std::move(sinusoidal_position));
-  for (size_t s = 0; s < stages->size(); ++s) {
-    const auto& stage = *stages->ptr(s)->as<torch::nn::ModuleList>();
-    for (size_t i = 0; i < stage.size(); ++i) {
-      out.emplace_back("block_" + std::to_string(s) + "_" + std::to_string(i), stage.ptr(i));
-    }
-    if (between_stages && s < between_stages->size()) out.emplace_back("merge_" + std::to_string(s), between_stages->ptr(s));
-  }
-  return out;
-}
-
 at::Tensor Classifier::forward_tokens(
     const at::Tensor& images,
     const std::function<void(const std::string&, torch::nn::Module&, const at::Tensor&)>& visit) {

@@ -428,7 +428,7 @@ torch::jit::Module MViTBlockImpl::script_form() const {
   return module;
 }
 
-MViTImpl::MViTImpl(MViTOptions options_) : options(std::move(options_)) { reset(); }
+MViTImpl::MViTImpl(MViTOptions options_) : HierarchicalClassifier(std::move(options_)) { reset(); }
 
 void MViTImpl::reset() {
   const auto& o = options;
@@ -438,15 +438,10 @@ void MViTImpl::reset() {
       "patch_embed", PatchEmbed(PatchEmbedOptions(o.in_channels(), o.embed_dim(), o.patch_size())
                                     .overlapping(true).norm(false)));
   int64_t map = pooled_size(o.image_size(), o.patch_size());
-  if (o.position_encoding() == PositionEncoding::kLearned) {
-    absolute_position = register_module(
-        "absolute_position", AbsolutePositionEmbedding(AbsolutePositionEmbeddingOptions(map, map, o.embed_dim())));
-  } else if (o.position_encoding() == PositionEncoding::kSinusoidal) {
-    sinusoidal_position = register_module(
-        "sinusoidal_position", SinusoidalPositionEncoding(SinusoidalPositionEncodingOptions(o.embed_dim())));
-  }
+  reset_position_encodings(o.position_encoding() == PositionEncoding::kLearned,
+                           o.position_encoding() == PositionEncoding::kSinusoidal, map);
   stages = register_module("stages", torch::nn::ModuleList());
-  const std::vector<std::vector<double>> drop_path = drop_path_schedule(o.depths(), o.drop_path_rate());
+  const std::vector<std::vector<double>> drop_path = drop_path_rates();
   int64_t dim = o.embed_dim(), stride_kv = o.stride_kv();
   for (size_t s = 0; s < num_stages; ++s) {
     const int64_t dim_out = o.embed_dim() << s, stride_q = s > 0 ? 2 : 1;
@@ -478,11 +473,6 @@ void MViTImpl::reset() {
 void MViTImpl::pretty_print(std::ostream& stream) const {
   stream << "slideformer::nn::MViT(image_size=" << options.image_size() << ", embed_dim=" << options.embed_dim()
          << ", stages=" << options.depths().size() << ", classes=" << options.num_classes() << ")";
-}
-
-NamedLayers MViTImpl::layers() const {
-  return hierarchical_layers(patch_embed.ptr(), module_or_null(absolute_position), module_or_null(sinusoidal_position),
-                             stages);
 }
 
 VideoMViTImpl::VideoMViTImpl(VideoMViTOptions options_) : options(std::move(options_)) { reset(); }

@@ -14,26 +14,12 @@ AbsolutePositionEmbeddingImpl::AbsolutePositionEmbeddingImpl(AbsolutePositionEmb
   reset();
 }
 
-AbsolutePositionEmbeddingImpl::AbsolutePositionEmbeddingImpl(const at::Tensor& table)
-    : options(table.size(1), table.size(2), table.size(3)), shared_table_(table),
-      size_cache_(std::make_shared<SizeCache>()) {
-  TORCH_CHECK(table.dim() == 4 && table.size(0) == 1,
-              "slideformer::AbsolutePositionEmbedding: table must be (1, rows, cols, dim), got shape ",
-              table.sizes());
-  reset();
-}
-
 void AbsolutePositionEmbeddingImpl::reset() {
   TORCH_CHECK(options.rows() > 0 && options.cols() > 0 && options.dim() > 0,
               "slideformer::AbsolutePositionEmbedding: rows, cols and dim must be positive, got ",
               options.rows(), ", ", options.cols(), " and ", options.dim());
-  if (shared_table_.defined()) {
-    // Keeps the table's requires_grad (a frozen table stays frozen however often it is wrapped).
-    weight = register_parameter("weight", shared_table_, shared_table_.requires_grad());
-  } else {
-    weight = register_parameter("weight", at::empty({1, options.rows(), options.cols(), options.dim()}));
-    init::trunc_normal_(weight, 0.02);
-  }
+  weight = register_parameter("weight", at::empty({1, options.rows(), options.cols(), options.dim()}));
+  init::trunc_normal_(weight, 0.02);
 }
 
 void AbsolutePositionEmbeddingImpl::pretty_print(std::ostream& stream) const {

@@ -182,36 +182,25 @@ torch::jit::Module PatchMergingImpl::script_form() const {
 )" + ("    return " + script::linear(module, "reduction", *reduction, script::layer_norm(module, "norm", *norm, "x")) + "\n"));
 }
 
-SlideTransformerImpl::SlideTransformerImpl(SlideTransformerOptions options_)
-    : options(std::move(options_)) {
+SlideTransformerImpl::SlideTransformerImpl(SlideTransformerOptions options_) : HierarchicalClassifier(std::move(options_)) {
   reset();
 }
 
 void SlideTransformerImpl::reset() {
   validate(options, OptionCheck("slideformer::SlideTransformer"));
   const size_t num_stages = options.depths().size();
-  patch_embed = register_module(
-      "patch_embed",
-      PatchEmbed(PatchEmbedOptions(options.in_channels(), options.embed_dim(), options.patch_size())
-                     .stem_channels(options.stem_channels())
-                     .overlapping(options.overlapping_patches())));
   const int64_t patches = options.image_size() / options.patch_size();
-  if (options.absolute_position_embedding()) {
-    absolute_position = register_parameter(
-        "absolute_position", torch::empty({1, patches, patches, options.embed_dim()}));
-    init::trunc_normal_(absolute_position, 0.02);
-    absolute_position_layer_ = AbsolutePositionEmbedding(absolute_position);
-  } else {
-    absolute_position_layer_ = nullptr;  // not a copy's
-  }
-  if (options.sinusoidal_position_encoding()) {
-    sinusoidal_position = register_module(
-        "sinusoidal_position", SinusoidalPositionEncoding(SinusoidalPositionEncodingOptions(options.embed_dim())));
-  }
+  // Initialised before the position table and registered after it: the seed's draws and the
+  // parameters' order stay those of the table's time as the model's own tensor.
+  PatchEmbed embed(PatchEmbedOptions(options.in_channels(), options.embed_dim(), options.patch_size())
+                       .stem_channels(options.stem_channels())
+                       .overlapping(options.overlapping_patches()));
+  reset_position_encodings(options.absolute_position_embedding(), options.sinusoidal_position_encoding(), patches);
+  patch_embed = register_module("patch_embed", std::move(embed));
   stages = register_module("stages", torch::nn::ModuleList());
   mergings = register_module("mergings", torch::nn::ModuleList());
 
-  const std::vector<std::vector<double>> drop_path = drop_path_schedule(options.depths(), options.drop_path_rate());
+  const std::vector<std::vector<double>> drop_path = drop_path_rates();
   int64_t dim = options.embed_dim();
   int64_t map_size = patches;
   for (size_t s = 0; s < num_stages; ++s) {
@@ -243,9 +232,9 @@ void SlideTransformerImpl::pretty_print(std::ostream& stream) const {
          << ", classes=" << options.num_classes() << ")";
 }
 
-NamedLayers SlideTransformerImpl::layers() const {
-  return hierarchical_layers(patch_embed.ptr(), module_or_null(absolute_position_layer_),
-                             module_or_null(sinusoidal_position), stages, mergings);
+std::vector<std::string> SlideTransformerImpl::no_weight_decay() const {
+  if (!absolute_position) return {};
+  return {"absolute_position.weight"};
 }
 
 void SlideTransformerImpl::reparameterize() {

@@ -13,7 +13,7 @@ from typing import Any, Dict, Union
 import torch
 from torch import nn as torch_nn
 
-from . import nn
+from . import nn, weights
 
 
 def build_model(model_config: Union[str, Dict[str, Any]], source: str = "model_config") -> torch_nn.Module:
@@ -60,9 +60,11 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: str = "cpu") ->
         models = [nn.build(config) for config in nn.v1_preset_versions(archive.preset)]
     else:
         raise ValueError(f"{path}: the checkpoint describes no model (neither 'model_config' nor 'preset')")
-    problems = [_fits(model, state) for model in models]
+    # Under today's names: the library's own table renames those of earlier releases.
+    states = [weights.map_weights("slideformer", state, model.state_dict(), path) for model in models]
+    problems = [_fits(model, mapped) for model, mapped in zip(models, states)]
     if all(problems):
         raise ValueError(f"{path}: weights do not fit the model ({problems[0]})")
     model = models[problems.index("")]
-    model.load_state_dict(state)
+    model.load_state_dict(states[problems.index("")])
     return model.eval()

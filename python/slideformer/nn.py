@@ -23,7 +23,7 @@ _library.load_beside(NN_LIBRARY, lambda: torch.ops.slideformer.model_catalog.def
 
 __all__ = [
     "AbsolutePositionEmbedding", "Classifier", "ClassifierConfig", "DecomposedRelativePosition", "FAMILIES",
-    "InputNormalization", "MViT", "MViTBlock", "MViTConfig", "Mlp", "MultiHeadAttention", "PatchEmbed",
+    "HierarchicalClassifier", "InputNormalization", "MViT", "MViTBlock", "MViTConfig", "Mlp", "MultiHeadAttention", "PatchEmbed",
     "PatchMerging", "PoolingAttention", "SinusoidalPositionEncoding", "SlideAttention", "SlideTransformer",
     "SlideTransformerConfig", "TransformerBlock", "build", "config_from_description", "drop_path", "fashion", "fashion_mvit", "merge_patches",
     "mvitv2_base", "mvitv2_small", "mvitv2_tiny", "preset", "preset_names", "relative_position_index",
@@ -337,20 +337,9 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(merge_patches(x)))
 
 
-def _absolute_position_table(table: Tensor, rows: int, cols: int, cache: _SizeCache) -> Tensor:
-    """A (1, R, C, dim) table of absolute positions for a rows x cols map: the table itself at
-    R x C, else resized as timm's resample_abs_pos_embed does by default (bicubic, antialiased),
-    once per size (`cache`)."""
-    if rows == table.shape[1] and cols == table.shape[2]:
-        return table
-    return cache.derived((rows, cols), table, lambda: nn.functional.interpolate(
-        table.permute(0, 3, 1, 2), size=(rows, cols), mode="bicubic", align_corners=False,
-        antialias=True).permute(0, 2, 3, 1))
-
-
 class AbsolutePositionEmbedding(nn.Module):
     """A learned (1, rows, cols, dim) table added to a (B, rows, cols, dim) map; resized to any
-    other map (_absolute_position_table)."""
+    other map (table)."""
 
     def __init__(self, rows: int, cols: int, dim: int):
         super().__init__()
@@ -361,7 +350,13 @@ class AbsolutePositionEmbedding(nn.Module):
         self._size_cache = _SizeCache()
 
     def table(self, rows: int, cols: int) -> Tensor:
-        return _absolute_position_table(self.weight, rows, cols, self._size_cache)
+        """The table itself at its own size, else resized as timm's resample_abs_pos_embed does by
+        default (bicubic, antialiased), once per size."""
+        if rows == self.weight.shape[1] and cols == self.weight.shape[2]:
+            return self.weight
+        return self._size_cache.derived((rows, cols), self.weight, lambda: nn.functional.interpolate(
+            self.weight.permute(0, 3, 1, 2), size=(rows, cols), mode="bicubic", align_corners=False,
+            antialias=True).permute(0, 2, 3, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         _, rows, cols, dim = self.weight.shape
@@ -638,12 +633,41 @@ class Classifier(nn.Module):
         return self.head(self.norm(self.forward_tokens(images)).mean((1, 2)))
 
 
+class HierarchicalClassifier(Classifier):
+    """What SlideTransformer and MViT share (the library's HierarchicalClassifier): patch_embed, the
+    position encodings that are on, then each stage's blocks and the module after it in
+    between_stages(), if any."""
+
+    def between_stages(self) -> Optional[nn.ModuleList]:
+        """The module after each stage (but the last), if the family has one."""
+        return None
+
+    def _position_encodings(self, learned: bool, sinusoidal: bool, size: int, dim: int) -> None:
+        self.absolute_position = AbsolutePositionEmbedding(size, size, dim) if learned else None
+        self.sinusoidal_position = SinusoidalPositionEncoding(dim) if sinusoidal else None
+
+    def stage_maps(self, images: Tensor) -> List[Tensor]:
+        x = self.patch_embed(images)
+        if self.absolute_position is not None:
+            x = self.absolute_position(x)
+        if self.sinusoidal_position is not None:
+            x = self.sinusoidal_position(x)
+        maps, after = [], self.between_stages()
+        for s, stage in enumerate(self.stages):
+            for block in stage:
+                x = block(x)
+            maps.append(x)
+            if after is not None and s < len(after):
+                x = after[s](x)
+        return maps
+
+
 SlideTransformerConfig = _config_class("SlideTransformerConfig", "slide_transformer", """The options of a
     SlideTransformer: the fields and defaults of the C++ SlideTransformerOptions (docs/modules.md),
     stage_kinds as "slide" / "global".""")
 
 
-class SlideTransformer(Classifier):
+class SlideTransformer(HierarchicalClassifier):
     """The Slide-Transformer classifier: (B, C, H, W) normalised images -> (B, classes) logits."""
 
     def __init__(self, config: Optional[SlideTransformerConfig] = None):
@@ -658,16 +682,13 @@ class SlideTransformer(Classifier):
         if config.image_size % config.patch_size != 0:
             raise ValueError(f"slideformer.nn.SlideTransformer: image_size {config.image_size} must be a "
                              f"multiple of patch_size {config.patch_size}")
-        self.patch_embed = PatchEmbed(config.in_channels, config.embed_dim, config.patch_size,
-                                      config.stem_channels, config.overlapping_patches)
+        # Initialised before the position table, registered after it, as in the library.
+        patch_embed = PatchEmbed(config.in_channels, config.embed_dim, config.patch_size,
+                                 config.stem_channels, config.overlapping_patches)
         patches = config.image_size // config.patch_size
-        if config.absolute_position_embedding:
-            table = torch.empty(1, patches, patches, config.embed_dim)
-            self.absolute_position = nn.Parameter(_trunc_normal_(table, 0.02))
-        else:
-            self.absolute_position = None
-        self.sinusoidal_position = (SinusoidalPositionEncoding(config.embed_dim)
-                                    if config.sinusoidal_position_encoding else None)
+        self._position_encodings(config.absolute_position_embedding, config.sinusoidal_position_encoding,
+                                 patches, config.embed_dim)
+        self.patch_embed = patch_embed
         self.stages, self.mergings = nn.ModuleList(), nn.ModuleList()
         dim, map_size = config.embed_dim, patches
         for s, drops in enumerate(drop_path_schedule(config.depths, config.drop_path_rate)):
@@ -680,22 +701,9 @@ class SlideTransformer(Classifier):
                 map_size = (map_size + 1) // 2
         self.norm = nn.LayerNorm(dim)
         self.head = _linear(dim, config.num_classes)
-        self._size_cache = _SizeCache()
 
-    def stage_maps(self, images: Tensor) -> List[Tensor]:
-        x = self.patch_embed(images)
-        if self.absolute_position is not None:
-            x = x + _absolute_position_table(self.absolute_position, x.shape[1], x.shape[2], self._size_cache)
-        if self.sinusoidal_position is not None:
-            x = self.sinusoidal_position(x)
-        maps = []
-        for s, stage in enumerate(self.stages):
-            for block in stage:
-                x = block(x)
-            maps.append(x)
-            if s < len(self.mergings):
-                x = self.mergings[s](x)
-        return maps
+    def between_stages(self) -> Optional[nn.ModuleList]:
+        return self.mergings
 
 
 MViTConfig = _config_class("MViTConfig", "mvit", """The options of an MViT: the fields and defaults of the
@@ -703,7 +711,7 @@ MViTConfig = _config_class("MViTConfig", "mvit", """The options of an MViT: the 
     "none" / "learned" / "sinusoidal".""")
 
 
-class MViT(Classifier):
+class MViT(HierarchicalClassifier):
     """Multiscale vision Transformer v2: overlapping patch embedding without norm, stages of
     pooling-attention blocks (the first block of every stage but the first halves the map and
     doubles the width), LayerNorm, mean pool, linear head."""
@@ -725,10 +733,8 @@ class MViT(Classifier):
         self.patch_embed = PatchEmbed(config.in_channels, config.embed_dim, config.patch_size,
                                       overlapping=True, norm=False)
         size = pooled_size(config.image_size, config.patch_size)
-        self.absolute_position = (AbsolutePositionEmbedding(size, size, config.embed_dim)
-                                  if config.position_encoding == "learned" else None)
-        self.sinusoidal_position = (SinusoidalPositionEncoding(config.embed_dim)
-                                    if config.position_encoding == "sinusoidal" else None)
+        self._position_encodings(config.position_encoding == "learned", config.position_encoding == "sinusoidal",
+                                 size, config.embed_dim)
         self.stages = nn.ModuleList()
         dim, stride_kv = config.embed_dim, config.stride_kv
         for s, drops in enumerate(drop_path_schedule(config.depths, config.drop_path_rate)):
@@ -748,19 +754,6 @@ class MViT(Classifier):
             self.stages.append(stage)
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = _linear(dim, config.num_classes)
-
-    def stage_maps(self, images: Tensor) -> List[Tensor]:
-        x = self.patch_embed(images)
-        if self.absolute_position is not None:
-            x = self.absolute_position(x)
-        if self.sinusoidal_position is not None:
-            x = self.sinusoidal_position(x)
-        maps = []
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
-            maps.append(x)
-        return maps
 
 
 # The model families: a description's "family" (the library's name, each config's FAMILY) ->

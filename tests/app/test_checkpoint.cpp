@@ -9,6 +9,7 @@
 #include <string>
 
 #include "checkpoint.h"
+#include "previous_release.h"
 #include "scratch_dir.h"
 #include "slideformer/nn/options.h"
 
@@ -86,6 +87,34 @@ TEST_F(CheckpointTest, RoundTripIsBitExact) {
   expect_same_tensors(*restored.model, *original.model);
   // The same next step from both: equal only if the optimizer's moments and step counts came back.
   original.step(2);
+  restored.step(2);
+  expect_same_tensors(*restored.model, *original.model);
+}
+
+// A checkpoint of the previous release (SlideTransformer's position table was the model's own
+// tensor "absolute_position") loads with its optimizer state and gives the same logits.
+TEST_F(CheckpointTest, PreviousReleaseCheckpointsLoadAndGiveTheSameLogits) {
+  Trainee original;
+  ASSERT_TRUE(original.model->absolute_position);
+  original.step(1);
+  const std::string file = path("previous.pt");
+  save_checkpoint(file, sample_state(), slideformer::testing::PreviousRelease(*original.model), original.optimizer);
+  torch::serialize::InputArchive archive, model_archive;
+  archive.load_from(file);
+  archive.read("model", model_archive);
+  at::Tensor table;
+  ASSERT_TRUE(model_archive.try_read("absolute_position", table));  // the old layout indeed
+
+  Trainee restored;
+  load_checkpoint_weights(file, *restored.model, &restored.optimizer);
+  expect_same_tensors(*restored.model, *original.model);
+  original.model->eval();
+  restored.model->eval();
+  const at::Tensor images = torch::randn({3, 1, 28, 28});
+  EXPECT_TRUE(at::equal(restored.model(images), original.model(images)));
+  original.model->train();
+  restored.model->train();
+  original.step(2);  // equal only if the moments came back to the same parameters
   restored.step(2);
   expect_same_tensors(*restored.model, *original.model);
 }
@@ -225,7 +254,7 @@ void save_archive(const std::string& file, const std::vector<std::pair<std::stri
   torch::serialize::OutputArchive archive;
   for (const auto& [key, value] : values) archive.write(key, value);
   torch::serialize::OutputArchive model_archive, optimizer_archive;
-  trainee.model->save(model_archive);
+  slideformer::testing::save_as_previous_release(*trainee.model, model_archive);
   trainee.optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);

@@ -25,6 +25,32 @@ TEST(Presets, ParameterCountsMatchTheReferenceCode) {
   EXPECT_THROW_MSG(preset("swin"), "unknown preset 'swin'");
 }
 
+// The layers' names in forward order (the export, the CLI's summary and --freeze-stages use
+// them), and the parameters' order (an optimizer's saved state follows it).
+std::vector<std::string> layer_names(const Classifier& model) {
+  std::vector<std::string> names;
+  for (const auto& layer : model.layers()) names.push_back(layer.first);
+  return names;
+}
+
+TEST(Classifiers, LayersAreNamedByStageAndBlock) {
+  SlideTransformer slide(fashion());
+  EXPECT_EQ(layer_names(*slide), (std::vector<std::string>{"patch_embed", "absolute_position", "block_0_0", "block_0_1",
+                                                           "merge_0", "block_1_0", "block_1_1"}));
+  EXPECT_EQ(slide->layers()[1].second, slide->absolute_position.ptr());
+  EXPECT_EQ(slide->named_parameters().begin()->key(), "absolute_position.weight");
+  EXPECT_EQ(slide->no_weight_decay(), std::vector<std::string>{"absolute_position.weight"});
+  MViT mvit(fashion_mvit());
+  EXPECT_EQ(layer_names(*mvit), (std::vector<std::string>{"patch_embed", "absolute_position", "block_0_0", "block_1_0",
+                                                          "block_1_1", "block_2_0", "block_2_1"}));
+  EXPECT_EQ(mvit->named_parameters().begin()->key(), "patch_embed.proj.weight");
+  EXPECT_TRUE(mvit->no_weight_decay().empty());
+  SlideTransformer sinusoidal(fashion().absolute_position_embedding(false).sinusoidal_position_encoding(true));
+  EXPECT_EQ(layer_names(*sinusoidal)[1], "sinusoidal_position");
+  EXPECT_FALSE(sinusoidal->absolute_position);
+  EXPECT_TRUE(sinusoidal->no_weight_decay().empty());
+}
+
 TEST(Modules, OutputShapes) {
   torch::manual_seed(0);
   MultiHeadAttention mha(MultiHeadAttentionOptions(16, 2).relative_position_size(3));

@@ -136,7 +136,7 @@ def checkpoint_cases(*more_args, weights=True):
         ("recipe-out-of-range", "batch0", "{batch0}: checkpoint's 'batch_size' must be >= 1, got 0"),
     ]
     if weights:
-        cases.append(("weights-of-another-model", "narrow", "{narrow}: weights do not fit the model ("))
+        cases.append(("weights-of-another-model", "narrow", "{narrow}: weights do not fit the model: "))
     return [(case, ["--checkpoint", "{" + name + "}", *more_args], message) for case, name, message in cases]
 
 

@@ -287,6 +287,24 @@ def test_timm_mvitv2_tiny_imports_in_cpp_with_timms_logits(tmp_path, timm_tiny, 
     assert relative_error(run_tool(tmp_path, "mvitv2_tiny", path, images, "timm"), expected) < 1e-4
 
 
+def test_position_tables_of_the_official_code_and_of_earlier_releases_map_to_the_module(tmp_path):
+    """absolute_pos_embed (1, Y*X, C) and this library's earlier name, absolute_position (the
+    SlideTransformer's own tensor then), become the AbsolutePositionEmbedding's weight."""
+    torch.manual_seed(0)
+    model = slideformer.nn.SlideTransformer(slideformer.nn.fashion()).eval()
+    table = model.absolute_position.weight.detach()
+    official = weights.map_weights("slide-transformer", {"absolute_pos_embed": table.flatten(1, 2)}, model.state_dict())
+    assert list(official) == ["absolute_position.weight"] and torch.equal(official["absolute_position.weight"], table)
+    earlier = {("absolute_position" if name == "absolute_position.weight" else name): tensor
+               for name, tensor in model.state_dict().items()}
+    save_file({name: tensor.contiguous() for name, tensor in earlier.items()}, tmp_path / "earlier.safetensors")
+    loaded = weights.import_weights(slideformer.nn.SlideTransformer(slideformer.nn.fashion()).eval(),
+                                    tmp_path / "earlier.safetensors", "slideformer")
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
 def test_every_row_of_the_tables_is_documented():
     text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "pretrained.md").read_text().replace("\\|", "|")
     for source in weights.SOURCES:

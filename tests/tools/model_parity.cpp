@@ -23,7 +23,8 @@
 // clips of <frames> x <size> x <size> (seed 0, eval), loads every parameter from the weights dict,
 // and writes its logits for the clips and its export:
 //   model_parity <video preset> --video <frames> <size> <weights.pt> <clips.pt> <logits.pt> <export.pt>
-// Or it writes a checkpoint as format v1 did (a preset name, no model description) holding a model
+// Or it writes a checkpoint as format v1 did (a preset name, no model description, the weights
+// under the previous release's names: previous_release.h) holding a model
 // (seed 0) of the preset's v1-era version `index` (the library's list, newest first):
 //   model_parity <preset> --v1-checkpoint <index> <out.pt>
 #include <torch/serialize.h>
@@ -38,6 +39,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../app/previous_release.h"
 #include "model_config.h"
 #include "slideformer/io/safetensors.h"
 #include "slideformer/io/weight_mapping.h"
@@ -159,7 +161,7 @@ void write_v1_checkpoint(const std::string& preset, size_t index, const std::str
   torch::serialize::OutputArchive archive, model_archive;
   archive.write("format", c10::IValue(std::string("slideformer-checkpoint-v1")));
   archive.write("preset", c10::IValue(preset));
-  model.module->save(model_archive);
+  slideformer::testing::save_as_previous_release(*model.module, model_archive);
   archive.write("model", model_archive);
   archive.save_to(out_path);
 }

@@ -151,9 +151,6 @@ class AbsolutePositionEmbeddingImpl : public torch::nn::Cloneable<AbsolutePositi
                                       public Layer {
  public:
   explicit AbsolutePositionEmbeddingImpl(AbsolutePositionEmbeddingOptions options);
-  // Over an existing (1, rows, cols, dim) table, shared, not copied (SlideTransformer keeps its
-  // table under the name its checkpoints have, "absolute_position").
-  explicit AbsolutePositionEmbeddingImpl(const at::Tensor& table);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x) override;
@@ -165,7 +162,6 @@ class AbsolutePositionEmbeddingImpl : public torch::nn::Cloneable<AbsolutePositi
   at::Tensor weight;
 
  private:
-  at::Tensor shared_table_;
   std::shared_ptr<SizeCache> size_cache_;
 };
 TORCH_MODULE(AbsolutePositionEmbedding);
@@ -196,6 +192,9 @@ class Classifier : public ScriptForm {
   virtual int64_t num_classes() const = 0;
   virtual const std::vector<double>& input_mean() const = 0;
   virtual const std::vector<double>& input_std() const = 0;
+  // Parameters (state-dict names) of two or more dimensions that AdamW must not decay; the
+  // training program decays the others' ".weight"s, not biases and norms.
+  virtual std::vector<std::string> no_weight_decay() const { return {}; }
   // (B, Y, X, C) map of the last layer, before the final norm and pooling; `visit` as in
   // forward_layers.
   at::Tensor forward_tokens(
@@ -215,33 +214,81 @@ class Classifier : public ScriptForm {
   torch::nn::Linear head{nullptr};
 };
 
-// The Slide-Transformer classifier.
-class SlideTransformerImpl : public torch::nn::Cloneable<SlideTransformerImpl>, public Classifier {
+// Per stage, the stochastic-depth rate of each block: rising linearly over all the blocks of
+// `depths` from 0 to `rate`.
+std::vector<std::vector<double>> drop_path_schedule(const std::vector<int64_t>& depths, double rate);
+
+// What the hierarchical classifiers (SlideTransformer, MViT) share. Options has in_channels,
+// image_size, num_classes, input_mean, input_std (the five queries answer from them), embed_dim,
+// depths and drop_path_rate. layers() is patch_embed, absolute_position, sinusoidal_position (those
+// that are on), then each stage's blocks ("block_<stage>_<i>") and the module after it in
+// between_stages(), if any ("merge_<stage>").
+template <typename Derived, typename Options>
+class HierarchicalClassifier : public torch::nn::Cloneable<Derived>, public Classifier {
  public:
-  explicit SlideTransformerImpl(SlideTransformerOptions options = {});
-  void reset() override;
-  void pretty_print(std::ostream& stream) const override;
-  // Folds every slide block's two shift paths (see SlideAttention::reparameterize).
-  void reparameterize();
-  // patch_embed, the position encodings, then each stage's blocks ("block_<stage>_<i>") and
-  // merging ("merge_<stage>").
-  NamedLayers layers() const override;
+  explicit HierarchicalClassifier(Options options_) : options(std::move(options_)) {}
+  NamedLayers layers() const override {
+    NamedLayers out{{"patch_embed", patch_embed.ptr()}};
+    if (absolute_position) out.emplace_back("absolute_position", absolute_position.ptr());
+    if (sinusoidal_position) out.emplace_back("sinusoidal_position", sinusoidal_position.ptr());
+    const torch::nn::ModuleList after = between_stages();
+    for (size_t s = 0; s < stages->size(); ++s) {
+      const auto& stage = *stages->ptr(s)->as<torch::nn::ModuleList>();
+      for (size_t i = 0; i < stage.size(); ++i) {
+        out.emplace_back("block_" + std::to_string(s) + "_" + std::to_string(i), stage.ptr(i));
+      }
+      if (after && s < after->size()) out.emplace_back("merge_" + std::to_string(s), after->ptr(s));
+    }
+    return out;
+  }
   int64_t in_channels() const override { return options.in_channels(); }
   int64_t image_size() const override { return options.image_size(); }
   int64_t num_classes() const override { return options.num_classes(); }
   const std::vector<double>& input_mean() const override { return options.input_mean(); }
   const std::vector<double>& input_std() const override { return options.input_std(); }
 
-  SlideTransformerOptions options;
+  Options options;
   PatchEmbed patch_embed{nullptr};
-  at::Tensor absolute_position;  // (1, Y, X, embed_dim); undefined unless the option is on
-  SinusoidalPositionEncoding sinusoidal_position{nullptr};  // sinusoidal_position_encoding
-  torch::nn::ModuleList stages{nullptr};   // ModuleList of ModuleList<TransformerBlock>
-  torch::nn::ModuleList mergings{nullptr}; // PatchMerging after every stage but the last
+  AbsolutePositionEmbedding absolute_position{nullptr};     // a learned table, (1, Y, X, embed_dim)
+  SinusoidalPositionEncoding sinusoidal_position{nullptr};  // fixed, no parameters
+  torch::nn::ModuleList stages{nullptr};                    // ModuleList of ModuleList<block>
 
- private:
-  // The layer over absolute_position: kept, with the resized tables it caches, across layers() calls.
-  AbsolutePositionEmbedding absolute_position_layer_{nullptr};
+ protected:
+  // Registers the position encodings that are on (the others stay empty, also in a clone) for a
+  // map x map patch grid.
+  void reset_position_encodings(bool learned, bool sinusoidal, int64_t map) {
+    absolute_position = learned ? this->register_module("absolute_position", AbsolutePositionEmbedding(
+                                      AbsolutePositionEmbeddingOptions(map, map, options.embed_dim())))
+                                : nullptr;
+    sinusoidal_position = sinusoidal ? this->register_module("sinusoidal_position", SinusoidalPositionEncoding(
+                                           SinusoidalPositionEncodingOptions(options.embed_dim())))
+                                     : nullptr;
+  }
+  // Per stage, each block's stochastic-depth rate.
+  std::vector<std::vector<double>> drop_path_rates() const {
+    return drop_path_schedule(options.depths(), options.drop_path_rate());
+  }
+  // The module after each stage (but the last), if the family has one.
+  virtual torch::nn::ModuleList between_stages() const { return nullptr; }
+};
+
+// The Slide-Transformer classifier. Its position table is registered before patch_embed, so the
+// parameters keep the order they had when the table was the model's own "absolute_position"
+// (an optimizer's saved state follows that order).
+class SlideTransformerImpl : public HierarchicalClassifier<SlideTransformerImpl, SlideTransformerOptions> {
+ public:
+  explicit SlideTransformerImpl(SlideTransformerOptions options = {});
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  // Folds every slide block's two shift paths (see SlideAttention::reparameterize).
+  void reparameterize();
+  // The position table, as the reference and this program always trained it.
+  std::vector<std::string> no_weight_decay() const override;
+
+  torch::nn::ModuleList mergings{nullptr};  // PatchMerging after every stage but the last
+
+ protected:
+  torch::nn::ModuleList between_stages() const override { return mergings; }
 };
 TORCH_MODULE(SlideTransformer);
 
@@ -355,25 +402,12 @@ class MViTBlockImpl : public torch::nn::Cloneable<MViTBlockImpl>, public Layer {
 };
 TORCH_MODULE(MViTBlock);
 
-// The MViTv2 classifier.
-class MViTImpl : public torch::nn::Cloneable<MViTImpl>, public Classifier {
+// The MViTv2 classifier. (Its learned position table is decayed like a weight, as it always was.)
+class MViTImpl : public HierarchicalClassifier<MViTImpl, MViTOptions> {
  public:
   explicit MViTImpl(MViTOptions options = {});
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  // patch_embed, the position encoding, then the blocks ("block_<stage>_<i>").
-  NamedLayers layers() const override;
-  int64_t in_channels() const override { return options.in_channels(); }
-  int64_t image_size() const override { return options.image_size(); }
-  int64_t num_classes() const override { return options.num_classes(); }
-  const std::vector<double>& input_mean() const override { return options.input_mean(); }
-  const std::vector<double>& input_std() const override { return options.input_std(); }
-
-  MViTOptions options;
-  PatchEmbed patch_embed{nullptr};
-  AbsolutePositionEmbedding absolute_position{nullptr};     // position_encoding kLearned
-  SinusoidalPositionEncoding sinusoidal_position{nullptr};  // position_encoding kSinusoidal
-  torch::nn::ModuleList stages{nullptr};  // ModuleList of ModuleList<MViTBlock>
 };
 TORCH_MODULE(MViT);
 
