@@ -157,8 +157,6 @@ nd::NdGeometry geometry(const at::Tensor& query, c10::IntArrayRef kernel_size,
   return g;
 }
 
-bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
 }  // namespace
 
 SlideNdCall slide_nd_call(const at::Tensor& query, c10::IntArrayRef kernel_size,

@@ -5,8 +5,6 @@
 namespace slideformer::ops {
 namespace {
 
-bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
 // (D, k2) bias tables in `flat` as the layout places them: heads tables of bias_size entries.
 at::Tensor bias_tables_view(const SlideParameterLayout& l, const at::Tensor& flat, int64_t heads,
                             int64_t offset) {

@@ -118,4 +118,7 @@ struct SlideParameterGrads {
 SlideParameterGrads unpack_slide_parameter_grads(const SlideParameterLayout& layout,
                                                  const at::Tensor& total, at::ScalarType dtype);
 
+// Whether an optional tensor argument was given: present and defined.
+inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
 }  // namespace slideformer::ops

@@ -611,8 +611,6 @@ Geometry make_geometry(const at::Tensor& query, int64_t kernel_size, int64_t dil
   return g;
 }
 
-bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
 bool takes_zeros_path(const at::Tensor& query, int64_t kernel_size, c10::string_view border,
                       const std::optional<at::Tensor>& shift_weight) {
   return cpu::slide_zeros_kernel_applies(kernel_size, parse_slide_border(border),

@@ -41,11 +41,6 @@ struct PixelScratch {
   std::vector<T> window;
 };
 
-template <typename T>
-void store_row(const T* acc, int64_t d, T* dst) {
-  std::copy_n(acc, d, dst);
-}
-
 std::tuple<at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     c10::IntArrayRef kernel_size, c10::IntArrayRef dilation,
@@ -71,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(
         lse_data[pixel] = nd::window_softmax(p, pixel, s.slots.data(), s.window.data());
         nd::combine_window(p, p.value + p.plane(pixel), p.value_bias, s.slots.data(),
                            s.window.data(), 0, g.head_dim, s.rows.data());
-        store_row(s.rows.data(), g.head_dim, out_data + pixel * g.head_dim);
+        std::copy_n(s.rows.data(), g.head_dim, out_data + pixel * g.head_dim);
       }
     });
   });
@@ -132,7 +127,7 @@ void window_pass(const nd::NdTensors<T, T>& p, int64_t pixels, T* probs, T* dlog
         nd::window_gradients(p, pixel, s.slots.data(), pixel_probs, pixel_dlogits);
         nd::combine_window(p, p.key + p.plane(pixel), p.key_bias_of(pixel), s.slots.data(),
                            pixel_dlogits, 0, g.head_dim, s.rows.data());
-        store_row(s.rows.data(), g.head_dim, grad_q + pixel * g.head_dim);
+        std::copy_n(s.rows.data(), g.head_dim, grad_q + pixel * g.head_dim);
         if (entries > 0) nd::add_bias_grads(p, pixel, pixel_probs, pixel_dlogits, grads);
         if (l.weight_grads > 0) {
           nd::weight_grad_rows(p, pixel, s.slots.data(), key_rows + (pixel - first) * row,
@@ -185,8 +180,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       T* row_v = row_k + g.head_dim;
       for (int64_t pixel = begin; pixel < end; ++pixel) {
         nd::gather_key_value_grads(p, probs, dlogits, pixel, 0, g.head_dim, row_k, row_v);
-        store_row(row_k, g.head_dim, dk + pixel * g.head_dim);
-        store_row(row_v, g.head_dim, dv + pixel * g.head_dim);
+        std::copy_n(row_k, g.head_dim, dk + pixel * g.head_dim);
+        std::copy_n(row_v, g.head_dim, dv + pixel * g.head_dim);
       }
     });
   });

@@ -499,8 +499,6 @@ void launch_tiles(void (*kernel)(KernelArgs...), const SlideParams<scalar_t, acc
          shared_bytes, p, std::forward<Args>(args)...);
 }
 
-inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
 template <typename scalar_t, typename acc_t>
 SlideParams<scalar_t, acc_t> make_params(const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const SlideParameterLayout& params,

@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grads[3];
   for (int i = 0; i < 3; ++i) {
     const std::optional<at::Tensor>& param = *params[i];
-    if (compute_param_grads[i] && param.has_value() && param->defined()) {
+    if (compute_param_grads[i] && given(param)) {
       grads[i] = at::empty_symint(param->sym_sizes(), param->options());
     }
   }
