@@ -67,10 +67,13 @@ void check_attention_backward_inputs(const at::Tensor& grad_output, const at::Te
                   output_shape.slice(0, 3), "(B, H, Nq)");
 }
 
-double attention_scale(const at::Tensor& query, std::optional<double> scale) {
+double softmax_scale(int64_t head_dim, std::optional<double> scale) {
   if (scale.has_value()) return *scale;
-  const int64_t head_dim = query.size(3);
   return head_dim > 0 ? 1.0 / std::sqrt(static_cast<double>(head_dim)) : 1.0;
+}
+
+double attention_scale(const at::Tensor& query, std::optional<double> scale) {
+  return softmax_scale(query.size(3), scale);
 }
 
 at::ScalarType attention_accumulate_type(at::ScalarType input) {

@@ -19,7 +19,9 @@ void check_attention_backward_inputs(const at::Tensor& grad_output, const at::Te
                                      const std::optional<at::Tensor>& attn_bias,
                                      const at::Tensor& output, const at::Tensor& logsumexp);
 
-// 1/sqrt(D) unless the caller gave a scale.
+// The softmax scale of every op: 1/sqrt(head_dim) (1 when head_dim is 0) unless the caller gave one.
+double softmax_scale(int64_t head_dim, std::optional<double> scale);
+// softmax_scale for query (B, H, N, D).
 double attention_scale(const at::Tensor& query, std::optional<double> scale);
 
 // The public op's forward through _attention_forward (autograd has its own kernel);

@@ -4,7 +4,6 @@
 #include <torch/library.h>
 
 #include <array>
-#include <cmath>
 
 #include "ops/attention.h"
 #include "ops/common/checks.h"
@@ -87,9 +86,7 @@ void check_slide_attention_backward_inputs(
 }
 
 double slide_attention_scale(const at::Tensor& query, std::optional<double> scale) {
-  if (scale.has_value()) return *scale;
-  const int64_t head_dim = query.size(4);
-  return head_dim > 0 ? 1.0 / std::sqrt(static_cast<double>(head_dim)) : 1.0;
+  return softmax_scale(query.size(4), scale);
 }
 
 namespace {

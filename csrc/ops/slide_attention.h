@@ -38,7 +38,7 @@ void check_slide_attention_backward_inputs(
     const std::optional<at::Tensor>& shift_weight, const std::optional<at::Tensor>& shift_bias,
     c10::string_view border);
 
-// 1/sqrt(D) unless the caller gave a scale.
+// softmax_scale (ops/attention.h) for query (B, H, Y, X, D).
 double slide_attention_scale(const at::Tensor& query, std::optional<double> scale);
 
 // The public op's forward through _slide_attention_forward (autograd has its own kernel);

@@ -3,7 +3,6 @@
 
 #include <torch/library.h>
 
-#include <cmath>
 #include <string>
 #include <tuple>
 
@@ -174,9 +173,7 @@ SlideNdCall slide_nd_call(const at::Tensor& query, c10::IntArrayRef kernel_size,
                                      want[2] && given(shift_bias)});
   call.tables =
       slide_parameter_tables(call.layout, table_options, key_bias, shift_weight, shift_bias);
-  call.scale = scale.has_value() ? *scale
-               : g.head_dim > 0  ? 1.0 / std::sqrt(static_cast<double>(g.head_dim))
-                                 : 1.0;
+  call.scale = softmax_scale(g.head_dim, scale);
   return call;
 }
 
