@@ -157,7 +157,8 @@ int video_summary(const std::string& preset, int64_t image_size) {
     listed += all_parameters(*block);
   }
   const int64_t head = all_parameters(*model->norm) + all_parameters(*model->head);
-  print_summary_row("norm, class token, head", model(clip), head);
+  // The head on the class token of the walked tokens: the logits' shape without a second forward.
+  print_summary_row("norm, class token, head", model->head(model->norm(tokens).select(1, 0)), head);
   fmt::print("{:<28} {:<22} {:>14L}\n", "class token, positions", "", all_parameters(*model) - listed - head);
   print_summary_totals(*model);
   return 0;
